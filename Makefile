@@ -1,0 +1,47 @@
+# Evergreen: `make demo` runs the loop on the embedded default, `make test` runs the tests.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# dvc.yaml stages call `python -m stages.X`: that must be the venv's python
+export PATH := $(BIN):$(PATH)
+
+LAKE ?= lake
+START ?= 2026-01-01
+DAYS ?= 120
+SEED ?= 7
+
+.PHONY: setup demo test lint serve clean
+
+setup: $(VENV)/.installed
+
+# torch first, from its pin, so nothing can pull the CUDA build
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: setup
+	evergreen params --check
+	evergreen lake simulate --lake $(LAKE) --start $(START) --days $(DAYS) --seed $(SEED)
+	evergreen ingest --lake $(LAKE)
+	dvc repro
+	dvc push
+	dvc metrics show
+
+test: setup
+	pytest
+
+lint: setup
+	ruff check .
+	ruff format --check .
+	shellcheck .ci/run
+
+serve: setup
+	evergreen serve
+
+clean:
+	rm -rf artifacts models metrics plots

@@ -1,0 +1,37 @@
+"""The `evergreen` command: one sub-command per module, each with its own `main(argv)`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+# sub-command words -> module with a `main(argv)`; imported lazily so `evergreen --help`
+# does not pay for pandas, duckdb or litserve.
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("lake", "simulate"): ("stages.simulate", "write the simulated shop lake (daily partitions)"),
+    ("ingest",): ("stages.ingest", "copy new lake objects into data/ and record data.dvc"),
+    ("params",): ("stages.params", "compose conf/ into params.yaml"),
+    ("serve",): ("serve.app", "run the LitServe prediction server"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: evergreen <command> [options]", "", "commands:"]
+    for words, (_, help_text) in COMMANDS.items():
+        lines.append(f"  {' '.join(words):<16} {help_text}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    for words, (module_name, _) in sorted(COMMANDS.items(), key=lambda kv: -len(kv[0])):
+        if tuple(args[: len(words)]) == words:
+            module = importlib.import_module(module_name)
+            return int(module.main(args[len(words) :]) or 0)
+    print(_usage(), file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout)
+    return 0 if args and args[0] in ("-h", "--help") else 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""The feature schema: the contract between `features`, `train`, `evaluate` and the server."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    entity_key: str
+    time: str
+    label: str
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+    # allowed values per categorical feature, as seen by the features stage's config
+    categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def features(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> FeatureSchema:
+        return cls(
+            entity_key=raw["entity_key"],
+            time=raw["time"],
+            label=raw["label"],
+            numeric=tuple(raw["numeric"]),
+            categorical=tuple(raw["categorical"]),
+            categories={k: tuple(v) for k, v in raw.get("categories", {}).items()},
+        )
+
+
+def save_schema(schema: FeatureSchema, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(schema.to_json())
+    return path
+
+
+def load_schema(path: str | Path) -> FeatureSchema:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: feature schema not found")
+    try:
+        return FeatureSchema.from_dict(json.loads(path.read_text()))
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a valid feature schema ({exc})") from exc
