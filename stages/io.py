@@ -1,0 +1,80 @@
+"""Small file helpers shared by the stages: atomic writes, partition listing, typed parquet."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PARTITION_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "string": pa.string(),
+    "bool": pa.bool_(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("us"),
+}
+
+
+def _tmp_for(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_bytes_atomic(data: bytes, path: str | Path) -> Path:
+    """Write to a temporary sibling, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_for(path)
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    return write_bytes_atomic(text.encode(), path)
+
+
+def write_table(table: pa.Table, path: str | Path) -> Path:
+    """Write an Arrow table as parquet, atomically, with deterministic bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_for(path)
+    pq.write_table(table, tmp, compression="zstd", write_statistics=True)
+    os.replace(tmp, path)
+    return path
+
+
+def write_frame(df: pd.DataFrame, path: str | Path, schema: pa.Schema | None = None) -> Path:
+    table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
+    # pandas metadata embeds index/dtype details that vary with how the frame was built
+    return write_table(table.replace_schema_metadata(None), path)
+
+
+def list_partitions(table_dir: str | Path) -> dict[str, list[Path]]:
+    """`<table_dir>/date=YYYY-MM-DD/<files>` -> {date: sorted files}, in date order."""
+    table_dir = Path(table_dir)
+    found: dict[str, list[Path]] = {}
+    if not table_dir.is_dir():
+        return found
+    for child in sorted(table_dir.iterdir()):
+        match = PARTITION_RE.match(child.name)
+        if match and child.is_dir():
+            found[match.group(1)] = sorted(p for p in child.iterdir() if p.is_file())
+    return found
+
+
+def read_parquet_dir(directory: str | Path) -> pa.Table | None:
+    """All `*.parquet` files of a directory as one table, in file-name order (None if none)."""
+    files = sorted(Path(directory).glob("*.parquet"))
+    if not files:
+        return None
+    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")

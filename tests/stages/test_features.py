@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import ibis
+import pandas as pd
+import pytest
+
+from stages.dataset import dataset_from_params
+from stages.feature_schema import load_schema
+from stages.features import FeaturesConfig, build_features, main, snapshot_dates
+from tests.conftest import customers_frame, events_frame, write_params
+
+D = dt.date
+CFG = FeaturesConfig(horizon_days=3, snapshot_every_days=2, max_snapshots=3, min_history_days=2,
+                     active_days=4, windows=(2, 4))
+
+
+def test_snapshot_dates_keep_label_window_inside_the_data():
+    dates = snapshot_dates(D(2026, 1, 1), D(2026, 1, 12), CFG)
+    assert dates == [D(2026, 1, 5), D(2026, 1, 7), D(2026, 1, 9)]
+    assert all(d + dt.timedelta(days=CFG.horizon_days) <= D(2026, 1, 12) for d in dates)
+    assert snapshot_dates(D(2026, 1, 1), D(2026, 1, 4), CFG) == []
+
+
+@pytest.fixture
+def tiny_history():
+    events = events_frame([
+        # customer 1: active before the snapshot, active after it -> retained
+        (1, 1, "2026-01-04 10:00", "session", None),
+        (2, 1, "2026-01-05 10:00", "order", 30.0),
+        (3, 1, "2026-01-07 10:00", "session", None),
+        # customer 2: active, a ticket and a refund, then silent -> churn
+        (4, 2, "2026-01-02 10:00", "session", None),
+        (5, 2, "2026-01-05 09:00", "support_ticket", None),
+        (6, 2, "2026-01-05 11:00", "refund", 12.5),
+        (7, 2, "2026-01-05 12:00", "session", None),
+        # customer 3: only old activity -> not in the population at 01-05
+        (8, 3, "2026-01-01 10:00", "session", None),
+        # event after the snapshot must not leak into features
+        (9, 2, "2026-01-09 10:00", "support_ticket", None),
+    ])
+    customers = customers_frame([
+        (1, "2025-12-26", "DE", "basic", "ads", 9.0, "2026-01-01 00:00"),
+        (2, "2025-12-31", "FR", "premium", "organic", 29.0, "2026-01-01 00:00"),
+        (3, "2025-12-01", "GB", "basic", "ads", 9.0, "2026-01-01 00:00"),
+    ])
+    return ibis.memtable(events), ibis.memtable(customers)
+
+
+def test_features_labels_and_population_at_a_snapshot(tiny_history, shop_params):
+    dataset = dataset_from_params(shop_params["dataset"])
+    events, customers = tiny_history
+    expr = build_features(events, customers, [D(2026, 1, 5)], dataset, CFG, labelled=True)
+    out = ibis.duckdb.connect().to_pyarrow(expr).to_pandas().set_index("customer_id")
+
+    assert sorted(out.index) == [1, 2]  # 3 had no activity in the last 4 days
+    assert out.loc[1, "churn"] == 0 and out.loc[2, "churn"] == 1
+    assert out.loc[1, "sessions_2d"] == 1 and out.loc[1, "orders_2d"] == 1
+    assert out.loc[1, "orders_amount_4d"] == 30.0
+    assert out.loc[2, "sessions_4d"] == 2 and out.loc[2, "sessions_2d"] == 1
+    assert out.loc[2, "tickets_4d"] == 1  # the 01-09 ticket is in the future: not counted
+    assert out.loc[2, "refunds_amount_2d"] == 12.5
+    assert out.loc[2, "days_since_last_activity"] == 0
+    assert out.loc[1, "tenure_days"] == 10 and out.loc[2, "plan"] == "premium"
+
+
+def test_features_never_read_the_future(tiny_history, shop_params):
+    dataset = dataset_from_params(shop_params["dataset"])
+    events, customers = tiny_history
+    con = ibis.duckdb.connect()
+    full = con.to_pyarrow(build_features(events, customers, [D(2026, 1, 5)], dataset, CFG,
+                                         labelled=False)).to_pandas()
+    cut = events.filter(events.event_time < pd.Timestamp("2026-01-06"))
+    past_only = con.to_pyarrow(build_features(cut, customers, [D(2026, 1, 5)], dataset, CFG,
+                                              labelled=False)).to_pandas()
+    pd.testing.assert_frame_equal(full, past_only)
+
+
+def test_main_writes_snapshots_predict_set_and_schema(tmp_path, tiny_history, shop_params):
+    params = dict(shop_params)
+    params["features"] = {**CFG.__dict__, "windows": list(CFG.windows), "max_snapshots": 2}
+    params_file = write_params(params, tmp_path / "params.yaml")
+    events, customers = tiny_history
+    hist = tmp_path / "history"
+    hist.mkdir()
+    events.to_parquet(hist / "events.parquet")
+    customers.to_parquet(hist / "customers.parquet")
+
+    assert main([str(hist), str(tmp_path / "f"), "--params", str(params_file)]) == 0
+    snaps = pd.read_parquet(tmp_path / "f/snapshots.parquet")
+    assert sorted(snaps["snapshot_date"].astype(str).unique()) == ["2026-01-04", "2026-01-06"]
+    predict = pd.read_parquet(tmp_path / "f/predict.parquet")
+    assert "churn" not in predict and set(predict["snapshot_date"].astype(str)) == {"2026-01-09"}
+    schema = load_schema(tmp_path / "f/feature_schema.json")
+    assert set(schema.features) <= set(snaps.columns)
+    assert schema.categories["plan"] == ("basic", "standard", "premium")
+    summary = json.loads((tmp_path / "f/summary.json").read_text())
+    assert summary["predict"]["rows"] == len(predict)
+
+
+def test_main_with_too_little_history_says_why(tmp_path, tiny_history, shop_params):
+    params_file = write_params(shop_params, tmp_path / "params.yaml")  # horizon 21 > 8 days
+    events, customers = tiny_history
+    hist = tmp_path / "history"
+    hist.mkdir()
+    events.to_parquet(hist / "events.parquet")
+    customers.to_parquet(hist / "customers.parquet")
+    with pytest.raises(SystemExit, match="too short for a labelled snapshot"):
+        main([str(hist), str(tmp_path / "f"), "--params", str(params_file)])
