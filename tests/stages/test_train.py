@@ -1,0 +1,264 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.metrics import log_loss, roc_auc_score
+
+from stages.feature_schema import FeatureSchema, save_schema
+from stages.model_io import load_model
+from stages.train import (
+    ESTIMATORS,
+    MISSING_CATEGORY,
+    ModelConfig,
+    build_estimator,
+    build_preprocessor,
+    check_frame,
+    main,
+    positive_scores,
+    train_model,
+)
+
+CONF_MODELS = Path(__file__).resolve().parents[2] / "conf" / "model"
+SCHEMA = FeatureSchema(
+    entity_key="customer_id",
+    time="snapshot_date",
+    label="churn",
+    numeric=("tenure", "noise"),
+    categorical=("plan", "country"),
+    # plan's values come from the schema; country's are learned from the data
+    categories={"plan": ("basic", "standard", "premium")},
+)
+MODELS = {
+    "logistic_regression": ModelConfig("logreg", "logistic_regression", {"C": 1.0}),
+    "hist_gradient_boosting": ModelConfig(
+        "hgb", "hist_gradient_boosting", {"max_iter": 40, "min_samples_leaf": 10}
+    ),
+}
+
+
+def make_frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
+    """Churn driven by `tenure` (numeric) and `plan` (categorical); the rest is noise."""
+    rng = np.random.default_rng(seed)
+    tenure = rng.normal(size=n)
+    plan = rng.choice(["basic", "standard", "premium"], size=n)
+    logit = -2.0 * tenure + np.select([plan == "basic", plan == "premium"], [1.5, -1.5], 0.0)
+    churn = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype("int64")
+    frame = pd.DataFrame(
+        {
+            "customer_id": np.arange(n, dtype="int64"),
+            "snapshot_date": pd.Timestamp("2024-03-01").date(),
+            "tenure": tenure,
+            "noise": rng.normal(size=n),
+            "plan": pd.Series(plan, dtype="str"),
+            "country": pd.Series(rng.choice(["DE", "FR", "NL"], size=n), dtype="str"),
+            "churn": churn,
+        }
+    )
+    frame.loc[::11, "noise"] = np.nan
+    frame.loc[::13, "plan"] = None
+    frame.loc[::17, "country"] = None
+    return frame
+
+
+def write_inputs(root: Path, estimator: str = "logistic_regression") -> dict[str, Path]:
+    split = root / "split"
+    split.mkdir()
+    make_frame(300, seed=1).to_parquet(split / "train.parquet")
+    make_frame(200, seed=2).to_parquet(split / "valid.parquet")
+    schema = save_schema(SCHEMA, root / "feature_schema.json")
+    cfg = MODELS[estimator]
+    params = root / "params.yaml"
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "seed": 7,
+                "model": {
+                    "name": cfg.name,
+                    "estimator": cfg.estimator,
+                    "hyperparameters": dict(cfg.hyperparameters),
+                },
+                "train": {"n_jobs": 1},
+            }
+        )
+    )
+    return {"split": split, "schema": schema, "params": params}
+
+
+def run_main(root: Path, inputs: dict[str, Path], tag: str = "") -> tuple[Path, Path]:
+    model = root / f"models{tag}" / "model.skops"
+    metrics = root / f"metrics{tag}" / "train.json"
+    argv = [str(inputs["split"]), str(inputs["schema"]), str(model), str(metrics)]
+    assert main([*argv, "--params", str(inputs["params"])]) == 0
+    return model, metrics
+
+
+@pytest.mark.parametrize("estimator", sorted(MODELS))
+def test_train_model_learns_signal(estimator: str) -> None:
+    model = train_model(make_frame(300, seed=1), SCHEMA, MODELS[estimator], seed=7)
+    valid = make_frame(300, seed=2)
+    scores = positive_scores(model, valid, SCHEMA)
+    assert scores.shape == (300,)
+    assert np.all((scores >= 0) & (scores <= 1))
+    assert roc_auc_score(valid["churn"], scores) > 0.75
+
+
+@pytest.mark.parametrize("estimator", sorted(MODELS))
+def test_unknown_and_missing_categories_do_not_crash(estimator: str) -> None:
+    model = train_model(make_frame(300, seed=1), SCHEMA, MODELS[estimator], seed=7)
+    valid = make_frame(20, seed=3)
+    valid["plan"] = valid["plan"].astype(object)
+    valid["country"] = valid["country"].astype(object)
+    valid.loc[0:4, "plan"] = "enterprise"
+    valid.loc[5:9, "country"] = "JP"
+    valid.loc[10, "plan"] = None
+    valid.loc[11, "country"] = pd.NA
+    valid.loc[12, "tenure"] = np.nan
+    scores = positive_scores(model, valid, SCHEMA)
+    assert np.all(np.isfinite(scores))
+
+
+def test_unknown_category_encodes_as_zeros_missing_as_own_column() -> None:
+    train = make_frame(100, seed=1)
+    pre = build_preprocessor(SCHEMA).fit(train)
+    names = list(pre.get_feature_names_out())
+    plan_cols = [i for i, name in enumerate(names) if "__plan_" in name]
+    # schema categories plus one column for missing, in schema order
+    assert [names[i].split("__plan_")[1] for i in plan_cols] == [
+        "basic",
+        "standard",
+        "premium",
+        MISSING_CATEGORY,
+    ]
+    probe = train.head(2).copy()
+    probe["plan"] = pd.Series(["enterprise", None], dtype="str", index=probe.index)
+    encoded = pre.transform(probe)[:, plan_cols]
+    np.testing.assert_array_equal(encoded, [[0, 0, 0, 0], [0, 0, 0, 1]])
+
+
+def test_preprocessor_imputes_median_and_scales() -> None:
+    frame = make_frame(200, seed=4)
+    pre = build_preprocessor(SCHEMA).fit(frame)
+    out = pre.transform(frame)
+    noise_col = list(pre.get_feature_names_out()).index("numeric__noise")
+    assert not np.isnan(out).any()
+    # imputation first (the observed median), then scaling over the imputed column
+    filled = frame["noise"].fillna(frame["noise"].median())
+    expected = (filled - filled.mean()) / filled.std(ddof=0)
+    np.testing.assert_allclose(out[:, noise_col], expected, rtol=0, atol=1e-9)
+
+
+def test_build_estimator_seeds_and_passes_hyperparameters() -> None:
+    est = build_estimator(ModelConfig("x", "logistic_regression", {"C": 0.3}), seed=11)
+    assert est.get_params()["C"] == 0.3
+    assert est.get_params()["random_state"] == 11
+
+
+def test_build_estimator_unknown_name_lists_allowed() -> None:
+    with pytest.raises(ValueError, match="xgboost") as err:
+        build_estimator(ModelConfig("x", "xgboost", {}), seed=0)
+    for name in ESTIMATORS:
+        assert name in str(err.value)
+
+
+def test_build_estimator_rejects_bad_hyperparameters() -> None:
+    with pytest.raises(ValueError, match="max_depthh"):
+        build_estimator(ModelConfig("x", "hist_gradient_boosting", {"max_depthh": 3}), seed=0)
+    with pytest.raises(ValueError, match="seed"):
+        build_estimator(ModelConfig("x", "logistic_regression", {"random_state": 1}), seed=0)
+
+
+@pytest.mark.parametrize("path", sorted(CONF_MODELS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_model_config_builds(path: Path) -> None:
+    cfg = ModelConfig.from_params(yaml.safe_load(path.read_text()))
+    assert build_estimator(cfg, seed=0).get_params()["random_state"] == 0
+
+
+def test_check_frame_failures_name_the_source() -> None:
+    frame = make_frame(50)
+    with pytest.raises(ValueError, match=r"a\.parquet: no rows"):
+        check_frame(frame.iloc[0:0], SCHEMA, source="a.parquet")
+    with pytest.raises(ValueError, match=r"a\.parquet: missing column.*'plan'"):
+        check_frame(frame.drop(columns="plan"), SCHEMA, source="a.parquet")
+    with pytest.raises(ValueError, match=r"a\.parquet: label 'churn' has a single class"):
+        check_frame(frame.assign(churn=0), SCHEMA, source="a.parquet")
+    with pytest.raises(ValueError, match=r"a\.parquet: label 'churn' must be 0/1"):
+        check_frame(frame.assign(churn=2), SCHEMA, source="a.parquet")
+    with pytest.raises(ValueError, match=r"a\.parquet: numeric feature.*'tenure'"):
+        check_frame(frame.assign(tenure="x"), SCHEMA, source="a.parquet")
+    check_frame(frame, SCHEMA, source="a.parquet")
+
+
+def test_train_model_does_not_mutate_input() -> None:
+    frame = make_frame(100)
+    before = frame.copy()
+    train_model(frame, SCHEMA, MODELS["logistic_regression"], seed=7)
+    pd.testing.assert_frame_equal(frame, before)
+
+
+@pytest.mark.parametrize("estimator", sorted(MODELS))
+def test_main_writes_model_and_metrics(tmp_path: Path, estimator: str) -> None:
+    inputs = write_inputs(tmp_path, estimator)
+    model_path, metrics_path = run_main(tmp_path, inputs)
+    metrics = json.loads(metrics_path.read_text())
+    train = pd.read_parquet(inputs["split"] / "train.parquet")
+    valid = pd.read_parquet(inputs["split"] / "valid.parquet")
+    assert metrics["train"] == {"rows": 300, "positives": int(train["churn"].sum())}
+    # recompute from the saved model, independently of the stage's own scoring
+    scores = load_model(model_path).predict_proba(valid[list(SCHEMA.features)])[:, 1]
+    assert metrics["valid"]["rows"] == 200
+    assert metrics["valid"]["positives"] == int(valid["churn"].sum())
+    assert metrics["valid"]["roc_auc"] == round(roc_auc_score(valid["churn"], scores), 6)
+    assert metrics["valid"]["log_loss"] == pytest.approx(log_loss(valid["churn"], scores), 1e-6)
+    assert metrics_path.read_text() == json.dumps(metrics, indent=2, sort_keys=True) + "\n"
+
+
+@pytest.mark.parametrize("estimator", sorted(MODELS))
+def test_main_is_deterministic(tmp_path: Path, estimator: str) -> None:
+    inputs = write_inputs(tmp_path, estimator)
+    model_a, metrics_a = run_main(tmp_path, inputs, tag="_a")
+    model_b, metrics_b = run_main(tmp_path, inputs, tag="_b")
+    assert metrics_a.read_bytes() == metrics_b.read_bytes()
+    test = make_frame(100, seed=5)
+    np.testing.assert_array_equal(
+        positive_scores(load_model(model_a), test, SCHEMA),
+        positive_scores(load_model(model_b), test, SCHEMA),
+    )
+
+
+def test_seed_changes_hgb_model(tmp_path: Path) -> None:
+    # guards the determinism test against a model that ignores its seed entirely
+    cfg = ModelConfig("hgb", "hist_gradient_boosting", {"max_iter": 30, "max_features": 0.5})
+    frame, test = make_frame(300, seed=1), make_frame(50, seed=5)
+    a = positive_scores(train_model(frame, SCHEMA, cfg, seed=1), test, SCHEMA)
+    b = positive_scores(train_model(frame, SCHEMA, cfg, seed=2), test, SCHEMA)
+    assert not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("split", "change", "message"),
+    [
+        ("train", lambda f: f.iloc[0:0], "no rows"),
+        ("valid", lambda f: f.assign(churn=1), "single class"),
+        ("valid", lambda f: f.drop(columns="country"), "missing column.*'country'"),
+        ("train", lambda f: f.drop(columns="churn"), "missing column.*'churn'"),
+    ],
+)
+def test_main_fails_naming_the_file(tmp_path: Path, split: str, change, message: str) -> None:
+    inputs = write_inputs(tmp_path)
+    path = inputs["split"] / f"{split}.parquet"
+    change(pd.read_parquet(path)).to_parquet(path)
+    with pytest.raises(ValueError, match=f"{split}\\.parquet: .*{message}"):
+        run_main(tmp_path, inputs)
+    assert not (tmp_path / "models" / "model.skops").exists()
+
+
+def test_main_missing_split_file(tmp_path: Path) -> None:
+    inputs = write_inputs(tmp_path)
+    (inputs["split"] / "valid.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match=r"valid\.parquet"):
+        run_main(tmp_path, inputs)
