@@ -116,6 +116,32 @@ def _labels(
     return joined.select(dataset.entity_key, SNAPSHOT_COL).distinct().mutate(_retained=1)
 
 
+def _with_entity_attributes(
+    table: ir.Table, versions: ir.Table, dataset: DatasetConfig
+) -> ir.Table:
+    """Join each (entity, snapshot) with the entity's latest version updated up to the snapshot:
+    reading the current state instead would leak changes made after it (a plan change implies
+    the customer was still active)."""
+    key, ef = dataset.entity_key, dataset.entity_features
+    timestamp = dataset.table_by_role("entities").timestamp
+    attrs = [*ef.categorical, *ef.numeric] + ([ef.signup_date] if ef.signup_date else [])
+    pairs = table.select(key, SNAPSHOT_COL, "_snap_day")
+    ents = versions.select(key, *attrs, _ts=versions[timestamp])
+    joined = pairs.inner_join(ents, key)
+    joined = joined.filter(_day_number(joined._ts) <= joined._snap_day)
+    ranked = joined.mutate(
+        _rank=ibis.row_number().over(group_by=[key, SNAPSHOT_COL], order_by=ibis.desc("_ts"))
+    )
+    as_of = ranked.filter(ranked._rank == 0).select(key, SNAPSHOT_COL, *attrs)
+    table = table.left_join(as_of, [key, SNAPSHOT_COL]).drop(
+        f"{key}_right", f"{SNAPSHOT_COL}_right"
+    )
+    if ef.signup_date:
+        tenure = table._snap_day - _day_number(table[ef.signup_date])
+        table = table.mutate(tenure_days=tenure.cast("float64")).drop(ef.signup_date)
+    return table
+
+
 def build_features(
     events: ir.Table,
     entities: ir.Table | None,
@@ -125,20 +151,15 @@ def build_features(
     *,
     labelled: bool,
 ) -> ir.Table:
-    """Snapshot features for `dates`; with `labelled`, the label column too."""
+    """Snapshot features for `dates`; with `labelled`, the label column too. `entities` holds
+    every version of each entity (prepare's `<table>_versions`)."""
     snaps = ibis.memtable(
         {SNAPSHOT_COL: list(dates), "_snap_day": [(d - EPOCH).days for d in dates]}
     ).cast({SNAPSHOT_COL: "date", "_snap_day": "int64"})
     key = dataset.entity_key
     table = _event_aggregates(events, snaps, dataset, cfg)
     if entities is not None:
-        ef = dataset.entity_features
-        attrs = [*ef.categorical, *ef.numeric] + ([ef.signup_date] if ef.signup_date else [])
-        table = table.left_join(entities.select(key, *attrs), key).drop(f"{key}_right")
-        if ef.signup_date:
-            table = table.mutate(
-                tenure_days=(table._snap_day - _day_number(table[ef.signup_date])).cast("float64")
-            ).drop(ef.signup_date)
+        table = _with_entity_attributes(table, entities, dataset)
     if labelled:
         labels = _labels(events, snaps, dataset, cfg)
         table = table.left_join(labels, [key, SNAPSHOT_COL]).drop(
@@ -179,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     entity_spec = dataset.table_by_role("entities")
     events = con.read_parquet(str(args.history_dir / f"{events_spec.name}.parquet"))
     entities = (
-        con.read_parquet(str(args.history_dir / f"{entity_spec.name}.parquet"))
+        con.read_parquet(str(args.history_dir / f"{entity_spec.name}_versions.parquet"))
         if entity_spec
         else None
     )

@@ -20,8 +20,10 @@ from stages.io import write_json, write_table
 from stages.params import load_params, section
 from stages.validate import PARTITION_COL, ROW_COL
 
+Key = str | Sequence[str]
 
-def latest_per_key(increment: ir.Table, key: str, timestamp: str) -> ir.Table:
+
+def latest_per_key(increment: ir.Table, key: Key, timestamp: str) -> ir.Table:
     """One row per key: the one that landed last (partition, then timestamp, then row)."""
     order = [
         ibis.desc(increment[PARTITION_COL]),
@@ -32,24 +34,37 @@ def latest_per_key(increment: ir.Table, key: str, timestamp: str) -> ir.Table:
     return ranked.filter(ranked._rank == 0).drop("_rank")
 
 
-def upsert(history: ir.Table | None, increment: ir.Table, key: str, timestamp: str) -> ir.Table:
+def upsert(history: ir.Table | None, increment: ir.Table, key: Key, timestamp: str) -> ir.Table:
     """History rows whose key the increment does not carry, plus the increment (latest-wins)."""
     fresh = latest_per_key(increment, key, timestamp)
     if history is None:
         return fresh
-    kept = history.anti_join(fresh, key)
+    kept = history.anti_join(fresh, [key] if isinstance(key, str) else list(key))
     return kept.union(fresh.select(kept.columns))
 
 
 def merge_table(
-    con: ibis.BaseBackend, validated_dir: Path, table: TableSpec, history: ir.Table | None = None
+    con: ibis.BaseBackend,
+    validated_dir: Path,
+    table: TableSpec,
+    key: Key,
+    history: ir.Table | None = None,
 ) -> ir.Table | None:
     """Upsert every validated partition of `table` into `history` (None: start empty)."""
     files = sorted((validated_dir / table.name).glob("date=*.parquet"))
     if not files:
         return history
     increment = con.read_parquet([str(f) for f in files])
-    return upsert(history, increment, table.key, table.timestamp)
+    return upsert(history, increment, key, table.timestamp)
+
+
+def history_keys(table: TableSpec) -> dict[str, list[str]]:
+    """Output name -> upsert key. Entities also keep every version (key, timestamp), so features
+    can read an entity as it was at a past snapshot instead of leaking its later state."""
+    keys = {table.name: [table.key]}
+    if table.role == "entities":
+        keys[f"{table.name}_versions"] = [table.key, table.timestamp]
+    return keys
 
 
 def prepare_history(
@@ -58,10 +73,11 @@ def prepare_history(
     """The merged history of every table, sorted by key so the bytes are reproducible."""
     out = {}
     for table in dataset.tables:
-        merged = merge_table(con, validated_dir, table)
-        if merged is None:
-            raise FileNotFoundError(f"{validated_dir / table.name}: no validated partitions")
-        out[table.name] = merged.order_by(table.key).to_pyarrow()
+        for name, key in history_keys(table).items():
+            merged = merge_table(con, validated_dir, table, key)
+            if merged is None:
+                raise FileNotFoundError(f"{validated_dir / table.name}: no validated partitions")
+            out[name] = merged.order_by(key).to_pyarrow()
     return out
 
 

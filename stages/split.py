@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = {}
     for name, part in parts.items():
         write_frame(part, args.out_dir / f"{name}.parquet")
-        dates = sorted(str(d) for d in part[SNAPSHOT_COL].unique())
+        dates = sorted(str(pd.Timestamp(d).date()) for d in part[SNAPSHOT_COL].unique())
         summary[name] = {"rows": len(part), "snapshot_dates": dates}
         print(f"split {name}: {len(part)} rows, snapshots {dates[0]}..{dates[-1]}")
     write_json(summary, args.out_dir / "summary.json")

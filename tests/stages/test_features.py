@@ -45,6 +45,8 @@ def tiny_history():
         (1, "2025-12-26", "DE", "basic", "ads", 9.0, "2026-01-01 00:00"),
         (2, "2025-12-31", "FR", "premium", "organic", 29.0, "2026-01-01 00:00"),
         (3, "2025-12-01", "GB", "basic", "ads", 9.0, "2026-01-01 00:00"),
+        # a plan change after the 01-05 snapshot: features at 01-05 must still say "basic"
+        (1, "2025-12-26", "DE", "premium", "ads", 29.0, "2026-01-06 08:00"),
     ])
     return ibis.memtable(events), ibis.memtable(customers)
 
@@ -64,6 +66,7 @@ def test_features_labels_and_population_at_a_snapshot(tiny_history, shop_params)
     assert out.loc[2, "refunds_amount_2d"] == 12.5
     assert out.loc[2, "days_since_last_activity"] == 0
     assert out.loc[1, "tenure_days"] == 10 and out.loc[2, "plan"] == "premium"
+    assert out.loc[1, "plan"] == "basic" and out.loc[1, "monthly_price"] == 9.0
 
 
 def test_features_never_read_the_future(tiny_history, shop_params):
@@ -86,13 +89,14 @@ def test_main_writes_snapshots_predict_set_and_schema(tmp_path, tiny_history, sh
     hist = tmp_path / "history"
     hist.mkdir()
     events.to_parquet(hist / "events.parquet")
-    customers.to_parquet(hist / "customers.parquet")
+    customers.to_parquet(hist / "customers_versions.parquet")
 
     assert main([str(hist), str(tmp_path / "f"), "--params", str(params_file)]) == 0
     snaps = pd.read_parquet(tmp_path / "f/snapshots.parquet")
     assert sorted(snaps["snapshot_date"].astype(str).unique()) == ["2026-01-04", "2026-01-06"]
     predict = pd.read_parquet(tmp_path / "f/predict.parquet")
     assert "churn" not in predict and set(predict["snapshot_date"].astype(str)) == {"2026-01-09"}
+    assert predict.set_index("customer_id").loc[1, "plan"] == "premium"  # latest version
     schema = load_schema(tmp_path / "f/feature_schema.json")
     assert set(schema.features) <= set(snaps.columns)
     assert schema.categories["plan"] == ("basic", "standard", "premium")
@@ -106,6 +110,6 @@ def test_main_with_too_little_history_says_why(tmp_path, tiny_history, shop_para
     hist = tmp_path / "history"
     hist.mkdir()
     events.to_parquet(hist / "events.parquet")
-    customers.to_parquet(hist / "customers.parquet")
+    customers.to_parquet(hist / "customers_versions.parquet")
     with pytest.raises(SystemExit, match="too short for a labelled snapshot"):
         main([str(hist), str(tmp_path / "f"), "--params", str(params_file)])

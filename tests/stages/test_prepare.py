@@ -78,3 +78,5 @@ def test_main_dedupes_events_and_keeps_latest_customer(tmp_path, shop_params):
     assert customers.set_index("customer_id").loc[10, "plan"] == "premium"
     assert customers["customer_id"].tolist() == [10, 11]
     assert customers["signup_date"].iloc[0] == dt.date(2025, 12, 1)
+    versions = pq.read_table(tmp_path / "history/customers_versions.parquet").to_pandas()
+    assert versions[versions.customer_id == 10]["plan"].tolist() == ["basic", "premium"]
