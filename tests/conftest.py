@@ -27,8 +27,9 @@ def write_params(params: dict, path: Path) -> Path:
     return path
 
 
-def write_partition(root: Path, table: str, date: str, frame: pd.DataFrame,
-                    name: str = "part-0000.parquet") -> Path:
+def write_partition(
+    root: Path, table: str, date: str, frame: pd.DataFrame, name: str = "part-0000.parquet"
+) -> Path:
     path = root / "landing" / table / f"date={date}" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path, index=False)
@@ -37,8 +38,9 @@ def write_partition(root: Path, table: str, date: str, frame: pd.DataFrame,
 
 def events_frame(rows: list[tuple]) -> pd.DataFrame:
     """rows of (event_id, customer_id, 'YYYY-MM-DD HH:MM', event_type, amount|None)."""
-    df = pd.DataFrame(rows, columns=["event_id", "customer_id", "event_time", "event_type",
-                                     "amount"])
+    df = pd.DataFrame(
+        rows, columns=["event_id", "customer_id", "event_time", "event_type", "amount"]
+    )
     df["event_time"] = pd.to_datetime(df["event_time"]).astype("datetime64[us]")
     df["amount"] = df["amount"].astype("float64")
     return df
@@ -46,8 +48,18 @@ def events_frame(rows: list[tuple]) -> pd.DataFrame:
 
 def customers_frame(rows: list[tuple]) -> pd.DataFrame:
     """rows of (customer_id, signup 'YYYY-MM-DD', country, plan, channel, price, 'updated')."""
-    df = pd.DataFrame(rows, columns=["customer_id", "signup_date", "country", "plan", "channel",
-                                     "monthly_price", "updated_at"])
+    df = pd.DataFrame(
+        rows,
+        columns=[
+            "customer_id",
+            "signup_date",
+            "country",
+            "plan",
+            "channel",
+            "monthly_price",
+            "updated_at",
+        ],
+    )
     df["signup_date"] = pd.to_datetime(df["signup_date"]).dt.date
     df["updated_at"] = pd.to_datetime(df["updated_at"]).astype("datetime64[us]")
     return df

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from serve.app import (
 from stages.cli import main as cli_main
 from stages.feature_schema import FeatureSchema, save_schema
 from stages.model_io import save_model
+from tests.server_process import free_port, running_server
 
 SCHEMA = FeatureSchema(
     entity_key="customer_id",
@@ -44,7 +44,6 @@ SCHEMA = FeatureSchema(
     categories={"plan": ("basic", "standard", "premium")},
 )
 MAX_RECORDS = 5
-STARTUP_TIMEOUT_S = 60
 
 
 def synthetic_frame(n: int, seed: int) -> pd.DataFrame:
@@ -81,20 +80,6 @@ def fit_pipeline(frame: pd.DataFrame) -> Pipeline:
 def record(customer_id: int | str = 1, **overrides: object) -> dict[str, object]:
     base = {"customer_id": customer_id, "days_since_last_order": 10.0, "orders_28d": 2.0}
     return {**base, "plan": "standard", **overrides}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_refuses(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 # ---------------------------------------------------------------- pure helpers, in-process
@@ -193,33 +178,6 @@ class Server:
     log: Path
 
 
-def _wait_ready(proc: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            if requests.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S}s:\n{log.read_text()}")
-
-
-def _stop(proc: subprocess.Popen) -> int | None:
-    """SIGINT (LitServe's graceful path); returns the exit code, None if it had to be killed."""
-    if proc.poll() is not None:
-        return proc.returncode
-    proc.send_signal(signal.SIGINT)
-    try:
-        return proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # its own session: only the server and its children
-        proc.wait()
-        return None
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("serve")
@@ -232,18 +190,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     env = {**os.environ, "EVERGREEN_SCHEMA": str(schema)}
     cmd = [sys.executable, "-m", "serve.app", "--model", str(model), "--port", str(port)]
     cmd += ["--max-records", str(MAX_RECORDS), "--model-name", "churn-test"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(proc, url, log)
+    with running_server(cmd, port, log, env=env) as (url, proc):
         yield Server(url=url, port=port, proc=proc, pipe=pipe, log=log)
-    finally:
-        code = _stop(proc)
-        assert code == 0, f"server did not exit cleanly on SIGINT ({code}):\n{log.read_text()}"
-        assert port_refuses(port), f"port {port} still served after the server exited"
 
 
 def post(server: Server, body: object) -> requests.Response:

@@ -13,8 +13,14 @@ from stages.features import FeaturesConfig, build_features, main, snapshot_dates
 from tests.conftest import customers_frame, events_frame, write_params
 
 D = dt.date
-CFG = FeaturesConfig(horizon_days=3, snapshot_every_days=2, max_snapshots=3, min_history_days=2,
-                     active_days=4, windows=(2, 4))
+CFG = FeaturesConfig(
+    horizon_days=3,
+    snapshot_every_days=2,
+    max_snapshots=3,
+    min_history_days=2,
+    active_days=4,
+    windows=(2, 4),
+)
 
 
 def test_snapshot_dates_keep_label_window_inside_the_data():
@@ -26,28 +32,32 @@ def test_snapshot_dates_keep_label_window_inside_the_data():
 
 @pytest.fixture
 def tiny_history():
-    events = events_frame([
-        # customer 1: active before the snapshot, active after it -> retained
-        (1, 1, "2026-01-04 10:00", "session", None),
-        (2, 1, "2026-01-05 10:00", "order", 30.0),
-        (3, 1, "2026-01-07 10:00", "session", None),
-        # customer 2: active, a ticket and a refund, then silent -> churn
-        (4, 2, "2026-01-02 10:00", "session", None),
-        (5, 2, "2026-01-05 09:00", "support_ticket", None),
-        (6, 2, "2026-01-05 11:00", "refund", 12.5),
-        (7, 2, "2026-01-05 12:00", "session", None),
-        # customer 3: only old activity -> not in the population at 01-05
-        (8, 3, "2026-01-01 10:00", "session", None),
-        # event after the snapshot must not leak into features
-        (9, 2, "2026-01-09 10:00", "support_ticket", None),
-    ])
-    customers = customers_frame([
-        (1, "2025-12-26", "DE", "basic", "ads", 9.0, "2026-01-01 00:00"),
-        (2, "2025-12-31", "FR", "premium", "organic", 29.0, "2026-01-01 00:00"),
-        (3, "2025-12-01", "GB", "basic", "ads", 9.0, "2026-01-01 00:00"),
-        # a plan change after the 01-05 snapshot: features at 01-05 must still say "basic"
-        (1, "2025-12-26", "DE", "premium", "ads", 29.0, "2026-01-06 08:00"),
-    ])
+    events = events_frame(
+        [
+            # customer 1: active before the snapshot, active after it -> retained
+            (1, 1, "2026-01-04 10:00", "session", None),
+            (2, 1, "2026-01-05 10:00", "order", 30.0),
+            (3, 1, "2026-01-07 10:00", "session", None),
+            # customer 2: active, a ticket and a refund, then silent -> churn
+            (4, 2, "2026-01-02 10:00", "session", None),
+            (5, 2, "2026-01-05 09:00", "support_ticket", None),
+            (6, 2, "2026-01-05 11:00", "refund", 12.5),
+            (7, 2, "2026-01-05 12:00", "session", None),
+            # customer 3: only old activity -> not in the population at 01-05
+            (8, 3, "2026-01-01 10:00", "session", None),
+            # event after the snapshot must not leak into features
+            (9, 2, "2026-01-09 10:00", "support_ticket", None),
+        ]
+    )
+    customers = customers_frame(
+        [
+            (1, "2025-12-26", "DE", "basic", "ads", 9.0, "2026-01-01 00:00"),
+            (2, "2025-12-31", "FR", "premium", "organic", 29.0, "2026-01-01 00:00"),
+            (3, "2025-12-01", "GB", "basic", "ads", 9.0, "2026-01-01 00:00"),
+            # a plan change after the 01-05 snapshot: features at 01-05 must still say "basic"
+            (1, "2025-12-26", "DE", "premium", "ads", 29.0, "2026-01-06 08:00"),
+        ]
+    )
     return ibis.memtable(events), ibis.memtable(customers)
 
 
@@ -73,11 +83,13 @@ def test_features_never_read_the_future(tiny_history, shop_params):
     dataset = dataset_from_params(shop_params["dataset"])
     events, customers = tiny_history
     con = ibis.duckdb.connect()
-    full = con.to_pyarrow(build_features(events, customers, [D(2026, 1, 5)], dataset, CFG,
-                                         labelled=False)).to_pandas()
+    full = con.to_pyarrow(
+        build_features(events, customers, [D(2026, 1, 5)], dataset, CFG, labelled=False)
+    ).to_pandas()
     cut = events.filter(events.event_time < pd.Timestamp("2026-01-06"))
-    past_only = con.to_pyarrow(build_features(cut, customers, [D(2026, 1, 5)], dataset, CFG,
-                                              labelled=False)).to_pandas()
+    past_only = con.to_pyarrow(
+        build_features(cut, customers, [D(2026, 1, 5)], dataset, CFG, labelled=False)
+    ).to_pandas()
     pd.testing.assert_frame_equal(full, past_only)
 
 

@@ -31,9 +31,9 @@ def test_check_flags_a_stale_file(tmp_path, capsys):
 
 
 def test_missing_conf_and_sections_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"config\.yaml"):
         compose_params(tmp_path, tmp_path / "p.yaml")
-    with pytest.raises(KeyError, match="lake.path"):
+    with pytest.raises(KeyError, match=r"lake\.path"):
         section({"lake": {}}, "lake.path")
 
 

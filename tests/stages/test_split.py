@@ -12,9 +12,13 @@ from tests.conftest import write_params
 
 def _snapshots(n_dates: int) -> pd.DataFrame:
     dates = [dt.date(2026, 1, 1) + dt.timedelta(days=7 * i) for i in range(n_dates)]
-    return pd.DataFrame({"customer_id": [1, 2] * n_dates,
-                         "snapshot_date": [d for d in dates for _ in (0, 1)],
-                         "churn": [0, 1] * n_dates})
+    return pd.DataFrame(
+        {
+            "customer_id": [1, 2] * n_dates,
+            "snapshot_date": [d for d in dates for _ in (0, 1)],
+            "churn": [0, 1] * n_dates,
+        }
+    )
 
 
 def test_latest_snapshot_is_test_and_train_is_strictly_older():
@@ -35,8 +39,12 @@ def test_too_few_snapshots_and_unknown_strategy_are_explained():
 def test_main_writes_three_splits(tmp_path, shop_params):
     params = write_params(shop_params, tmp_path / "params.yaml")
     _snapshots(4).to_parquet(tmp_path / "snapshots.parquet")
-    assert main([str(tmp_path / "snapshots.parquet"), str(tmp_path / "split"),
-                 "--params", str(params)]) == 0
+    assert (
+        main(
+            [str(tmp_path / "snapshots.parquet"), str(tmp_path / "split"), "--params", str(params)]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "split/summary.json").read_text())
     assert [summary[s]["rows"] for s in ("train", "valid", "test")] == [4, 2, 2]
     assert pd.read_parquet(tmp_path / "split/test.parquet")["churn"].tolist() == [0, 1]

@@ -15,13 +15,15 @@ def _events_spec(shop_params):
 
 
 def test_bad_rows_are_quarantined_with_reasons_and_counts_conserved(tmp_path, shop_params):
-    frame = events_frame([
-        (1, 10, "2026-01-01 10:00", "session", None),
-        (2, 10, "2026-01-01 11:00", "teleport", None),  # unknown category
-        (3, 11, "2026-01-01 12:00", "order", -5.0),  # out of range
-        (4, None, "2026-01-01 13:00", "order", 20.0),  # null key
-        (5, 12, "2026-01-01 14:00", "refund", 3.5),
-    ])
+    frame = events_frame(
+        [
+            (1, 10, "2026-01-01 10:00", "session", None),
+            (2, 10, "2026-01-01 11:00", "teleport", None),  # unknown category
+            (3, 11, "2026-01-01 12:00", "order", -5.0),  # out of range
+            (4, None, "2026-01-01 13:00", "order", 20.0),  # null key
+            (5, 12, "2026-01-01 14:00", "refund", 3.5),
+        ]
+    )
     path = write_partition(tmp_path, "events", "2026-01-01", frame)
     result = validate_partition([path], _events_spec(shop_params), "2026-01-01")
 
@@ -73,20 +75,33 @@ def _tiny_lake(root, bad_rows: int = 0):
     good = [(i, 10 + i % 3, "2026-01-01 10:00", "session", None) for i in range(10)]
     bad = [(100 + i, 10, "2026-01-01 10:00", "nope", None) for i in range(bad_rows)]
     write_partition(root, "events", "2026-01-01", events_frame(good + bad))
-    write_partition(root, "customers", "2026-01-01", customers_frame(
-        [(c, "2025-12-01", "DE", "basic", "ads", 9.0, "2026-01-01 00:00") for c in (10, 11, 12)]
-    ))
+    write_partition(
+        root,
+        "customers",
+        "2026-01-01",
+        customers_frame(
+            [(c, "2025-12-01", "DE", "basic", "ads", 9.0, "2026-01-01 00:00") for c in (10, 11, 12)]
+        ),
+    )
 
 
 def test_main_writes_partitions_quarantine_and_metrics(tmp_path, shop_params):
     params = write_params(shop_params, tmp_path / "params.yaml")
     _tiny_lake(tmp_path / "data", bad_rows=1)
     out, metrics = tmp_path / "validated", tmp_path / "validation.json"
-    assert main([str(tmp_path / "data/landing"), str(out), str(metrics), "--params", str(params)]) == 0
+    assert (
+        main([str(tmp_path / "data/landing"), str(out), str(metrics), "--params", str(params)]) == 0
+    )
 
     m = json.loads(metrics.read_text())
-    assert m["events"] == {"partitions": 1, "partitions_faulty": 0, "rows_in": 11,
-                           "rows_valid": 10, "rows_quarantined": 1, "missing_days": 0}
+    assert m["events"] == {
+        "partitions": 1,
+        "partitions_faulty": 0,
+        "rows_in": 11,
+        "rows_valid": 10,
+        "rows_quarantined": 1,
+        "missing_days": 0,
+    }
     valid = pq.read_table(out / "events/date=2026-01-01.parquet").to_pandas()
     assert len(valid) == 10 and str(valid["_partition"].iloc[0]) == "2026-01-01"
     quarantine = pd.read_parquet(out / "quarantine/events/date=2026-01-01.parquet")
@@ -96,8 +111,15 @@ def test_main_writes_partitions_quarantine_and_metrics(tmp_path, shop_params):
 def test_main_fails_naming_partition_when_too_much_is_quarantined(tmp_path, shop_params, capsys):
     params = write_params(shop_params, tmp_path / "params.yaml")
     _tiny_lake(tmp_path / "data", bad_rows=5)  # 5 of 15 > 20 %
-    rc = main([str(tmp_path / "data/landing"), str(tmp_path / "v"), str(tmp_path / "m.json"),
-               "--params", str(params)])
+    rc = main(
+        [
+            str(tmp_path / "data/landing"),
+            str(tmp_path / "v"),
+            str(tmp_path / "m.json"),
+            "--params",
+            str(params),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1
     assert "events/date=2026-01-01" in err and "isin" in err
@@ -105,6 +127,13 @@ def test_main_fails_naming_partition_when_too_much_is_quarantined(tmp_path, shop
 
 def test_main_without_ingested_data_exits_2(tmp_path, shop_params, capsys):
     params = write_params(shop_params, tmp_path / "params.yaml")
-    rc = main([str(tmp_path / "nothing"), str(tmp_path / "v"), str(tmp_path / "m.json"),
-               "--params", str(params)])
+    rc = main(
+        [
+            str(tmp_path / "nothing"),
+            str(tmp_path / "v"),
+            str(tmp_path / "m.json"),
+            "--params",
+            str(params),
+        ]
+    )
     assert rc == 2 and "evergreen ingest" in capsys.readouterr().err
