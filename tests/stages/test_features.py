@@ -58,12 +58,12 @@ def tiny_history():
             (1, "2025-12-26", "DE", "premium", "ads", 29.0, "2026-01-06 08:00"),
         ]
     )
-    return ibis.memtable(events), ibis.memtable(customers)
+    return events, customers
 
 
 def test_features_labels_and_population_at_a_snapshot(tiny_history, shop_params):
     dataset = dataset_from_params(shop_params["dataset"])
-    events, customers = tiny_history
+    events, customers = map(ibis.memtable, tiny_history)
     expr = build_features(events, customers, [D(2026, 1, 5)], dataset, CFG, labelled=True)
     out = ibis.duckdb.connect().to_pyarrow(expr).to_pandas().set_index("customer_id")
 
@@ -81,7 +81,7 @@ def test_features_labels_and_population_at_a_snapshot(tiny_history, shop_params)
 
 def test_features_never_read_the_future(tiny_history, shop_params):
     dataset = dataset_from_params(shop_params["dataset"])
-    events, customers = tiny_history
+    events, customers = map(ibis.memtable, tiny_history)
     con = ibis.duckdb.connect()
     full = con.to_pyarrow(
         build_features(events, customers, [D(2026, 1, 5)], dataset, CFG, labelled=False)
@@ -100,8 +100,8 @@ def test_main_writes_snapshots_predict_set_and_schema(tmp_path, tiny_history, sh
     events, customers = tiny_history
     hist = tmp_path / "history"
     hist.mkdir()
-    events.to_parquet(hist / "events.parquet")
-    customers.to_parquet(hist / "customers_versions.parquet")
+    events.to_parquet(hist / "events.parquet", index=False)
+    customers.to_parquet(hist / "customers_versions.parquet", index=False)
 
     assert main([str(hist), str(tmp_path / "f"), "--params", str(params_file)]) == 0
     snaps = pd.read_parquet(tmp_path / "f/snapshots.parquet")
@@ -121,7 +121,7 @@ def test_main_with_too_little_history_says_why(tmp_path, tiny_history, shop_para
     events, customers = tiny_history
     hist = tmp_path / "history"
     hist.mkdir()
-    events.to_parquet(hist / "events.parquet")
-    customers.to_parquet(hist / "customers_versions.parquet")
+    events.to_parquet(hist / "events.parquet", index=False)
+    customers.to_parquet(hist / "customers_versions.parquet", index=False)
     with pytest.raises(SystemExit, match="too short for a labelled snapshot"):
         main([str(hist), str(tmp_path / "f"), "--params", str(params_file)])
