@@ -30,7 +30,7 @@ demo: setup
 	evergreen ingest --lake $(LAKE)
 	dvc repro
 	dvc push
-	dvc metrics show
+	dvc metrics show --md metrics/evaluate.json metrics/train.json
 
 test: setup
 	pytest
