@@ -39,6 +39,8 @@ lint: setup
 	ruff check .
 	ruff format --check .
 	shellcheck .ci/run
+	actionlint -shellcheck "$(BIN)/shellcheck" .github/workflows/*.yml
+	zizmor --offline --min-severity medium .github/workflows/
 
 serve: setup
 	evergreen serve

@@ -13,6 +13,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("ingest",): ("stages.ingest", "copy new lake objects into data/ and record data.dvc"),
     ("params",): ("stages.params", "compose conf/ into params.yaml"),
     ("serve",): ("serve.app", "run the LitServe prediction server"),
+    ("gate",): ("stages.gate", "judge the workspace model against the champion on a git ref"),
+    ("card",): ("stages.card", "build the model card; `card stamp` adds commit + gate verdict"),
+    ("overrides",): ("stages.overrides", "validate config overrides or write them into conf/"),
+    ("dispatch",): ("stages.dispatch", "run the retrain workflow on GitHub with overrides"),
 }
 
 
