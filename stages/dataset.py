@@ -1,13 +1,52 @@
-"""A dataset described by `conf/dataset/<name>.yaml`, as typed, frozen config objects."""
+"""A dataset described by `conf/dataset/<name>.yaml`, as typed, frozen config objects.
+
+Everything the stages know about a dataset comes from here: its tables (role, key, event
+timestamp, how the landing zone names partitions, file format, time zone of naive timestamps),
+their columns (type and checks), derived columns, which event types count as activity or carry
+an amount, where entity attributes come from, and the label. A bad file raises one
+`DatasetConfigError` naming `conf/dataset/<name>.yaml`, the key and what was expected.
+"""
 
 from __future__ import annotations
 
+import ast
+import re
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 COLUMN_TYPES = ("int64", "float64", "string", "bool", "date", "timestamp")
+NUMERIC_TYPES = ("int64", "float64")
 TABLE_ROLES = ("events", "entities")
+FILE_FORMATS = ("parquet", "csv")
+FILE_SUFFIXES = {"parquet": ".parquet", "csv": ".csv"}
+
+_DATASET_KEYS = (
+    "name",
+    "entity_key",
+    "tables",
+    "event_type_column",
+    "amount_column",
+    "activity_types",
+    "amount_types",
+    "event_features",
+    "entity_features",
+    "label",
+)
+_TABLE_KEYS = ("role", "key", "timestamp", "partition", "format", "timezone", "columns", "derived")
+_COLUMN_KEYS = ("type", "nullable", "allowed", "min", "max", "pattern", "unique")
+_DERIVED_KEYS = ("expr", "nullable", "min", "max", "unique")
+_ENTITY_FEATURE_KEYS = ("table", "categorical", "numeric", "signup_date")
+_LABEL_KEYS = ("name", "horizon_days", "lookback_days")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class DatasetConfigError(ValueError):
+    """A dataset config that breaks an expectation; the message names the file and the key."""
 
 
 @dataclass(frozen=True)
@@ -18,6 +57,13 @@ class ColumnSpec:
     allowed: tuple[str, ...] | None = None
     min: float | None = None
     max: float | None = None
+    pattern: str | None = None  # a full match, for string columns
+    unique: bool = False  # within one partition (duplicates across days are prepare's job)
+    expr: str | None = None  # derived: computed from the table's numeric columns, not read
+
+    @property
+    def derived(self) -> bool:
+        return self.expr is not None
 
 
 @dataclass(frozen=True)
@@ -27,6 +73,9 @@ class TableSpec:
     key: str
     timestamp: str
     columns: tuple[ColumnSpec, ...]
+    partition: str = "date"  # landing zone: <table>/<partition>=YYYY-MM-DD/
+    format: str = "parquet"
+    timezone: str = "UTC"  # of naive timestamps; tz-aware ones are converted to UTC
 
     def column(self, name: str) -> ColumnSpec:
         for col in self.columns:
@@ -34,12 +83,43 @@ class TableSpec:
                 return col
         raise KeyError(f"table '{self.name}' has no column '{name}'")
 
+    @property
+    def raw_columns(self) -> tuple[ColumnSpec, ...]:
+        """The columns every landed file must carry."""
+        return tuple(c for c in self.columns if not c.derived)
+
+    @property
+    def derived_columns(self) -> tuple[ColumnSpec, ...]:
+        return tuple(c for c in self.columns if c.derived)
+
+    @property
+    def file_suffix(self) -> str:
+        return FILE_SUFFIXES[self.format]
+
 
 @dataclass(frozen=True)
 class EntityFeatures:
+    # where the attributes come from: an entities table (its version as of the snapshot) or the
+    # events table (the entity's latest event up to the snapshot)
+    table: str | None = None
     categorical: tuple[str, ...] = ()
     numeric: tuple[str, ...] = ()
     signup_date: str | None = None
+
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        extra = (self.signup_date,) if self.signup_date else ()
+        return (*self.categorical, *self.numeric, *extra)
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """Churn: an entity active in the `lookback_days` up to a snapshot, with no activity in the
+    `horizon_days` after it."""
+
+    name: str = "label"
+    horizon_days: int = 21
+    lookback_days: int = 28
 
 
 @dataclass(frozen=True)
@@ -51,7 +131,9 @@ class DatasetConfig:
     event_features: dict[str, str]
     amount_types: tuple[str, ...]
     entity_features: EntityFeatures = field(default_factory=EntityFeatures)
-    label: str = "label"
+    label: LabelSpec = field(default_factory=LabelSpec)
+    event_type_column: str = "event_type"
+    amount_column: str | None = "amount"
 
     def table(self, name: str) -> TableSpec:
         for table in self.tables:
@@ -62,52 +144,339 @@ class DatasetConfig:
     def table_by_role(self, role: str) -> TableSpec | None:
         return next((t for t in self.tables if t.role == role), None)
 
+    @property
+    def events(self) -> TableSpec:
+        table = self.table_by_role("events")
+        if table is None:  # dataset_from_params guarantees one
+            raise KeyError(f"dataset '{self.name}' has no events table")
+        return table
 
-def _column(name: str, raw: Mapping[str, Any], where: str) -> ColumnSpec:
-    ctype = raw.get("type")
+    @property
+    def attribute_table(self) -> TableSpec | None:
+        """The table entity attributes are read from (None: no attributes)."""
+        if self.entity_features.table is None:
+            return None
+        return self.table(self.entity_features.table)
+
+
+# ---------------------------------------------------------------------------------------------
+# Derived columns: a tiny arithmetic language over a table's numeric columns. It is parsed with
+# `ast` and evaluated by walking the whitelisted nodes, never with eval: a config file must not
+# be able to run code.
+
+_BINARY = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.divide}
+_UNARY = {ast.USub: np.negative, ast.UAdd: np.positive}
+EXPRESSION_HELP = "numbers, column names, + - * / and parentheses"
+
+
+def parse_expression(text: str) -> ast.expr:
+    """Parse a derived-column expression; ValueError names what is not allowed."""
+    try:
+        tree = ast.parse(str(text).strip(), mode="eval").body
+    except SyntaxError as exc:
+        raise ValueError(f"not an expression ({exc.msg}); allowed: {EXPRESSION_HELP}") from exc
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Load, ast.operator, ast.unaryop)):
+            continue  # judged with the node they belong to
+        if isinstance(node, ast.BinOp):
+            ok = type(node.op) in _BINARY
+        elif isinstance(node, ast.UnaryOp):
+            ok = type(node.op) in _UNARY
+        elif isinstance(node, ast.Constant):
+            ok = type(node.value) in (int, float)
+        else:
+            ok = isinstance(node, ast.Name)
+        if not ok:
+            raise ValueError(f"'{ast.unparse(node)}' is not allowed; allowed: {EXPRESSION_HELP}")
+    return tree
+
+
+def expression_columns(text: str) -> set[str]:
+    """The column names an expression reads."""
+    return {n.id for n in ast.walk(parse_expression(text)) if isinstance(n, ast.Name)}
+
+
+def evaluate_expression(text: str, frame: pd.DataFrame) -> pd.Series:
+    """Evaluate a derived-column expression over `frame`'s columns, as nullable Float64.
+
+    A null operand, or a non-finite result (division by zero), gives a null value.
+    """
+
+    def walk(node: ast.expr) -> np.ndarray | float:
+        if isinstance(node, ast.Constant):
+            return float(node.value)
+        if isinstance(node, ast.Name):
+            return pd.to_numeric(frame[node.id]).to_numpy(dtype="float64", na_value=np.nan)
+        if isinstance(node, ast.UnaryOp):
+            return _UNARY[type(node.op)](walk(node.operand))
+        if isinstance(node, ast.BinOp):
+            return _BINARY[type(node.op)](walk(node.left), walk(node.right))
+        raise ValueError(f"'{ast.unparse(node)}' is not allowed")  # parse_expression stops it
+
+    with np.errstate(all="ignore"):
+        values = np.broadcast_to(walk(parse_expression(text)), (len(frame),)).astype("float64")
+    values = np.where(np.isfinite(values), values, np.nan)
+    return pd.Series(pd.array(values, dtype="Float64"), index=frame.index)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing params' `dataset` section
+
+
+class _Where:
+    """Names the file and key of every error."""
+
+    def __init__(self, dataset: str) -> None:
+        self.file = f"conf/dataset/{dataset}.yaml"
+
+    def fail(self, key: str, expected: str, got: Any = ...) -> DatasetConfigError:
+        tail = "" if got is ... else f", got {got!r}"
+        return DatasetConfigError(f"{self.file}: {key}: expected {expected}{tail}")
+
+    def mapping(
+        self, raw: Any, key: str, known: tuple[str, ...] | None = None
+    ) -> Mapping[str, Any]:
+        """`raw` as a mapping whose keys are all `known` (any keys when None)."""
+        if not isinstance(raw, Mapping):
+            raise self.fail(key or "(top level)", "a mapping", raw)
+        unknown = sorted(str(k) for k in raw if known is not None and k not in known)
+        if unknown:
+            where = f"{key}.{unknown[0]}" if key else unknown[0]
+            raise self.fail(where, f"a known key, one of {', '.join(known or ())}")
+        return raw
+
+    def strings(self, raw: Any, key: str) -> tuple[str, ...]:
+        if not isinstance(raw, (list, tuple)) or not all(isinstance(v, str) for v in raw):
+            raise self.fail(key, "a list of strings", raw)
+        return tuple(raw)
+
+    def name(self, raw: Any, key: str) -> str:
+        if not isinstance(raw, str) or not _IDENTIFIER.match(raw):
+            raise self.fail(key, "a name (letters, digits, _)", raw)
+        return raw
+
+    def number(self, raw: Any, key: str) -> float | None:
+        if raw is not None and (isinstance(raw, bool) or not isinstance(raw, (int, float))):
+            raise self.fail(key, "a number", raw)
+        return raw
+
+    def positive_int(self, raw: Any, key: str) -> int:
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+            raise self.fail(key, "a whole number of days >= 1", raw)
+        return raw
+
+    def column_of(self, table: TableSpec, name: Any, key: str, types: tuple[str, ...] = ()) -> None:
+        names = [c.name for c in table.columns]
+        if name not in names:
+            raise self.fail(key, f"a column of table '{table.name}' ({', '.join(names)})", name)
+        ctype = table.column(name).type
+        if types and ctype not in types:
+            raise self.fail(key, f"a column of type {' or '.join(types)}, '{name}' is {ctype}")
+
+
+def _checks(spec: Mapping[str, Any], ctype: str, key: str, w: _Where) -> dict[str, Any]:
+    """The checks of one column, each checked against the column's type."""
+    out: dict[str, Any] = {"nullable": spec.get("nullable", True), "unique": spec.get("unique")}
+    for flag in ("nullable", "unique"):
+        if out[flag] is not None and not isinstance(out[flag], bool):
+            raise w.fail(f"{key}.{flag}", "true or false", out[flag])
+    out["unique"] = bool(out["unique"])
+    for bound in ("min", "max"):
+        out[bound] = w.number(spec.get(bound), f"{key}.{bound}")
+        if out[bound] is not None and ctype not in NUMERIC_TYPES:
+            raise w.fail(f"{key}.{bound}", f"a range only on int64/float64 columns, not {ctype}")
+    if out["min"] is not None and out["max"] is not None and out["min"] > out["max"]:
+        raise w.fail(f"{key}.min", f"at most max ({out['max']})", out["min"])
+    allowed = spec.get("allowed")
+    if allowed is not None:
+        if ctype != "string":
+            raise w.fail(f"{key}.allowed", f"allowed values only on string columns, not {ctype}")
+        allowed = w.strings(allowed, f"{key}.allowed")
+    out["allowed"] = allowed
+    pattern = spec.get("pattern")
+    if pattern is not None:
+        if ctype != "string":
+            raise w.fail(f"{key}.pattern", f"a pattern only on string columns, not {ctype}")
+        try:
+            re.compile(str(pattern))
+        except re.error as exc:
+            raise w.fail(f"{key}.pattern", f"a regular expression ({exc})", pattern) from exc
+    out["pattern"] = pattern
+    return out
+
+
+def _column(name: str, raw: Any, key: str, w: _Where) -> ColumnSpec:
+    spec = w.mapping(raw, key, _COLUMN_KEYS)
+    ctype = spec.get("type")
     if ctype not in COLUMN_TYPES:
-        raise ValueError(f"{where}.{name}: type must be one of {COLUMN_TYPES}, got {ctype!r}")
-    allowed = raw.get("allowed")
-    return ColumnSpec(
-        name=name,
-        type=ctype,
-        nullable=bool(raw.get("nullable", True)),
-        allowed=tuple(str(v) for v in allowed) if allowed is not None else None,
-        min=raw.get("min"),
-        max=raw.get("max"),
-    )
+        raise w.fail(f"{key}.type", f"one of {COLUMN_TYPES}", ctype)
+    return ColumnSpec(name=name, type=ctype, **_checks(spec, ctype, key, w))
 
 
-def _table(name: str, raw: Mapping[str, Any]) -> TableSpec:
-    where = f"dataset.tables.{name}"
-    role = raw.get("role")
+def _derived(name: str, raw: Any, key: str, raw_columns: tuple[ColumnSpec, ...], w: _Where):
+    spec = {"expr": raw} if isinstance(raw, str) else w.mapping(raw, key, _DERIVED_KEYS)
+    expr = spec.get("expr")
+    if not isinstance(expr, str):
+        raise w.fail(f"{key}.expr" if not isinstance(raw, str) else key, "an expression", expr)
+    try:
+        used = expression_columns(expr)
+    except ValueError as exc:
+        raise w.fail(key, f"an arithmetic expression: {exc}", expr) from exc
+    numeric = [c.name for c in raw_columns if c.type in NUMERIC_TYPES]
+    unknown = sorted(used - set(numeric))
+    if unknown:
+        raise w.fail(key, f"an expression over numeric columns ({', '.join(numeric)})", unknown[0])
+    return ColumnSpec(name=name, type="float64", expr=expr, **_checks(spec, "float64", key, w))
+
+
+def _table(name: str, raw: Any, entity_key: str, w: _Where) -> TableSpec:
+    where = f"tables.{name}"
+    spec = w.mapping(raw, where, _TABLE_KEYS)
+    role = spec.get("role")
     if role not in TABLE_ROLES:
-        raise ValueError(f"{where}.role: must be one of {TABLE_ROLES}, got {role!r}")
-    columns = tuple(_column(c, spec, f"{where}.columns") for c, spec in raw["columns"].items())
-    table = TableSpec(name, role, raw["key"], raw["timestamp"], columns)
-    for needed in (table.key, table.timestamp):
-        table.column(needed)  # raises naming the table when the key/timestamp is undeclared
+        raise w.fail(f"{where}.role", f"one of {TABLE_ROLES}", role)
+    fmt = spec.get("format", "parquet")
+    if fmt not in FILE_FORMATS:
+        raise w.fail(f"{where}.format", f"one of {FILE_FORMATS}", fmt)
+    timezone = spec.get("timezone", "UTC")
+    try:
+        zoneinfo.ZoneInfo(str(timezone))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise w.fail(
+            f"{where}.timezone", "an IANA time zone (UTC, Europe/Paris)", timezone
+        ) from exc
+    columns_raw = w.mapping(spec.get("columns"), f"{where}.columns")
+    if not columns_raw:
+        raise w.fail(f"{where}.columns", "at least one column")
+    columns = tuple(
+        _column(w.name(c, f"{where}.columns"), s, f"{where}.columns.{c}", w)
+        for c, s in columns_raw.items()
+    )
+    derived_raw = w.mapping(spec.get("derived") or {}, f"{where}.derived")
+    for d in derived_raw:
+        if d in columns_raw:
+            raise w.fail(f"{where}.derived.{d}", "a new column name, not a declared column")
+    derived = tuple(
+        _derived(w.name(d, f"{where}.derived"), s, f"{where}.derived.{d}", columns, w)
+        for d, s in derived_raw.items()
+    )
+    table = TableSpec(
+        name=name,
+        role=role,
+        key=spec.get("key"),
+        timestamp=spec.get("timestamp"),
+        columns=columns + derived,
+        partition=w.name(spec.get("partition", "date"), f"{where}.partition"),
+        format=fmt,
+        timezone=str(timezone),
+    )
+    w.column_of(table, table.key, f"{where}.key")
+    w.column_of(table, table.timestamp, f"{where}.timestamp", ("timestamp", "date"))
+    if entity_key not in columns_raw:
+        raise w.fail(f"{where}.columns", f"a column '{entity_key}' (the dataset's entity_key)")
     return table
 
 
-def dataset_from_params(raw: Mapping[str, Any]) -> DatasetConfig:
-    """Build the dataset config from params' `dataset` section, naming any bad key."""
-    try:
-        tables = tuple(_table(name, spec) for name, spec in raw["tables"].items())
-        ef = raw.get("entity_features") or {}
-        return DatasetConfig(
-            name=raw["name"],
-            entity_key=raw["entity_key"],
-            tables=tables,
-            activity_types=tuple(raw["activity_types"]),
-            event_features=dict(raw["event_features"]),
-            amount_types=tuple(raw.get("amount_types") or ()),
-            entity_features=EntityFeatures(
-                categorical=tuple(ef.get("categorical") or ()),
-                numeric=tuple(ef.get("numeric") or ()),
-                signup_date=ef.get("signup_date"),
-            ),
-            label=(raw.get("label") or {}).get("name", "label"),
+def _entity_features(raw: Any, tables: tuple[TableSpec, ...], w: _Where) -> EntityFeatures:
+    spec = w.mapping(raw or {}, "entity_features", _ENTITY_FEATURE_KEYS)
+    default = next((t.name for t in tables if t.role == "entities"), None)
+    default = default or next(t.name for t in tables if t.role == "events")
+    source = spec.get("table", default)
+    by_name = {t.name: t for t in tables}
+    if source not in by_name:
+        raise w.fail(
+            "entity_features.table", f"a table of the dataset ({', '.join(by_name)})", source
         )
-    except KeyError as exc:
-        raise ValueError(f"params dataset: missing key {exc}") from exc
+    table = by_name[source]
+    ef = EntityFeatures(
+        table=source,
+        categorical=w.strings(spec.get("categorical") or [], "entity_features.categorical"),
+        numeric=w.strings(spec.get("numeric") or [], "entity_features.numeric"),
+        signup_date=spec.get("signup_date"),
+    )
+    for name in ef.categorical:
+        w.column_of(table, name, "entity_features.categorical")
+    for name in ef.numeric:
+        w.column_of(table, name, "entity_features.numeric", NUMERIC_TYPES)
+    if ef.signup_date is not None:
+        w.column_of(table, ef.signup_date, "entity_features.signup_date", ("date", "timestamp"))
+    return ef
+
+
+def _label(raw: Any, w: _Where) -> LabelSpec:
+    spec = w.mapping(raw, "label", _LABEL_KEYS)
+    missing = [k for k in _LABEL_KEYS if k not in spec]
+    if missing:
+        raise w.fail(
+            f"label.{missing[0]}", "a value (label needs name, horizon_days, lookback_days)"
+        )
+    return LabelSpec(
+        name=w.name(spec["name"], "label.name"),
+        horizon_days=w.positive_int(spec["horizon_days"], "label.horizon_days"),
+        lookback_days=w.positive_int(spec["lookback_days"], "label.lookback_days"),
+    )
+
+
+def _event_types(raw: Mapping[str, Any], events: TableSpec, type_col: str, w: _Where):
+    activity = w.strings(raw.get("activity_types"), "activity_types")
+    amount_types = w.strings(raw.get("amount_types") or [], "amount_types")
+    features = w.mapping(raw.get("event_features"), "event_features")
+    for prefix in features.values():
+        w.name(prefix, "event_features")
+    allowed = events.column(type_col).allowed
+    if allowed is not None:
+        for key, values in (
+            ("activity_types", activity),
+            ("amount_types", amount_types),
+            ("event_features", tuple(features)),
+        ):
+            bad = [v for v in values if v not in allowed]
+            if bad:
+                raise w.fail(
+                    key, f"event types allowed in {events.name}.{type_col} {allowed}", bad[0]
+                )
+    return activity, amount_types, {str(k): str(v) for k, v in features.items()}
+
+
+def dataset_from_params(raw: Mapping[str, Any]) -> DatasetConfig:
+    """Build the dataset config from params' `dataset` section.
+
+    Raises `DatasetConfigError` naming `conf/dataset/<name>.yaml`, the key and the expectation.
+    """
+    name = raw.get("name") if isinstance(raw, Mapping) else None
+    w = _Where(name if isinstance(name, str) else "<name>")
+    raw = w.mapping(raw, "", _DATASET_KEYS)
+    required = ("name", "entity_key", "tables", "activity_types", "event_features", "label")
+    missing = [k for k in required if k not in raw]
+    if missing:
+        raise w.fail(missing[0], "a value (required key)")
+    w.name(name, "name")
+    entity_key = w.name(raw["entity_key"], "entity_key")
+    tables_raw = w.mapping(raw["tables"], "tables")
+    tables = tuple(_table(w.name(t, "tables"), s, entity_key, w) for t, s in tables_raw.items())
+    roles = [t.role for t in tables]
+    if roles.count("events") != 1 or roles.count("entities") > 1:
+        raise w.fail(
+            "tables", "one table with role 'events' and at most one with role 'entities'", roles
+        )
+    events = next(t for t in tables if t.role == "events")
+    type_col = raw.get("event_type_column", "event_type")
+    w.column_of(events, type_col, "event_type_column", ("string",))
+    amount_col = raw.get("amount_column")
+    if amount_col is not None:
+        w.column_of(events, amount_col, "amount_column", NUMERIC_TYPES)
+    activity, amount_types, features = _event_types(raw, events, type_col, w)
+    if amount_types and amount_col is None:
+        raise w.fail("amount_column", "a numeric events column since amount_types is set")
+    return DatasetConfig(
+        name=name,
+        entity_key=entity_key,
+        tables=tables,
+        activity_types=activity,
+        event_features=features,
+        amount_types=amount_types,
+        entity_features=_entity_features(raw.get("entity_features"), tables, w),
+        label=_label(raw["label"], w),
+        event_type_column=type_col,
+        amount_column=amount_col,
+    )

@@ -1,0 +1,259 @@
+"""Per-partition validation: every check of the dataset config, CSV and parquet files, time
+zones, and whole-file faults that quarantine a partition with a reason (never a traceback)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from stages.dataset import dataset_from_params
+from stages.validate import (
+    PartitionResult,
+    ValidateConfig,
+    check_thresholds,
+    validate_partition,
+)
+from tests.conftest import events_frame, write_partition
+
+PLAYS = Path(__file__).resolve().parents[1] / "data/plays.yaml"
+HEADER = "play_id,user_id,played_at,kind,quantity,unit_price,seconds,region,device\n"
+
+
+def _plays(**derived):
+    raw = yaml.safe_load(PLAYS.read_text())
+    if derived:
+        raw["tables"]["activity"]["derived"] = derived
+    return dataset_from_params(raw).table("activity")
+
+
+def _csv(tmp_path: Path, text: str, name: str = "part-0.csv") -> Path:
+    path = tmp_path / "activity" / "day=2026-01-05" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _row(pid="p000001", user="u0001", at="2026-01-05T10:00:00+01:00", kind="play", q="",
+         price="", sec="60", region="north", device="ios") -> str:  # fmt: skip
+    return f"{pid},{user},{at},{kind},{q},{price},{sec},{region},{device}\n"
+
+
+def _checks(result: PartitionResult) -> dict[int, set[str]]:
+    out: dict[int, set[str]] = {}
+    for row, column, check in zip(
+        result.quarantine["row"], result.quarantine["column"], result.quarantine["check"],
+        strict=True,
+    ):  # fmt: skip
+        out.setdefault(int(row), set()).add(f"{column}:{check}")
+    return out
+
+
+def test_csv_rows_meet_pattern_allowed_range_and_derived_checks(tmp_path):
+    table = _plays(spend={"expr": "quantity * unit_price", "max": 100})
+    text = HEADER + "".join(
+        [
+            _row(),  # fine
+            _row(pid="x1"),  # pattern
+            _row(pid="p000003", kind="dance"),  # allowed
+            _row(pid="p000004", kind="purchase", q="20", price="10"),  # derived spend 200 > 100
+            _row(pid="p000005", kind="purchase", q="2", price="3.5"),  # fine, spend 7
+            _row(pid="p000006", user="", region="mars"),  # two checks, one row
+            _row(pid="p000007", q="1.5"),  # not a whole number
+        ]
+    )
+    result = validate_partition([_csv(tmp_path, text)], table, "2026-01-05")
+    assert _checks(result) == {
+        1: {"play_id:pattern(p[0-9]{6})"},
+        2: {"kind:isin(['play', 'purchase', 'skip', 'complaint'])"},
+        3: {"spend:less_than_or_equal_to(100)"},
+        5: {"user_id:not_nullable", "region:isin(['north', 'south', 'east', 'west'])"},
+        6: {"quantity:type(int64)"},
+    }
+    assert result.rows_in == 7 and result.rows_quarantined == 5 and len(result.valid) == 2
+    assert result.valid["spend"].tolist()[1] == 7.0 and pd.isna(result.valid["spend"].iloc[0])
+
+
+def test_unique_keeps_the_first_of_equal_values(tmp_path):
+    raw = yaml.safe_load(PLAYS.read_text())
+    raw["tables"]["activity"]["columns"]["play_id"]["unique"] = True
+    table = dataset_from_params(raw).table("activity")
+    text = HEADER + _row() + _row(pid="p000002") + _row() + _row()
+    result = validate_partition([_csv(tmp_path, text)], table, "2026-01-05")
+    assert _checks(result) == {2: {"play_id:unique"}, 3: {"play_id:unique"}}
+    assert result.valid["play_id"].tolist() == ["p000001", "p000002"]
+
+
+def test_timestamps_with_offsets_and_naive_local_times_become_utc(tmp_path):
+    text = HEADER + "".join(
+        [
+            _row(pid="p000001", at="2026-01-05T10:00:00+01:00"),
+            _row(pid="p000002", at="2026-01-05T10:00:00"),  # Paris time (UTC+1 in winter)
+            _row(pid="p000003", at="2026-01-05T09:00:00Z"),
+            _row(pid="p000004", at="2026-07-05T10:00:00"),  # Paris summer time, UTC+2
+            _row(pid="p000005", at="2026-03-29T02:30:00"),  # does not exist in Paris
+            _row(pid="p000006", at="yesterday"),
+        ]
+    )
+    result = validate_partition([_csv(tmp_path, text)], _plays(), "2026-01-05")
+    times = result.valid.set_index("play_id")["played_at"].astype(str).to_dict()
+    assert times == {
+        "p000001": "2026-01-05 09:00:00",
+        "p000002": "2026-01-05 09:00:00",
+        "p000003": "2026-01-05 09:00:00",
+        "p000004": "2026-07-05 08:00:00",
+    }
+    assert _checks(result) == {
+        4: {"played_at:type(timestamp in Europe/Paris)"},
+        5: {"played_at:type(timestamp in Europe/Paris)"},
+    }
+
+
+def test_tz_aware_parquet_timestamps_are_converted_to_utc(tmp_path, shop_params):
+    spec = dataset_from_params(shop_params["dataset"]).table("events")
+    frame = events_frame([(1, 10, "2026-01-01 23:30", "session", None)])
+    frame["event_time"] = frame["event_time"].dt.tz_localize("UTC").dt.tz_convert("Asia/Tokyo")
+    path = write_partition(tmp_path, "events", "2026-01-02", frame)
+    assert pq.read_schema(path).field("event_time").type.tz == "Asia/Tokyo"
+    result = validate_partition([path], spec, "2026-01-02")
+    assert str(result.valid["event_time"].iloc[0]) == "2026-01-01 23:30:00"
+    assert result.valid["event_time"].dt.tz is None
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "unreadable csv (EmptyDataError"),
+        (HEADER + _row() + "p2,u0002,2026-01-05,play,,,1,north,ios,extra,fields\n", "ParserError"),
+        (HEADER.replace("kind", "event_kind") + _row(), "missing required column(s) ['kind']"),
+    ],
+)
+def test_whole_csv_faults_quarantine_the_partition(tmp_path, text, reason):
+    result = validate_partition([_csv(tmp_path, text)], _plays(), "2026-01-05")
+    assert result.fault is not None and reason in result.fault
+    assert "part-0.csv" in result.fault and len(result.valid) == 0
+    assert result.quarantine["check"].tolist() == ["partition"]
+    assert result.rows_in == result.rows_quarantined
+
+
+def test_a_renamed_column_is_named_with_its_likely_new_name(tmp_path):
+    text = HEADER.replace("region", "area") + _row()
+    result = validate_partition([_csv(tmp_path, text)], _plays(), "2026-01-05")
+    assert "missing required column(s) ['region']; unexpected column(s) ['area']" in result.fault
+
+
+def test_truncated_csv_loses_only_its_last_row_to_quarantine(tmp_path):
+    text = HEADER + _row() + _row(pid="p000002")
+    result = validate_partition([_csv(tmp_path, text[:-25])], _plays(), "2026-01-05")
+    assert result.fault is None and result.rows_in == 2
+    assert len(result.valid) == 1 and set(result.quarantine["row"]) == {1}
+
+
+def test_header_only_csv_is_an_empty_day(tmp_path):
+    result = validate_partition([_csv(tmp_path, HEADER)], _plays(), "2026-01-05")
+    assert result.fault is None and result.rows_in == 0 and len(result.quarantine) == 0
+
+
+def _parquet(tmp_path: Path, table: pa.Table) -> Path:
+    path = tmp_path / "landing/events/date=2026-01-01/part-0000.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("column", "array", "reason"),
+    [
+        ("event_time", pa.array([1, 2], pa.int64()), "column 'event_time' is int64 in the file"),
+        ("customer_id", pa.array([[1], [2]]), "cannot be read as int64"),
+        ("event_type", pa.array([1.5, 2.5]), "column 'event_type' is double"),
+    ],
+)
+def test_a_column_type_that_cannot_hold_the_declared_one_quarantines_the_partition(
+    tmp_path, shop_params, column, array, reason
+):
+    spec = dataset_from_params(shop_params["dataset"]).table("events")
+    frame = events_frame(
+        [(1, 10, "2026-01-01 10:00", "session", None), (2, 10, "2026-01-01 11:00", "order", 3.0)]
+    )
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.set_column(table.schema.get_field_index(column), column, array)
+    result = validate_partition([_parquet(tmp_path, table)], spec, "2026-01-01")
+    assert result.fault is not None and reason in result.fault
+    assert result.rows_in == 2 and result.rows_quarantined == 2
+
+
+def test_numbers_written_as_text_are_checked_value_by_value(tmp_path, shop_params):
+    spec = dataset_from_params(shop_params["dataset"]).table("events")
+    frame = events_frame([(1, 10, "2026-01-01 10:00", "order", None)] * 2).astype({"amount": str})
+    frame["amount"] = ["12.5", "lots"]
+    frame["event_id"] = [1, 2]
+    result = validate_partition(
+        [_parquet(tmp_path, pa.Table.from_pandas(frame))], spec, "2026-01-01"
+    )
+    assert result.fault is None and result.valid["amount"].tolist() == [12.5]
+    assert result.quarantine["check"].tolist() == ["type(float64)"]
+
+
+def test_a_file_of_another_format_is_a_fault_and_markers_are_ignored(tmp_path, shop_params):
+    spec = dataset_from_params(shop_params["dataset"]).table("events")
+    frame = events_frame([(1, 10, "2026-01-01 10:00", "session", None)])
+    good = write_partition(tmp_path, "events", "2026-01-01", frame)
+    marker = good.with_name("_SUCCESS")
+    marker.write_text("")
+    assert validate_partition([good, marker], spec, "2026-01-01").fault is None
+    stray = good.with_name("part-0001.csv")
+    stray.write_text("event_id\n1\n")
+    result = validate_partition([good, marker, stray], spec, "2026-01-01")
+    assert "unexpected file(s) ['part-0001.csv']" in result.fault
+
+
+def _result(partition: str, rows_in: int, valid: int, fault: str | None = None) -> PartitionResult:
+    q = pd.DataFrame(
+        {
+            "table": "events",
+            "partition": partition,
+            "source_file": "f",
+            "row": range(rows_in - valid),
+            "column": "c",
+            "check": "x",
+            "value": None,
+        }
+    )
+    return PartitionResult("events", partition, pd.DataFrame(index=range(valid)), q, rows_in, fault)
+
+
+def test_thresholds_on_rows_faulty_partitions_and_missing_days():
+    cfg = ValidateConfig(
+        max_quarantine_fraction=0.2, max_faulty_fraction=0.1, max_missing_fraction=0.1
+    )
+    days = [f"2026-01-{d:02d}" for d in range(1, 21)]
+    healthy = [_result(d, 10, 10) for d in days]
+    assert check_thresholds(healthy, cfg) == []
+    one_bad = [*healthy[:-1], _result(days[-1], 10, 7)]
+    (problem,) = check_thresholds(one_bad, cfg)
+    assert problem.startswith("events/date=2026-01-20: 30.0% of 10 rows quarantined (max 20%)")
+    # one whole-partition fault in 20 days is reported, not fatal; three are
+    faulty = [_result(d, 10, 0, fault="unreadable") if i in (3, 7, 9) else r
+              for i, (d, r) in enumerate(zip(days, healthy, strict=True))]  # fmt: skip
+    assert check_thresholds([*faulty[:4], *healthy[4:]], cfg) == []
+    (problem,) = check_thresholds(faulty, cfg)
+    assert problem.startswith("events: 3 of 20 partitions quarantined whole (max 10%)")
+    gappy = [r for i, r in enumerate(healthy) if i not in (2, 5, 8)]
+    (problem,) = check_thresholds(gappy, cfg)
+    assert "3 missing day(s)" in problem and "2026-01-03, 2026-01-06, 2026-01-09" in problem
+
+
+def test_conservation_is_checked_against_the_quarantine_itself():
+    lost = _result("2026-01-01", 10, 8)
+    lost.rows_in = 11  # a row that reached neither output
+    (problem,) = check_thresholds([lost], ValidateConfig())
+    assert "row counts not conserved (11 in, 8 valid, 2 quarantined)" in problem
+    twice = copy.copy(_result("2026-01-01", 10, 9))
+    twice.quarantine = pd.concat([twice.quarantine] * 2)  # one row, two failed checks
+    assert twice.rows_quarantined == 1 and check_thresholds([twice], ValidateConfig()) == []
