@@ -1,254 +1,488 @@
-"""The LitServe prediction server: churn scores for customers, from the saved pipeline.
+"""The LitServe prediction server: churn scores from the ONNX model and its model card.
 
-`POST /predict` takes `{"records": [{<entity key>, <features>...}, ...]}` and answers
-`{"predictions": [{<entity key>, "score", "churn"}, ...], "model": <name>}` in request order.
-A record that breaks the feature schema is refused with HTTP 422 naming the field.
-`GET /health` (LitServe's) answers 200 `ok` once every inference worker has loaded the model.
+    evergreen serve [--settings params.yaml] [--port 8000] ...
+    evergreen serve build-context --out DIR        (the image's build context, serve/context.py)
+
+Endpoints:
+- `POST /predict`: one record `{<entity key>, <feature>: value, ...}` or `{"records": [...]}`
+  (1..max_records); answers `{"request_id", "model": {"name", "version"}, "predictions":
+  [{<entity key>, "score", <label>: score >= threshold}, ...]}` in request order. A request that
+  breaks the card's feature schema gets 422 naming each field and the expectation
+  (serve/schema.py), checked by FastAPI in the API server before any worker sees it.
+- `GET /health`: 200 `ok` once every inference worker has loaded the model, 503 before (the
+  port only opens once the first worker is ready); never needs the API key.
+- `GET /info`: model name and version (md5 of the ONNX file), data version, git commit, gate
+  verdict, test metrics, the accepted feature schema, shadow model, prediction-log counters.
+- `GET /openapi.json`, `/docs`: the generated request and response schemas.
+
+With `EVERGREEN_API_KEY` (or `EVERGREEN_API_KEY_FILE`) set, every endpoint but /health needs the
+header `X-API-Key` (compared in constant time). LitServe 0.2.19 puts the API's `authorize`
+dependency on /health too, so ours lets /health through: container and load-balancer probes
+then need no secret, and /health tells nothing but readiness.
+
+Each worker loads only the ONNX graph and the card (no pickle, sklearn, torch or DVC), scores
+an optional shadow model on every request (logged, never returned), and hands each answered
+request to the prediction log (serve/sink.py), off the request path.
 """
 
-# No `from __future__ import annotations` here: LitServe reads the annotations of
-# `decode_request`/`encode_response` as real types to build the FastAPI route.
+# No `from __future__ import annotations` here: LitServe and FastAPI read the annotations of
+# `decode_request`/`encode_response` and of the endpoints as real types to build the routes.
 import argparse
-import hashlib
+import atexit
+import hmac
+import json
+import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import time
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import litserve as ls
-import pandas as pd
-from fastapi import HTTPException
-from pydantic import BaseModel, Field, StrictInt, StrictStr, ValidationError, create_model
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from stages.feature_schema import FeatureSchema, load_schema
-from stages.model_io import load_model
+from serve.model import Feed, ServedModel, concat, load_served_model
+from serve.schema import ApiModels, WireBatch, api_models, client_errors
+from serve.settings import (
+    DEFAULT_SETTINGS,
+    SETTINGS_ENV,
+    ServeSettings,
+    SettingsError,
+    api_key,
+    load_settings,
+)
+from serve.sink import WARN_EVERY_S, Counters, LogEntry, PredictionSink, SinkConfig
 
-DEFAULT_MODEL = "models/model.skops"
-DEFAULT_SCHEMA = "artifacts/features/feature_schema.json"
+API_PATH = "/predict"
+HEALTH_PATH = "/health"
+INFO_PATH = "/info"
+# LitServe's own /info (server internals) moves here; ours takes /info
+LITSERVE_INFO_PATH = "/litserve/info"
+API_KEY_HEADER = "X-API-Key"
 # A request with thousands of broken records would otherwise answer with thousands of errors.
 MAX_REPORTED_ERRORS = 20
+# bytes of JSON a record may take on average before the request is refused with 413
+BYTES_PER_RECORD = 4096
 
-# Strict: "1.5" or true is a client bug to report, not a value to coerce. NaN/inf are
-# refused too; a missing value is sent as null.
-Numeric = Annotated[float | None, Field(strict=True, allow_inf_nan=False)]
-Categorical = StrictStr | None
-EntityKey = StrictInt | StrictStr
+log = logging.getLogger("evergreen.serve")
+api_key_header = APIKeyHeader(
+    name=API_KEY_HEADER,
+    auto_error=False,
+    description="needed on every endpoint but /health when the server has an API key",
+)
 
 
 @dataclass(frozen=True)
-class ServeConfig:
-    model_path: Path
-    schema_path: Path
-    model_name: str
-    threshold: float = 0.5
-    max_records: int = 1000
+class Scored:
+    """One request's rows with the champion's scores and the shadow's (None: no shadow or it
+    failed)."""
+
+    wire: WireBatch
+    scores: np.ndarray
+    shadow_scores: np.ndarray | None
 
 
-class PredictRequest(BaseModel):
-    """The request envelope, checked by FastAPI before it reaches a worker (bad JSON -> 422)."""
-
-    records: list[dict[str, Any]]
-
-
-def record_model(schema: FeatureSchema) -> type[BaseModel]:
-    """A pydantic model of one record: the entity key (required) and every feature (nullable).
-
-    Fields get internal names and the column names as aliases, so a column called e.g.
-    `schema` or `_x` cannot clash with pydantic; errors still report the column name.
-    """
-    fields: dict[str, Any] = {"f0": (EntityKey, Field(alias=schema.entity_key))}
-    for i, name in enumerate(schema.numeric, start=len(fields)):
-        fields[f"f{i}"] = (Numeric, Field(alias=name))
-    for i, name in enumerate(schema.categorical, start=len(fields)):
-        fields[f"f{i}"] = (Categorical, Field(alias=name))
-    return create_model("Record", **fields)
-
-
-def records_model(schema: FeatureSchema, max_records: int) -> type[BaseModel]:
-    """A pydantic model of the `records` list: 1..max_records records of `record_model`."""
-    record = record_model(schema)
-    bounded = Annotated[list[record], Field(min_length=1, max_length=max_records)]
-    return create_model("Records", records=(bounded, ...))
-
-
-def parse_records(
-    validator: type[BaseModel], schema: FeatureSchema, records: list[dict[str, Any]]
-) -> pd.DataFrame:
-    """Validate `records` (raises pydantic's ValidationError) into a frame, one row per record.
-
-    Columns: the entity key, numeric features as float64 (null -> NaN), categorical
-    features as strings (null -> missing), as the training frames have them.
-    """
-    rows = validator.model_validate({"records": records}).records
-    names = [schema.entity_key, *schema.numeric, *schema.categorical]
-    columns = {name: [getattr(row, f"f{i}") for row in rows] for i, name in enumerate(names)}
-    frame = pd.DataFrame({schema.entity_key: pd.Series(columns[schema.entity_key], dtype=object)})
-    for name in schema.numeric:
-        frame[name] = pd.Series(columns[name], dtype="float64")
-    for name in schema.categorical:
-        frame[name] = pd.Series(columns[name], dtype="str")
-    return frame
-
-
-def model_columns(model: Any, schema: FeatureSchema) -> list[str]:
-    """The feature columns in the order the model was fitted on; they must be the schema's."""
-    fitted = getattr(model, "feature_names_in_", None)
-    if fitted is None:
-        return schema.features
-    fitted = [str(name) for name in fitted]
-    missing = sorted(set(fitted) - set(schema.features))
-    extra = sorted(set(schema.features) - set(fitted))
-    if missing or extra:
-        raise ValueError(
-            f"model and feature schema disagree: the model needs {missing} not in the schema, "
-            f"the schema has {extra} the model was not fitted on"
-        )
-    return fitted
-
-
-def score_frame(model: Any, columns: list[str], frame: pd.DataFrame) -> list[float]:
-    """Churn scores: the positive-class probability of `model` on `frame[columns]`."""
-    return [float(p) for p in model.predict_proba(frame[columns])[:, 1]]
-
-
-def to_predictions(
-    keys: Sequence[Any], scores: Sequence[float], *, key_name: str, threshold: float
-) -> list[dict[str, Any]]:
-    """One prediction per record, in order: its key, its score and score >= threshold."""
-    return [
-        {key_name: key, "score": score, "churn": score >= threshold}
-        for key, score in zip(keys, scores, strict=True)
-    ]
-
-
-def validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
-    """pydantic errors in FastAPI's 422 shape (loc from `body`), without echoing the input."""
-    errors = exc.errors(include_url=False, include_context=False, include_input=False)
-    return [
-        {"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]}
-        for err in errors[:MAX_REPORTED_ERRORS]
-    ]
+def _exit_on_signal(signum: int, frame: object) -> None:
+    # LitServe stops inference workers with SIGTERM; leaving through SystemExit runs the
+    # atexit hook that writes the prediction-log buffer
+    raise SystemExit(0)
 
 
 class ChurnAPI(ls.LitAPI):
-    """Scores customers with the saved pipeline; one request = one list of records.
+    """Scores requests with the champion (and the shadow, when configured); see module doc.
 
-    Batching across requests stays off: LitServe fails every request of a batch with the
-    HTTPException of any one of them, so one bad client would get 422 for the others.
+    Requests arrive already validated (as WireBatch); with `max_batch_size` > 1 LitServe hands
+    `predict` several of them, which are scored in one onnxruntime call.
     """
 
-    def __init__(self, config: ServeConfig) -> None:
-        super().__init__(api_path="/predict")
-        self.config = config
+    def __init__(self, settings: ServeSettings, *, key: str | None, counters: Counters) -> None:
+        super().__init__(
+            max_batch_size=settings.max_batch_size,
+            batch_timeout=settings.batch_timeout,
+            api_path=API_PATH,
+        )
+        self.settings = settings
+        self.counters = counters
+        self._key = key.encode() if key is not None else None
 
     def setup(self, device: str) -> None:
-        self.schema = load_schema(self.config.schema_path)
-        self.model = load_model(self.config.model_path)
-        self.columns = model_columns(self.model, self.schema)
-        self.validator = records_model(self.schema, self.config.max_records)
-
-    def decode_request(self, request: PredictRequest) -> pd.DataFrame:
-        try:
-            return parse_records(self.validator, self.schema, request.records)
-        except ValidationError as exc:
-            raise HTTPException(status_code=422, detail=validation_detail(exc)) from None
-
-    def predict(self, frame: pd.DataFrame) -> list[dict[str, Any]]:
-        scores = score_frame(self.model, self.columns, frame)
-        return to_predictions(
-            frame[self.schema.entity_key].tolist(),
-            scores,
-            key_name=self.schema.entity_key,
-            threshold=self.config.threshold,
+        s = self.settings
+        started = time.perf_counter()
+        self.model = load_served_model(
+            s.model, s.card, range_margin=s.range_margin, name=s.model_name
+        )
+        self.feed: Feed = self.model.feed_from(self.model.schema)
+        self.shadow: ServedModel | None = None
+        self.shadow_feed: Feed | None = None
+        if s.shadow_model is not None and s.shadow_card is not None:
+            self.shadow = load_served_model(s.shadow_model, s.shadow_card, range_margin=None)
+            self.shadow_feed = self.shadow.feed_from(self.model.schema)
+        self.sink: PredictionSink | None = None
+        if s.predictions_path:
+            config = SinkConfig(
+                path=s.predictions_path,
+                format=s.predictions_format,
+                max_queued=s.predictions_max_queued,
+                flush_records=s.predictions_flush_records,
+                flush_seconds=s.predictions_flush_seconds,
+            )
+            meta = {
+                "model_name": self.model.name,
+                "model_version": self.model.version,
+                "data_version": self.model.data_version,
+                "git_commit": self.model.git_commit,
+                "shadow_model_version": self.shadow.version if self.shadow else None,
+            }
+            self.sink = PredictionSink(config, self.model.schema, meta, self.counters).start()
+            atexit.register(self.sink.close)
+            signal.signal(signal.SIGTERM, _exit_on_signal)
+        shadow = f", shadow {self.shadow.version}" if self.shadow else ""
+        print(
+            f"evergreen serve: worker {os.getpid()} loaded {self.model.name} "
+            f"{self.model.version}{shadow} in {time.perf_counter() - started:.2f} s",
+            flush=True,
         )
 
-    def encode_response(self, output: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"predictions": output, "model": self.config.model_name}
+    def authorize(self, request: Request, key: str | None = Security(api_key_header)) -> None:
+        """The API-key check LitServe puts on every route (see the module doc for /health)."""
+        if self._key is None or request.url.path == HEALTH_PATH:
+            return
+        if key is None or not hmac.compare_digest(key.encode(), self._key):
+            raise HTTPException(
+                status_code=401,
+                detail=f"missing or wrong {API_KEY_HEADER} header",
+                headers={"WWW-Authenticate": "ApiKey"},
+            )
+
+    def decode_request(self, request: Any) -> WireBatch:
+        if not isinstance(request, WireBatch):  # made by the route's validating dependency
+            raise TypeError(f"expected a validated request, got {type(request).__name__}")
+        return request
+
+    def predict(self, x: WireBatch | list[WireBatch]) -> Scored | list[Scored]:
+        wires = x if isinstance(x, list) else [x]
+        joined = concat(wires)
+        scores = self.model.score(self.feed, joined)
+        shadow = self._shadow_scores(joined)
+        out, start = [], 0
+        for wire in wires:
+            end = start + len(wire)
+            part = None if shadow is None else shadow[start:end]
+            out.append(Scored(wire, scores[start:end], part))
+            start = end
+        return out if isinstance(x, list) else out[0]
+
+    def _shadow_scores(self, wire: WireBatch) -> np.ndarray | None:
+        if self.shadow is None or self.shadow_feed is None:
+            return None
+        try:
+            return self.shadow.score(self.shadow_feed, wire)
+        except Exception as exc:  # the shadow must never fail a request: count, log, go on
+            self.counters.add("shadow_errors", len(wire))
+            now = time.monotonic()
+            if now - getattr(self, "_shadow_warned", -WARN_EVERY_S) >= WARN_EVERY_S:
+                self._shadow_warned = now
+                log.warning(
+                    "shadow model %s failed (counted in /info): %s", self.shadow.version, exc
+                )
+            return None
+
+    def encode_response(self, output: Scored) -> Response:
+        request_id = uuid.uuid4().hex
+        decisions = output.scores >= self.settings.threshold
+        key, label = self.model.schema.entity_key, self.model.schema.label
+        predictions = [
+            {key: k, "score": s, label: d}
+            for k, s, d in zip(
+                output.wire.keys, output.scores.tolist(), decisions.tolist(), strict=True
+            )
+        ]
+        if self.sink is not None:
+            now = time.time()
+            latency_ms = (now - output.wire.received) * 1000.0
+            entry = LogEntry(
+                request_id,
+                now,
+                latency_ms,
+                output.wire,
+                output.scores,
+                decisions,
+                output.shadow_scores,
+            )
+            self.sink.submit(entry)
+        body = {
+            "request_id": request_id,
+            "model": {"name": self.model.name, "version": self.model.version},
+            "predictions": predictions,
+        }
+        # encoded here, in the worker: the API server passes a Response through untouched
+        # (FastAPI would otherwise validate and encode it again, in the busier process)
+        return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _plain_api() -> ChurnAPI:
+    # pickle then restores the instance's __dict__ (the 3rd item of __reduce__)
+    return ChurnAPI.__new__(ChurnAPI)
 
 
-def _port(text: str) -> int:
-    port = int(text)
-    if not 1024 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be in 1024..65535, got {port}")
-    return port
+def routed_api(models: ApiModels) -> type[ChurnAPI]:
+    """A ChurnAPI whose /predict route validates with the card's generated models.
+
+    LitServe builds the route from the annotations of `decode_request` (here a FastAPI
+    dependency that reads the body and validates it into a WireBatch, in the API server) and
+    `encode_response` (the response model, for the OpenAPI document). Workers need neither:
+    an instance pickles as a plain ChurnAPI.
+    """
+
+    async def validated_body(request: Request) -> WireBatch:
+        try:
+            return models.parse(await request.body())
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            raise RequestValidationError(
+                [{**e, "loc": ("body", *e["loc"])} for e in errors]
+            ) from None
+
+    request_type = Annotated[WireBatch, Depends(validated_body)]
+    response_type = models.response
+
+    class RoutedChurnAPI(ChurnAPI):
+        def decode_request(self, request: request_type) -> WireBatch:  # type: ignore[valid-type]
+            return super().decode_request(request)
+
+        def encode_response(self, output: Scored) -> response_type:  # type: ignore[valid-type]
+            return super().encode_response(output)
+
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (_plain_api, (), self.__dict__)
+
+    return RoutedChurnAPI
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+class InfoResponse(BaseModel):
+    """GET /info: what is served and how it came to be."""
+
+    model: dict[str, Any]
+    data: dict[str, Any]
+    git_commit: str | None
+    gate: dict[str, Any] | None
+    metrics: dict[str, Any]
+    features: dict[str, Any]
+    shadow: dict[str, Any] | None
+    predictions_log: dict[str, Any]
+    server: dict[str, Any]
 
 
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
-    return value
+def describe(
+    settings: ServeSettings, champion: ServedModel, shadow: ServedModel | None, *, auth: bool
+) -> dict[str, Any]:
+    """The static part of GET /info (the log counters are added per request)."""
+    card = champion.card
+    data = card.get("data") or {}
+    return {
+        "model": champion.identity(),
+        "data": {
+            "version": champion.data_version,
+            "train_rows": data.get("train_rows"),
+            "train_snapshot_dates": data.get("train_snapshot_dates"),
+        },
+        "git_commit": champion.git_commit,
+        "gate": card.get("gate") if isinstance(card.get("gate"), Mapping) else None,
+        # test and validation metrics (the per-slice ones stay in the card)
+        "metrics": {k: v for k, v in (card.get("metrics") or {}).items() if k in ("test", "valid")},
+        "features": champion.schema.describe(),
+        "shadow": None if shadow is None else shadow.identity(),
+        "predictions_log": {
+            "path": settings.predictions_path,
+            "format": settings.predictions_format,
+            "max_queued": settings.predictions_max_queued,
+        },
+        "server": {
+            "workers": settings.workers,
+            "max_batch_size": settings.max_batch_size,
+            "batch_timeout": settings.batch_timeout,
+            "max_records": settings.max_records,
+            "threshold": settings.threshold,
+            "range_margin": settings.range_margin,
+            "auth": auth,
+        },
+    }
+
+
+def _text(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
+VALIDATION_ERRORS = {
+    "title": "ValidationErrors",
+    "type": "object",
+    "required": ["detail"],
+    "properties": {
+        "detail": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["loc", "msg", "type"],
+                "properties": {
+                    "loc": {
+                        "type": "array",
+                        "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+                    },
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        }
+    },
+}
+
+
+def document_routes(app: FastAPI, models: ApiModels, *, auth: bool) -> None:
+    """Make the OpenAPI document say what the routes take and answer: /predict's body (read by
+    a dependency, so FastAPI cannot see it) and its 422; LitServe's /health and / reply
+    text/plain (FastAPI would document JSON); with an API key every route but /health can
+    answer 401."""
+    build = app.openapi
+    template = "#/components/schemas/{model}"
+    request_schema = TypeAdapter(models.request).json_schema(ref_template=template)
+
+    def openapi() -> dict[str, Any]:
+        schema = build()  # FastAPI builds it once and caches it; the edits below are idempotent
+        paths = schema.get("paths", {})
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        predict = paths.get(API_PATH, {}).get("post")
+        if predict is not None:
+            body = {k: v for k, v in request_schema.items() if k != "$defs"}
+            components.update(request_schema.get("$defs", {}))
+            components["ValidationErrors"] = VALIDATION_ERRORS
+            predict["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": body}},
+            }
+            predict["responses"]["422"] = {
+                "description": "the request breaks the model card's feature schema",
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": template.format(model="ValidationErrors")}
+                    }
+                },
+            }
+        if "get" in paths.get(HEALTH_PATH, {}):
+            paths[HEALTH_PATH]["get"]["responses"] = {
+                "200": _text("ok: every inference worker has loaded the model"),
+                "503": _text("not ready: a worker is still loading, or died"),
+            }
+        if "get" in paths.get("/", {}):
+            paths["/"]["get"]["responses"]["200"] = _text("litserve running")
+        if auth:
+            denied = {
+                "description": f"missing or wrong {API_KEY_HEADER} header",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+            for path, operations in paths.items():
+                for operation in operations.values():
+                    if path != HEALTH_PATH:
+                        operation["responses"].setdefault("401", denied)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each field and the expectation, without echoing the input back."""
+    return JSONResponse(
+        status_code=422, content={"detail": client_errors(exc.errors(), MAX_REPORTED_ERRORS)}
+    )
+
+
+def build_server(
+    settings: ServeSettings,
+    champion: ServedModel,
+    shadow: ServedModel | None,
+    *,
+    key: str | None,
+    counters: Counters,
+) -> ls.LitServer:
+    """The LitServer with /predict typed by the card, our /info and 422 handler."""
+    models = api_models(champion.schema, settings.max_records)
+    api = routed_api(models)(settings, key=key, counters=counters)
+    server = ls.LitServer(
+        api,
+        accelerator="cpu",
+        workers_per_device=settings.workers,
+        timeout=settings.timeout,
+        healthcheck_path=HEALTH_PATH,
+        info_path=LITSERVE_INFO_PATH,
+        max_payload_size=max(1 << 20, settings.max_records * BYTES_PER_RECORD),
+    )
+    app = server.app
+    app.title = "Evergreen prediction server"
+    app.version = f"{champion.name}@{champion.version}"
+    app.add_exception_handler(RequestValidationError, validation_error)
+    document_routes(app, models, auth=key is not None)
+    static = describe(settings, champion, shadow, auth=key is not None)
+
+    async def info() -> InfoResponse:
+        log_info = {**static["predictions_log"], **counters.snapshot()}
+        return InfoResponse(**{**static, "predictions_log": log_info})
+
+    app.add_api_route(
+        INFO_PATH,
+        info,
+        methods=["GET"],
+        response_model=InfoResponse,
+        dependencies=[Depends(api.authorize)],
+        summary="What is served: model, data version, commit, gate verdict, metrics, schema",
+    )
+    return server
+
+
+def preflight(settings: ServeSettings) -> tuple[ServedModel, ServedModel | None]:
+    """Load the champion (and shadow) once here, so a bad file fails before any worker starts
+    and the routes can be typed by the card."""
+    champion = load_served_model(
+        settings.model, settings.card, range_margin=settings.range_margin, name=settings.model_name
+    )
+    shadow = None
+    if settings.shadow_model is not None and settings.shadow_card is not None:
+        shadow = load_served_model(settings.shadow_model, settings.shadow_card, range_margin=None)
+        shadow.feed_from(champion.schema)
+    return champion, shadow
 
 
 def build_parser() -> argparse.ArgumentParser:
-    env = os.environ
     parser = argparse.ArgumentParser(prog="evergreen serve", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--model",
+        "--settings",
         type=Path,
-        default=Path(env.get("EVERGREEN_MODEL", DEFAULT_MODEL)),
-        help="skops model file (env EVERGREEN_MODEL; default %(default)s)",
+        default=Path(os.environ.get(SETTINGS_ENV, DEFAULT_SETTINGS)),
+        help=f"file with a `serve` section (env {SETTINGS_ENV}; default %(default)s)",
     )
+    parser.add_argument("--model", type=Path, help="ONNX model (settings: model)")
+    parser.add_argument("--card", type=Path, help="its model card JSON (settings: card)")
+    parser.add_argument("--model-name", help="name returned with predictions")
+    parser.add_argument("--host", choices=["127.0.0.1", "0.0.0.0", "::"])
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--workers", type=int, help="inference processes")
+    parser.add_argument("--max-records", type=int, help="records per request at most")
+    parser.add_argument("--threshold", type=float, help="decision: score >= threshold")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument(
-        "--schema",
-        type=Path,
-        default=Path(env.get("EVERGREEN_SCHEMA", DEFAULT_SCHEMA)),
-        help="feature schema JSON (env EVERGREEN_SCHEMA; default %(default)s)",
+        "--access-log", action="store_true", default=None, help="log every HTTP request"
     )
-    parser.add_argument(
-        "--model-name",
-        default=env.get("EVERGREEN_MODEL_NAME"),
-        help="name returned with predictions (env EVERGREEN_MODEL_NAME; "
-        "default <model file stem>@<first 12 hex of its sha256>)",
-    )
-    parser.add_argument(
-        "--host",
-        default="127.0.0.1",
-        choices=["127.0.0.1", "0.0.0.0", "::"],
-        help="interface to bind; 0.0.0.0 exposes the server (default %(default)s)",
-    )
-    parser.add_argument("--port", type=_port, default=8000)
-    parser.add_argument("--threshold", type=_probability, default=0.5, help="churn if score >= it")
-    parser.add_argument("--workers", type=_positive_int, default=1, help="inference processes")
-    parser.add_argument("--max-records", type=_positive_int, default=1000)
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
-    parser.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    parser.add_argument("--predictions-path", help="prediction log folder or s3:// prefix")
+    parser.add_argument("--shadow-model", type=Path, help="ONNX model scored in shadow")
+    parser.add_argument("--shadow-card", type=Path, help="the shadow model's card")
     return parser
-
-
-def preflight(args: argparse.Namespace) -> ServeConfig:
-    """Load model and schema once here so a bad file fails before any worker starts."""
-    schema = load_schema(args.schema)
-    model = load_model(args.model)
-    model_columns(model, schema)
-    name = args.model_name or f"{args.model.stem}@{file_sha256(args.model)[:12]}"
-    return ServeConfig(
-        model_path=args.model.resolve(),
-        schema_path=args.schema.resolve(),
-        model_name=name,
-        threshold=args.threshold,
-        max_records=args.max_records,
-    )
 
 
 def interrupt_on(signums: Sequence[int]) -> dict[int, Any]:
@@ -272,35 +506,35 @@ def interrupt_on(signums: Sequence[int]) -> dict[int, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve until SIGINT or SIGTERM. Returns 2 when the model or schema is unusable."""
-    args = build_parser().parse_args(argv)
-    # Inference workers are spawned and inherit this; one BLAS/OpenMP thread each keeps
-    # several workers from oversubscribing the cores (and predict_proba on small inputs
-    # is faster single-threaded anyway).
+    """Serve until SIGINT or SIGTERM. Returns 2 when the settings, model or card are unusable,
+    1 when a worker fails to start."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["build-context"]:
+        from serve.context import main as context_main
+
+        return context_main(args_list[1:])
+    args = build_parser().parse_args(args_list)
+    overrides = {k: v for k, v in vars(args).items() if k != "settings"}
+    # Inference workers are spawned and inherit this: one OpenMP thread each keeps several
+    # workers from oversubscribing the cores (onnxruntime gets its own thread count).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
-        config = preflight(args)
-    except (FileNotFoundError, ValueError) as exc:
+        settings = load_settings(args.settings, os.environ, overrides)
+        key = api_key(os.environ)
+        champion, shadow = preflight(settings)
+    except (SettingsError, FileNotFoundError, ValueError) as exc:
         print(f"evergreen serve: {exc}", file=sys.stderr)
         return 2
-    server = ls.LitServer(
-        ChurnAPI(config),
-        accelerator="cpu",
-        workers_per_device=args.workers,
-        model_metadata={
-            "name": config.model_name,
-            "threshold": config.threshold,
-            "max_records": config.max_records,
-        },
-    )
+    server = build_server(settings, champion, shadow, key=key, counters=Counters())
     previous = interrupt_on([signal.SIGINT, signal.SIGTERM])
     try:
         server.run(
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level,
+            host=settings.host,
+            port=settings.port,
+            num_api_servers=settings.api_servers,
+            log_level=settings.log_level,
             generate_client_file=False,
-            access_log=args.access_log,
+            access_log=settings.access_log,
         )
     except RuntimeError as exc:  # a worker failed in setup()
         print(f"evergreen serve: {exc}", file=sys.stderr)

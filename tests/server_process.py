@@ -31,17 +31,23 @@ def port_refuses(port: int) -> bool:
     return False
 
 
-def wait_ready(proc: subprocess.Popen, url: str, log: Path) -> None:
+def wait_ready(
+    proc: subprocess.Popen, url: str, log: Path, polls: list[int | None] | None = None
+) -> None:
+    """Poll /health until 200; `polls` collects each answer's status (None: refused)."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()}")
         try:
-            if requests.get(f"{url}/health", timeout=1).status_code == 200:
-                return
+            status = requests.get(f"{url}/health", timeout=1).status_code
         except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
+            status = None
+        if polls is not None:
+            polls.append(status)
+        if status == 200:
+            return
+        time.sleep(0.05 if polls is not None else 0.2)
     pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S}s:\n{log.read_text()}")
 
 
@@ -66,6 +72,7 @@ def running_server(
     *,
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
+    polls: list[int | None] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """Start `cmd` (which must serve on `port`), yield (url, process) once /health answers,
     then stop it with SIGINT and check it exited cleanly and freed the port."""
@@ -80,7 +87,7 @@ def running_server(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(proc, url, log)
+        wait_ready(proc, url, log, polls)
         yield url, proc
     finally:
         code = stop(proc)

@@ -1,0 +1,385 @@
+"""The server's request and response models, generated from the model card's feature schema.
+
+The card (stages/card.py) gives every feature its type, the allowed values of a categorical and
+the range a numeric feature took in training. From it we build pydantic models that the API
+server process checks (a dependency of the /predict route), before a request reaches a worker:
+
+- a request is one record `{<entity key>, <feature>: value, ...}` or `{"records": [...]}` with
+  1..max_records records; every feature must be present (null = missing, the model imputes it),
+  nothing else may be;
+- a numeric feature is a JSON number (not a string, not a bool), finite, within its accepted
+  range: the training range widened by `range_margin` times the feature's scale (the larger of
+  its training span and magnitude, at least 1) on each side, and never below 0 for a feature
+  that was never negative in training (counts, amounts, days); `range_margin: null` turns the
+  range check off;
+- a categorical feature is one of the card's allowed values (or, where the dataset config
+  lists none, the values seen in training).
+
+The API server validates a request body into a `WireBatch` (columns, not models), which is
+what crosses LitServe's queue to a worker: workers never need the generated classes.
+"""
+
+# No `from __future__ import annotations`: pydantic and FastAPI read these annotations as types.
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainValidator,
+    Tag,
+    WithJsonSchema,
+    create_model,
+)
+from pydantic_core import PydanticCustomError
+
+from stages.feature_schema import FeatureSchema
+
+MAX_KEY_LENGTH = 256
+# the tags of the two request shapes in the documented union (the OpenAPI body); pydantic puts
+# them in the error locations of that union, and `client_errors` drops them
+RECORD_TAG, BATCH_TAG = "record", "batch"
+BATCH_FIELD = "records"
+# names the response itself uses, which no column may take
+RESERVED = frozenset({BATCH_FIELD, "score", "request_id", "model"})
+
+
+@dataclass(frozen=True)
+class NumericFeature:
+    name: str
+    train_min: float | None
+    train_max: float | None
+    minimum: float | None
+    maximum: float | None
+
+
+@dataclass(frozen=True)
+class CategoricalFeature:
+    name: str
+    allowed: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ServingSchema:
+    """What a request must hold, read from the model card: key, label name, features."""
+
+    entity_key: str
+    time: str
+    label: str
+    numeric: tuple[NumericFeature, ...]
+    categorical: tuple[CategoricalFeature, ...]
+
+    @property
+    def features(self) -> list[str]:
+        return [f.name for f in self.numeric] + [f.name for f in self.categorical]
+
+    def feature_schema(self) -> FeatureSchema:
+        """The stages' FeatureSchema (what OnnxPredictor checks the graph against)."""
+        return FeatureSchema(
+            entity_key=self.entity_key,
+            time=self.time,
+            label=self.label,
+            numeric=tuple(f.name for f in self.numeric),
+            categorical=tuple(f.name for f in self.categorical),
+            categories={f.name: f.allowed for f in self.categorical},
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The schema as /info shows it: what is accepted, and the training ranges."""
+        return {
+            "entity_key": self.entity_key,
+            "label": self.label,
+            "numeric": [
+                {
+                    "name": f.name,
+                    "type": "number",
+                    "minimum": f.minimum,
+                    "maximum": f.maximum,
+                    "train_min": f.train_min,
+                    "train_max": f.train_max,
+                }
+                for f in self.numeric
+            ],
+            "categorical": [
+                {"name": f.name, "type": "string", "allowed": list(f.allowed)}
+                for f in self.categorical
+            ],
+        }
+
+
+def accepted_range(
+    train_min: float | None, train_max: float | None, margin: float | None
+) -> tuple[float | None, float | None]:
+    """The [minimum, maximum] a numeric feature may take (None: unbounded); see the module doc."""
+    if margin is None or train_min is None or train_max is None:
+        return None, None
+    scale = max(train_max - train_min, abs(train_min), abs(train_max), 1.0)
+    slack = margin * scale
+    low = 0.0 if train_min >= 0 else train_min - slack
+    return low, train_max + slack
+
+
+def _number(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"model card: {where} is {value!r}, expected a finite number or null")
+    return float(value)
+
+
+def _entries(features: Mapping[str, Any], kind: str) -> list[Mapping[str, Any]]:
+    entries = features.get(kind)
+    if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
+        raise ValueError(f"model card: features.{kind} must be a list of objects")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry.get("name"), str) or not entry["name"]:
+            raise ValueError(f"model card: features.{kind}[{i}] lacks a 'name'")
+    return entries
+
+
+def schema_from_card(card: Mapping[str, Any], *, range_margin: float | None) -> ServingSchema:
+    """The serving schema of a model card (stages/card.py's format); ValueError names the key."""
+    features = card.get("features")
+    if not isinstance(features, Mapping):
+        raise ValueError("model card: no 'features' section")
+    label = (card.get("label") or {}).get("name")
+    for key, value in (
+        ("features.entity_key", features.get("entity_key")),
+        ("features.time", features.get("time")),
+        ("label.name", label),
+    ):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"model card: '{key}' must be a non-empty string")
+    numeric = []
+    for i, entry in enumerate(_entries(features, "numeric")):
+        where = f"features.numeric[{i}] ({entry['name']})"
+        lo, hi = (
+            _number(entry.get("min"), f"{where}.min"),
+            _number(entry.get("max"), f"{where}.max"),
+        )
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"model card: {where} has min {lo} > max {hi}")
+        minimum, maximum = accepted_range(lo, hi, range_margin)
+        numeric.append(NumericFeature(entry["name"], lo, hi, minimum, maximum))
+    categorical = []
+    for i, entry in enumerate(_entries(features, "categorical")):
+        values = entry.get("allowed") or entry.get("observed")
+        if (
+            not isinstance(values, list)
+            or not values
+            or not all(isinstance(v, str) for v in values)
+        ):
+            raise ValueError(
+                f"model card: features.categorical[{i}] ({entry['name']}) has no allowed or "
+                "observed values (a non-empty list of strings)"
+            )
+        categorical.append(CategoricalFeature(entry["name"], tuple(values)))
+    schema = ServingSchema(
+        entity_key=features["entity_key"],
+        time=features["time"],
+        label=label,
+        numeric=tuple(numeric),
+        categorical=tuple(categorical),
+    )
+    names = [schema.entity_key, *schema.features]
+    clashes = sorted({n for n in names if names.count(n) > 1} | (set(names) & RESERVED))
+    if not schema.features or clashes or schema.label in (*names, *RESERVED):
+        raise ValueError(
+            f"model card: features must be non-empty, unique and not named {sorted(RESERVED)} "
+            f"or like the entity key or label (clashes: {clashes or [schema.label]})"
+        )
+    order = features.get("order")
+    if order is not None and list(order) != schema.features:
+        raise ValueError(
+            f"model card: features.order {list(order)} is not numeric then categorical "
+            f"{schema.features}"
+        )
+    return schema
+
+
+# ---------------------------------------------------------------- the wire form of a request
+
+
+@dataclass(frozen=True)
+class WireBatch:
+    """A validated request as it travels to an inference worker.
+
+    `numeric` is (rows, numeric features) float64 with NaN for null; `categorical` holds one
+    tuple per categorical feature (None for null); `received` is the unix time at which the API
+    server had validated it (the start of the latency we log). Plain data: it pickles small.
+    """
+
+    keys: list[int | str]
+    numeric: np.ndarray
+    categorical: list[tuple[str | None, ...]]
+    received: float
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def to_wire(rows: Sequence[Sequence[Any]], n_numeric: int, n_categorical: int) -> WireBatch:
+    """Rows of (key, numeric..., categorical...) values as a WireBatch."""
+    columns = list(zip(*rows, strict=True))
+    numeric = np.array(columns[1 : 1 + n_numeric], dtype=np.float64).reshape(n_numeric, len(rows))
+    categorical = columns[1 + n_numeric :]
+    if len(categorical) != n_categorical:
+        raise ValueError(f"expected {n_categorical} categorical columns, got {len(categorical)}")
+    return WireBatch(
+        keys=list(columns[0]),
+        numeric=numeric.T.copy(),
+        categorical=[tuple(c) for c in categorical],
+        received=time.time(),
+    )
+
+
+class RecordBase(BaseModel):
+    """Base of the generated record model: fields `f0` (key), then numeric, then categorical."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def values(self) -> tuple[Any, ...]:
+        return tuple(self.__dict__.values())
+
+
+class BatchBase(BaseModel):
+    """Base of the generated `{"records": [...]}` model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _entity_key(value: Any) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise PydanticCustomError(
+            "entity_key_type", "Input should be an integer or a string (the entity key)"
+        )
+    if isinstance(value, str) and not 1 <= len(value) <= MAX_KEY_LENGTH:
+        raise PydanticCustomError(
+            "entity_key_length",
+            "Input should be a string of 1 to {max} characters",
+            {"max": MAX_KEY_LENGTH},
+        )
+    return value
+
+
+EntityKey = Annotated[
+    int | str,
+    PlainValidator(_entity_key),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer"},
+                {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+            ]
+        }
+    ),
+]
+
+
+def _numeric_field(f: NumericFeature) -> tuple[Any, Any]:
+    bounds = {}
+    if f.minimum is not None:
+        bounds["ge"] = f.minimum
+    if f.maximum is not None:
+        bounds["le"] = f.maximum
+    number = Annotated[float, Field(strict=True, allow_inf_nan=False, **bounds)]
+    accepted = f"[{f.minimum:g}, {f.maximum:g}]" if f.minimum is not None else "any finite number"
+    described = f"number in {accepted}, null if missing"
+    if f.train_min is not None:
+        described += f" (training range [{f.train_min:g}, {f.train_max:g}])"
+    return (number | None, Field(alias=f.name, title=f.name, description=described))
+
+
+def _categorical_field(f: CategoricalFeature) -> tuple[Any, Any]:
+    allowed = Literal[f.allowed]  # type: ignore[valid-type]
+    described = f"one of {list(f.allowed)}, null if missing"
+    return (allowed | None, Field(alias=f.name, title=f.name, description=described))
+
+
+@dataclass(frozen=True)
+class ApiModels:
+    """The generated models: the request (record or batch, for the OpenAPI document), a
+    record, a batch, the response; `parse` validates a request body into a WireBatch."""
+
+    request: Any
+    record: type[BaseModel]
+    batch: type[BaseModel]
+    response: type[BaseModel]
+    shape: tuple[int, int]
+
+    def parse(self, body: bytes) -> WireBatch:
+        """Validate a JSON body (pydantic's ValidationError names each field) into columns.
+
+        The shape is read from the bytes, so pydantic parses and validates in one pass (its
+        union with a callable discriminator would parse to Python objects first, twice the
+        time): a record cannot hold a "records" field, so a body that mentions it is a batch.
+        """
+        if b'"records"' in body:
+            rows = [r.values() for r in self.batch.model_validate_json(body).records]  # type: ignore[attr-defined]
+        else:
+            rows = [self.record.model_validate_json(body).values()]  # type: ignore[attr-defined]
+        return to_wire(rows, *self.shape)
+
+
+def _request_shape(value: Any) -> str:
+    return BATCH_TAG if isinstance(value, dict) and BATCH_FIELD in value else RECORD_TAG
+
+
+def api_models(schema: ServingSchema, max_records: int) -> ApiModels:
+    """Request and response models for `schema`, batches of 1..max_records records."""
+    fields: dict[str, Any] = {
+        "f0": (EntityKey, Field(alias=schema.entity_key, title=schema.entity_key))
+    }
+    for f in schema.numeric:
+        fields[f"f{len(fields)}"] = _numeric_field(f)
+    for f in schema.categorical:
+        fields[f"f{len(fields)}"] = _categorical_field(f)
+    record = create_model("Record", __base__=RecordBase, **fields)
+    batch = create_model(
+        "Batch",
+        __base__=BatchBase,
+        records=(Annotated[list[record], Field(min_length=1, max_length=max_records)], ...),
+    )
+    request = Annotated[
+        Union[Annotated[record, Tag(RECORD_TAG)], Annotated[batch, Tag(BATCH_TAG)]],  # noqa: UP007
+        Discriminator(_request_shape),
+    ]
+    prediction = create_model(
+        "Prediction",
+        key=(int | str, Field(alias=schema.entity_key)),
+        score=(float, Field(ge=0.0, le=1.0, description="the positive-class probability")),
+        decision=(bool, Field(alias=schema.label, description="score >= threshold")),
+    )
+    model_id = create_model("ModelId", name=(str, ...), version=(str, ...))
+    response = create_model(
+        "PredictResponse",
+        request_id=(str, ...),
+        model=(model_id, ...),
+        predictions=(list[prediction], ...),
+    )
+    return ApiModels(
+        request=request,
+        record=record,
+        batch=batch,
+        response=response,
+        shape=(len(schema.numeric), len(schema.categorical)),
+    )
+
+
+def client_errors(errors: Sequence[Mapping[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """pydantic/FastAPI errors as our 422 detail: loc, msg, type; no echoed input; at most
+    `limit`; the request-shape tag dropped from loc (["body", "plan"], or
+    ["body", "records", 3, "plan"])."""
+    out = []
+    for err in errors[:limit]:
+        loc = list(err.get("loc", ()))
+        if len(loc) >= 2 and loc[0] == "body" and loc[1] in (RECORD_TAG, BATCH_TAG):
+            del loc[1]
+        out.append({"loc": loc, "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))})
+    return out

@@ -1,0 +1,303 @@
+"""Prediction logging off the request path: a bounded buffer and a writer thread per worker.
+
+Every prediction becomes one record (request id, time, latency, model name and version, data
+version, git commit, entity key, features, score, decision, and the shadow model's version and
+score). A request only appends its records to an in-memory buffer (a lock, an append); a
+writer thread turns the buffer into one file when `flush_records` records wait or the oldest
+has waited `flush_seconds`, and at shutdown. Files are never appended to: each is written
+whole (locally to a temporary name, then renamed; on S3 one PUT), so a reader never sees half a
+file, and the layout is the same on a local folder and an `s3://` prefix:
+
+    <path>/date=YYYY-MM-DD/part-<UTC time>-<pid>-<seq>.parquet|.jsonl
+
+When `max_queued` records already wait (a slow or hung sink), new records are dropped and
+counted; a write that fails loses its records, counted as failed. Neither ever reaches the
+request. Counters are shared by all workers of a server (for /info).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from serve.schema import ServingSchema, WireBatch
+
+log = logging.getLogger("evergreen.serve")
+
+COUNTERS = ("logged", "written", "dropped", "failed", "files", "shadow_errors")
+# at most one warning per this many seconds about failing writes, per worker
+WARN_EVERY_S = 60.0
+
+
+class Counters:
+    """Integer counters in shared memory: created before the workers start, so every
+    process of the server (inference workers, API servers) sees the same values."""
+
+    def __init__(self) -> None:
+        self._values = multiprocessing.get_context("spawn").Array("q", len(COUNTERS))
+
+    def add(self, name: str, n: int = 1) -> None:
+        i = COUNTERS.index(name)
+        with self._values.get_lock():
+            self._values[i] += n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._values.get_lock():
+            return dict(zip(COUNTERS, self._values[:], strict=True))
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    path: str
+    format: Literal["parquet", "jsonl"]
+    max_queued: int
+    flush_records: int
+    flush_seconds: float
+    close_timeout_s: float = 3.0
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One answered request: its rows and what the models said about them."""
+
+    request_id: str
+    time: float
+    latency_ms: float
+    wire: WireBatch
+    scores: np.ndarray
+    decisions: np.ndarray
+    shadow_scores: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.wire)
+
+
+def open_destination(path: str) -> tuple[pafs.FileSystem, str, bool]:
+    """(filesystem, base path, is_local) for a local folder or an `s3://bucket/prefix`."""
+    if path.startswith("s3://"):
+        fs, base = pafs.FileSystem.from_uri(path)
+        return fs, base.rstrip("/"), False
+    if "://" in path:
+        raise ValueError(
+            f"predictions_path {path!r}: expected a local folder or s3://bucket/prefix"
+        )
+    return pafs.LocalFileSystem(), os.path.abspath(path), True
+
+
+def log_schema(schema: ServingSchema) -> pa.Schema:
+    """The columns of a prediction log file."""
+    features = pa.struct(
+        [pa.field(f.name, pa.float64()) for f in schema.numeric]
+        + [pa.field(f.name, pa.string()) for f in schema.categorical]
+    )
+    return pa.schema(
+        [
+            ("request_id", pa.string()),
+            ("row", pa.int32()),
+            ("time", pa.timestamp("ms", tz="UTC")),
+            ("latency_ms", pa.float64()),
+            ("model_name", pa.string()),
+            ("model_version", pa.string()),
+            ("data_version", pa.string()),
+            ("git_commit", pa.string()),
+            # as text: a key may be an integer in one request and a string in another
+            (schema.entity_key, pa.string()),
+            ("features", features),
+            ("score", pa.float64()),
+            ("decision", pa.bool_()),
+            ("shadow_model_version", pa.string()),
+            ("shadow_score", pa.float64()),
+        ]
+    )
+
+
+def log_table(
+    entries: list[LogEntry], schema: ServingSchema, meta: Mapping[str, str | None]
+) -> pa.Table:
+    """Entries as one Arrow table (see `log_schema`); `meta` gives the constant columns
+    model_name, model_version, data_version, git_commit, shadow_model_version."""
+    rows = [len(e) for e in entries]
+    n = sum(rows)
+    numeric = np.concatenate([e.wire.numeric for e in entries])
+    children = [
+        pa.array(np.ascontiguousarray(numeric[:, j]), from_pandas=True)
+        for j in range(len(schema.numeric))
+    ]
+    children += [
+        pa.array([v for e in entries for v in e.wire.categorical[j]], type=pa.string())
+        for j in range(len(schema.categorical))
+    ]
+    names = [f.name for f in schema.numeric] + [f.name for f in schema.categorical]
+    shadow = [
+        e.shadow_scores if e.shadow_scores is not None else np.full(len(e), np.nan) for e in entries
+    ]
+
+    def repeated(value: str | None) -> pa.Array:
+        return pa.array([value] * n, type=pa.string())
+
+    columns = {
+        "request_id": pa.array([e.request_id for e in entries for _ in range(len(e))]),
+        "row": pa.array(np.concatenate([np.arange(k, dtype=np.int32) for k in rows])),
+        "time": pa.array(
+            np.repeat([int(e.time * 1000) for e in entries], rows), pa.timestamp("ms", tz="UTC")
+        ),
+        "latency_ms": pa.array(np.repeat([e.latency_ms for e in entries], rows)),
+        "model_name": repeated(meta.get("model_name")),
+        "model_version": repeated(meta.get("model_version")),
+        "data_version": repeated(meta.get("data_version")),
+        "git_commit": repeated(meta.get("git_commit")),
+        schema.entity_key: pa.array([str(k) for e in entries for k in e.wire.keys]),
+        "features": pa.StructArray.from_arrays(children, names=names)
+        if names
+        else pa.nulls(n, pa.struct([])),
+        "score": pa.array(np.concatenate([e.scores for e in entries])),
+        "decision": pa.array(np.concatenate([e.decisions for e in entries])),
+        "shadow_model_version": repeated(meta.get("shadow_model_version")),
+        "shadow_score": pa.array(np.concatenate(shadow), from_pandas=True),
+    }
+    return pa.Table.from_pydict(columns, schema=log_schema(schema))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def encode(table: pa.Table, fmt: str) -> bytes:
+    """A log table as file bytes: Parquet (zstd) or JSON lines (NaN written as null)."""
+    if fmt == "parquet":
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        return sink.getvalue().to_pybytes()
+    lines = [json.dumps(row, default=_json_default, allow_nan=False) for row in table.to_pylist()]
+    return ("\n".join(lines) + "\n").encode()
+
+
+class PredictionSink:
+    """The buffer and writer thread of one inference worker; see the module doc."""
+
+    def __init__(
+        self,
+        config: SinkConfig,
+        schema: ServingSchema,
+        meta: Mapping[str, str | None],
+        counters: Counters,
+    ) -> None:
+        self.config = config
+        self.schema = schema
+        self.meta = dict(meta)
+        self.counters = counters
+        self.fs, self.base, self.local = open_destination(config.path)
+        self._pending: list[LogEntry] = []
+        self._pending_rows = 0
+        self._oldest = 0.0
+        self._closing = False
+        self._seq = 0
+        self._last_warning = -math.inf
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+
+    def start(self) -> PredictionSink:
+        self._thread.start()
+        return self
+
+    def submit(self, entry: LogEntry) -> bool:
+        """Queue an entry for writing; never blocks on the sink. False: dropped (full/closed)."""
+        n = len(entry)
+        with self._cond:
+            accepted = not self._closing and self._pending_rows + n <= self.config.max_queued
+            if accepted:
+                if not self._pending:
+                    self._oldest = time.monotonic()
+                    self._cond.notify()
+                self._pending.append(entry)
+                self._pending_rows += n
+                if self._pending_rows >= self.config.flush_records:
+                    self._cond.notify()
+        self.counters.add("logged" if accepted else "dropped", n)
+        return accepted
+
+    def close(self, timeout: float | None = None) -> None:
+        """Write what is buffered and stop; waits at most `timeout` (default: the config's)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(self.config.close_timeout_s if timeout is None else timeout)
+        if self._thread.is_alive():
+            log.warning(
+                "prediction log: %s still writing after %.1f s at shutdown; buffered records "
+                "may be lost",
+                self.config.path,
+                self.config.close_timeout_s if timeout is None else timeout,
+            )
+
+    def _due(self) -> bool:
+        if not self._pending:
+            return False
+        if self._pending_rows >= self.config.flush_records:
+            return True
+        return time.monotonic() - self._oldest >= self.config.flush_seconds
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closing and not self._due():
+                    wait = None
+                    if self._pending:
+                        wait = self.config.flush_seconds - (time.monotonic() - self._oldest)
+                    self._cond.wait(timeout=None if wait is None else max(wait, 0.0))
+                batch, self._pending, self._pending_rows = self._pending, [], 0
+                closing = self._closing
+            if batch:
+                self._write(batch)
+            if closing:
+                return
+
+    def _file_path(self, first: float) -> str:
+        self._seq += 1
+        stamp = datetime.fromtimestamp(first, UTC)
+        name = f"part-{stamp:%Y%m%dT%H%M%S%f}Z-{os.getpid()}-{self._seq:06d}.{self.config.format}"
+        return f"{self.base}/date={stamp:%Y-%m-%d}/{name}"
+
+    def _write(self, batch: list[LogEntry]) -> None:
+        rows = sum(len(e) for e in batch)
+        try:
+            data = encode(log_table(batch, self.schema, self.meta), self.config.format)
+            path = self._file_path(batch[0].time)
+            directory, name = path.rsplit("/", 1)
+            if self.local:
+                self.fs.create_dir(directory, recursive=True)
+                tmp = f"{directory}/.{name}.tmp"
+                with self.fs.open_output_stream(tmp) as out:
+                    out.write(data)
+                self.fs.move(tmp, path)
+            else:
+                with self.fs.open_output_stream(path) as out:
+                    out.write(data)
+        except Exception as exc:  # any sink failure: count it, never raise into serving
+            self.counters.add("failed", rows)
+            now = time.monotonic()
+            if now - self._last_warning >= WARN_EVERY_S:
+                self._last_warning = now
+                log.warning(
+                    "prediction log: %d records lost writing to %s: %s", rows, self.config.path, exc
+                )
+            return
+        self.counters.add("written", rows)
+        self.counters.add("files", 1)

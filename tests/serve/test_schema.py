@@ -1,0 +1,215 @@
+"""Request and response models generated from a model card; the wire form of a request."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import pickle
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from serve.schema import (
+    ApiModels,
+    WireBatch,
+    accepted_range,
+    api_models,
+    client_errors,
+    schema_from_card,
+)
+
+CARD: dict[str, Any] = {
+    "features": {
+        "entity_key": "customer_id",
+        "time": "snapshot_date",
+        "order": ["tenure_days", "activity_trend", "plan", "country"],
+        "numeric": [
+            {"name": "tenure_days", "type": "float64", "min": 3.0, "max": 400.0},
+            {"name": "activity_trend", "type": "float64", "min": -2.0, "max": 3.0},
+        ],
+        "categorical": [
+            {"name": "plan", "type": "string", "allowed": ["basic", "premium"], "observed": []},
+            {"name": "country", "type": "string", "allowed": None, "observed": ["DE", "FR"]},
+        ],
+    },
+    "label": {"name": "churn"},
+}
+
+
+def card(**features: Any) -> dict[str, Any]:
+    out = copy.deepcopy(CARD)
+    out["features"].update(features)
+    return out
+
+
+def record(**overrides: Any) -> dict[str, Any]:
+    base = {
+        "customer_id": 7,
+        "tenure_days": 30.0,
+        "activity_trend": -1.0,
+        "plan": "basic",
+        "country": "FR",
+    }
+    return {**base, **overrides}
+
+
+@pytest.fixture(scope="module")
+def models() -> ApiModels:
+    return api_models(schema_from_card(CARD, range_margin=1.0), 3)
+
+
+def parse(models: ApiModels, body: Any) -> WireBatch:
+    return models.parse(json.dumps(body).encode())
+
+
+def errors(models: ApiModels, body: Any) -> list[dict[str, Any]]:
+    with pytest.raises(ValidationError) as info:
+        parse(models, body)
+    return client_errors([{**e, "loc": ("body", *e["loc"])} for e in info.value.errors()], 20)
+
+
+def test_accepted_range_widens_by_the_scale_and_keeps_non_negative_features_non_negative() -> None:
+    assert accepted_range(3.0, 400.0, 1.0) == (0.0, 800.0)  # scale 400 (its magnitude)
+    assert accepted_range(-2.0, 3.0, 1.0) == (-7.0, 8.0)  # scale 5 (its span)
+    assert accepted_range(0.0, 0.0, 0.5) == (0.0, 0.5)  # never-varying: scale 1
+    assert accepted_range(0.0, 10.0, None) == (None, None)
+    assert accepted_range(None, None, 1.0) == (None, None)  # never observed in training
+
+
+def test_schema_reads_features_allowed_values_and_ranges_from_the_card() -> None:
+    schema = schema_from_card(CARD, range_margin=1.0)
+    assert schema.features == ["tenure_days", "activity_trend", "plan", "country"]
+    assert (schema.entity_key, schema.label) == ("customer_id", "churn")
+    tenure = schema.numeric[0]
+    assert (tenure.train_min, tenure.train_max, tenure.minimum, tenure.maximum) == (
+        3.0,
+        400.0,
+        0.0,
+        800.0,
+    )
+    # allowed values where the dataset config lists them, else those seen in training
+    assert [c.allowed for c in schema.categorical] == [("basic", "premium"), ("DE", "FR")]
+    assert schema.feature_schema().categories == {
+        "plan": ("basic", "premium"),
+        "country": ("DE", "FR"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        (card(entity_key=None), "features.entity_key"),
+        (card(numeric="x"), "features.numeric must be a list"),
+        (card(numeric=[{"min": 1}]), r"features.numeric\[0\] lacks a 'name'"),
+        (card(numeric=[{"name": "a", "min": "1", "max": 2}]), r"numeric\[0\] \(a\).min is '1'"),
+        (card(numeric=[{"name": "a", "min": 3, "max": 2}]), "min 3.0 > max 2.0"),
+        (card(categorical=[{"name": "plan", "allowed": None, "observed": []}]), "no allowed"),
+        (card(order=["plan"]), "features.order"),
+        (card(numeric=[{"name": "score", "min": 0, "max": 1}]), "clashes"),
+        (card(numeric=[{"name": "customer_id", "min": 0, "max": 1}]), "clashes"),
+        ({"label": {"name": "churn"}}, "no 'features' section"),
+        ({**CARD, "label": {}}, "label.name"),
+    ],
+)
+def test_a_broken_card_is_refused_naming_the_key(broken: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        schema_from_card(broken, range_margin=1.0)
+
+
+def test_one_record_and_a_batch_both_become_columns(models: ApiModels) -> None:
+    one = pickle.loads(pickle.dumps(parse(models, record(activity_trend=None))))
+    assert isinstance(one, WireBatch)
+    assert one.keys == [7]
+    np.testing.assert_array_equal(one.numeric, [[30.0, np.nan]])
+    assert one.categorical == [("basic",), ("FR",)]
+    assert one.received > 0
+    body = {"records": [record(), record(customer_id="c-2", plan=None, tenure_days=5)]}
+    batch = parse(models, body)
+    assert batch.keys == [7, "c-2"]
+    assert batch.numeric.dtype == np.float64 and batch.numeric.shape == (2, 2)
+    assert batch.categorical == [("basic", None), ("FR", "FR")]
+
+
+@pytest.mark.parametrize(
+    ("body", "loc", "expectation"),
+    [
+        (record(tenure_days="30"), ["body", "tenure_days"], "valid number"),
+        (record(tenure_days=True), ["body", "tenure_days"], "valid number"),
+        (record(tenure_days=801), ["body", "tenure_days"], "less than or equal to 800"),
+        (record(tenure_days=-1), ["body", "tenure_days"], "greater than or equal to 0"),
+        (record(activity_trend=-7.5), ["body", "activity_trend"], "greater than or equal to -7"),
+        (record(tenure_days=math.inf), ["body", "tenure_days"], "finite number"),
+        (record(plan="gold"), ["body", "plan"], "'basic' or 'premium'"),
+        (record(country="IT"), ["body", "country"], "'DE' or 'FR'"),
+        (record(plan=1), ["body", "plan"], "'basic' or 'premium'"),
+        (record(customer_id=True), ["body", "customer_id"], "integer or a string"),
+        (record(customer_id=""), ["body", "customer_id"], "1 to 256 characters"),
+        (record(customer_id=[1]), ["body", "customer_id"], "integer or a string"),
+        ({k: v for k, v in record().items() if k != "plan"}, ["body", "plan"], "Field required"),
+        (record(snapshot_date="2026-01-01"), ["body", "snapshot_date"], "Extra inputs"),
+        ({"records": []}, ["body", "records"], "at least 1 item"),
+        ({"records": [record()] * 4}, ["body", "records"], "at most 3 items"),
+        ({"records": [record(), record(plan="x")]}, ["body", "records", 1, "plan"], "'basic'"),
+        ({"records": [1]}, ["body", "records", 0], "an object"),
+        ({"records": record()}, ["body", "records"], "valid array"),
+        ({"records": [record()], "extra": 1}, ["body", "extra"], "Extra inputs"),
+        ([record()], ["body"], "an object"),
+    ],
+)
+def test_bad_input_names_the_field_and_the_expectation(
+    models: ApiModels, body: Any, loc: list, expectation: str
+) -> None:
+    found = errors(models, body)
+    assert any(e["loc"] == loc and expectation in e["msg"] for e in found), found
+
+
+def test_nulls_are_missing_values_and_json_integers_are_numbers(models: ApiModels) -> None:
+    body = record(tenure_days=12, activity_trend=None, plan=None, country=None)
+    wire = parse(models, body)
+    np.testing.assert_array_equal(wire.numeric, [[12.0, np.nan]])
+    assert wire.categorical == [(None,), (None,)]
+
+
+def test_range_check_off_accepts_any_finite_number() -> None:
+    models = api_models(schema_from_card(CARD, range_margin=None), 3)
+    parse(models, record(tenure_days=1e12, activity_trend=-1e12))
+    with pytest.raises(ValidationError):
+        parse(models, record(tenure_days=math.nan))
+
+
+def test_the_documented_union_agrees_with_the_parser(models: ApiModels) -> None:
+    adapter = TypeAdapter(models.request)
+    for body in (record(), {"records": [record(), record(plan=None)]}):
+        adapter.validate_python(body)
+        parse(models, body)
+    for body in (record(plan="gold"), {"records": []}, [record()]):
+        with pytest.raises(ValidationError):
+            adapter.validate_python(body)
+        with pytest.raises(ValidationError):
+            parse(models, body)
+
+
+def test_client_errors_are_capped_and_never_echo_the_input() -> None:
+    raw = [
+        {"loc": ("body", "record", f"f{i}"), "msg": "m", "type": "t", "input": "secret"}
+        for i in range(30)
+    ]
+    out = client_errors(raw, 20)
+    assert len(out) == 20
+    assert out[0] == {"loc": ["body", "f0"], "msg": "m", "type": "t"}
+
+
+def test_response_model_names_the_key_and_the_label() -> None:
+    models = api_models(schema_from_card(CARD, range_margin=1.0), 3)
+    ok = {
+        "request_id": "r",
+        "model": {"name": "m", "version": "v"},
+        "predictions": [{"customer_id": 7, "score": 0.25, "churn": False}],
+    }
+    parsed = models.response.model_validate(ok)
+    assert parsed.model_dump(by_alias=True) == ok
+    with pytest.raises(ValidationError):
+        models.response.model_validate({**ok, "predictions": [{"customer_id": 7, "score": 2.0}]})
