@@ -41,9 +41,11 @@ lint: setup
 	shellcheck .ci/run
 	actionlint -shellcheck "$(BIN)/shellcheck" .github/workflows/*.yml
 	zizmor --offline --min-severity medium .github/workflows/
+	hadolint --failure-threshold warning serve/Dockerfile
 
+# the server on 127.0.0.1:8000 (conf/serve/default.yaml); `make serve PORT=9000` overrides
 serve: setup
-	evergreen serve
+	evergreen serve $(if $(PORT),--port $(PORT))
 
 clean:
 	rm -rf artifacts models metrics plots

@@ -1,10 +1,16 @@
 """The `evaluate` stage: score the model on the test split; write metrics and DVC plots.
 
     python -m stages.evaluate models/model.skops artifacts/split/test.parquet \
-        artifacts/features/feature_schema.json metrics/evaluate.json plots [--params params.yaml]
+        artifacts/features/feature_schema.json metrics/evaluate.json plots \
+        [--slices-out metrics/slices.json] [--params params.yaml]
 
-Plots (rendered by `dvc plots show`): `roc.json`, `pr.json`, `calibration.json` and
-`confusion.csv` (one row per example, as DVC's confusion template expects).
+Plots (rendered by `dvc plots show`): `roc.json`, `pr.json`, `calibration.json`,
+`confusion.csv` (one row per example, as DVC's confusion template expects) and `importance.json`
+(permutation importance of each input feature, as the drop in test ROC AUC).
+
+Slices (`evaluate.slices`): metrics per value of a column, or per right-open bin of a numeric
+column, so a model that is better on average but worse for one country or plan shows it. The
+gate reuses `score_metrics` and `slice_metrics` to score the champion the same way.
 """
 
 from __future__ import annotations
@@ -12,11 +18,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.inspection import permutation_importance
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
@@ -28,13 +36,16 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
+from threadpoolctl import threadpool_limits
 
-from stages.feature_schema import load_schema
+from stages.feature_schema import FeatureSchema, load_schema
 from stages.io import write_bytes_atomic
 from stages.model_io import load_model
 from stages.params import PARAMS_FILE, load_params, section
 from stages.train import (
+    MISSING_CATEGORY,
     check_frame,
+    feature_frame,
     positive_scores,
     read_frame,
     round_floats,
@@ -42,6 +53,46 @@ from stages.train import (
 )
 
 MAX_CURVE_POINTS = 200
+# slice value of rows whose binned column falls outside every bin
+OUT_OF_RANGE = "__out_of_range__"
+
+
+@dataclass(frozen=True)
+class SliceSpec:
+    """One slicing of the test set: by the values of `column`, or by right-open `bins` of it."""
+
+    name: str
+    column: str
+    bins: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.bins is None:
+            return
+        edges = self.bins
+        if len(edges) < 2 or any(not lo < hi for lo, hi in pairwise(edges)):
+            raise ValueError(
+                f"evaluate.slices.{self.name}.bins: {list(edges)} must be >= 2 strictly "
+                "increasing edges"
+            )
+
+    @classmethod
+    def from_params(cls, raw: str | Mapping[str, Any]) -> SliceSpec:
+        """A column name, or a mapping {name, column (default name), bins (optional)}."""
+        if isinstance(raw, str):
+            return cls(name=raw, column=raw)
+        if not isinstance(raw, Mapping) or "name" not in raw:
+            raise ValueError(
+                f"evaluate.slices: {raw!r} is neither a column name nor a mapping with a 'name'"
+            )
+        unknown = sorted(set(raw) - {"name", "column", "bins"})
+        if unknown:
+            raise ValueError(f"evaluate.slices.{raw['name']}: unknown key(s) {unknown}")
+        bins = raw.get("bins")
+        return cls(
+            name=str(raw["name"]),
+            column=str(raw.get("column", raw["name"])),
+            bins=None if bins is None else tuple(float(b) for b in bins),
+        )
 
 
 @dataclass(frozen=True)
@@ -51,18 +102,32 @@ class EvaluateConfig:
     # a score >= threshold predicts churn
     threshold: float = 0.5
     calibration_bins: int = 10
+    slices: tuple[SliceSpec, ...] = ()
+    # permutation-importance shuffles per feature: few, so the stage stays fast
+    importance_repeats: int = 3
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"evaluate.threshold: {self.threshold} is not in [0, 1]")
         if self.calibration_bins < 1:
             raise ValueError(f"evaluate.calibration_bins: {self.calibration_bins} is not >= 1")
+        if self.importance_repeats < 1:
+            raise ValueError(f"evaluate.importance_repeats: {self.importance_repeats} is not >= 1")
+        names = [s.name for s in self.slices]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"evaluate.slices: name(s) {repeated} used more than once")
 
     @classmethod
     def from_params(cls, raw: Mapping[str, Any]) -> EvaluateConfig:
+        slices = raw.get("slices") or ()
+        if isinstance(slices, str | Mapping):
+            raise ValueError("evaluate.slices: expected a list of slices")
         return cls(
             threshold=float(raw.get("threshold", 0.5)),
             calibration_bins=int(raw.get("calibration_bins", 10)),
+            slices=tuple(SliceSpec.from_params(s) for s in slices),
+            importance_repeats=int(raw.get("importance_repeats", 3)),
         )
 
 
@@ -90,20 +155,9 @@ def evaluate_model(
     Floats are rounded to 6 digits.
     """
     cfg = EvaluateConfig(threshold=threshold, calibration_bins=calibration_bins)
+    metrics = score_metrics(y_true, y_score, cfg.threshold)
     y, p = _check_inputs(y_true, y_score)
     predicted = (p >= cfg.threshold).astype("int64")
-    metrics = {
-        "roc_auc": float(roc_auc_score(y, p)),
-        "pr_auc": float(average_precision_score(y, p)),
-        "log_loss": float(log_loss(y, p, labels=[0, 1])),
-        "brier": float(brier_score_loss(y, p)),
-        "f1": float(f1_score(y, predicted, zero_division=0)),
-        "precision": float(precision_score(y, predicted, zero_division=0)),
-        "recall": float(recall_score(y, predicted, zero_division=0)),
-        "n": len(y),
-        "positives": int(y.sum()),
-        "positive_rate": float(y.mean()),
-    }
     fpr, tpr, roc_thresholds = roc_curve(y, p)
     precision, recall, pr_thresholds = precision_recall_curve(y, p)
     # precision_recall_curve's last point (recall 0) has no threshold; sklearn puts roc's first
@@ -129,7 +183,140 @@ def evaluate_model(
         calibration=_round_frame(calibration_table(y, p, cfg.calibration_bins)),
         confusion=pd.DataFrame({"actual": y, "predicted": predicted}),
     )
-    return round_floats(metrics), tables
+    return metrics, tables
+
+
+def score_metrics(
+    y_true: Sequence[int] | np.ndarray, y_score: Sequence[float] | np.ndarray, threshold: float
+) -> dict[str, float | int]:
+    """The test metrics of `metrics/evaluate.json` (floats rounded to 6 digits)."""
+    y, p = _check_inputs(y_true, y_score)
+    predicted = (p >= threshold).astype("int64")
+    metrics = {
+        "roc_auc": float(roc_auc_score(y, p)),
+        "pr_auc": float(average_precision_score(y, p)),
+        "log_loss": float(log_loss(y, p, labels=[0, 1])),
+        "brier": float(brier_score_loss(y, p)),
+        "f1": float(f1_score(y, predicted, zero_division=0)),
+        "precision": float(precision_score(y, predicted, zero_division=0)),
+        "recall": float(recall_score(y, predicted, zero_division=0)),
+        "n": len(y),
+        "positives": int(y.sum()),
+        "positive_rate": float(y.mean()),
+    }
+    return round_floats(metrics)
+
+
+def slice_labels(frame: pd.DataFrame, spec: SliceSpec, *, source: str = "test frame") -> pd.Series:
+    """The slice value of each row: the column's value as text, or its bin `[lo, hi)`.
+
+    Missing values get their own slice (`__missing__`); with bins, values outside every bin
+    go to `__out_of_range__`, so every row lands in exactly one slice.
+    """
+    if spec.column not in frame.columns:
+        raise ValueError(
+            f"{source}: slice '{spec.name}' needs column '{spec.column}', which is absent"
+        )
+    column = frame[spec.column]
+    if spec.bins is None:
+        return column.astype("str").fillna(MISSING_CATEGORY).reset_index(drop=True)
+    if not pd.api.types.is_numeric_dtype(column):
+        raise ValueError(
+            f"{source}: slice '{spec.name}' bins column '{spec.column}', which is not numeric "
+            f"({column.dtype})"
+        )
+    values = column.to_numpy(dtype="float64")
+    edges = np.asarray(spec.bins, dtype="float64")
+    index = np.searchsorted(edges, values, side="right") - 1
+    names = [f"[{_edge(lo)}, {_edge(hi)})" for lo, hi in pairwise(edges)]
+    labels = [
+        MISSING_CATEGORY if np.isnan(v) else names[i] if 0 <= i < len(names) else OUT_OF_RANGE
+        for v, i in zip(values, index, strict=True)
+    ]
+    return pd.Series(labels, dtype="str")
+
+
+def _edge(value: float) -> str:
+    if np.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def slice_metrics(
+    frame: pd.DataFrame,
+    y_true: Sequence[int] | np.ndarray,
+    y_score: Sequence[float] | np.ndarray,
+    slices: Sequence[SliceSpec],
+    threshold: float,
+    *,
+    source: str = "test frame",
+) -> dict[str, dict[str, dict[str, float | int | None]]]:
+    """{slice name: {slice value: {n, positives, roc_auc, pr_auc, f1}}} over the rows of `frame`.
+
+    roc_auc is None where a slice holds one class; pr_auc is None where it holds no positive.
+    """
+    y, p = _check_inputs(y_true, y_score)
+    if len(frame) != len(y):
+        raise ValueError(f"{source}: {len(frame)} rows but {len(y)} labels/scores")
+    out: dict[str, dict[str, dict[str, float | int | None]]] = {}
+    for spec in slices:
+        labels = slice_labels(frame, spec, source=source).to_numpy()
+        out[spec.name] = {
+            str(value): _group_metrics(y[labels == value], p[labels == value], threshold)
+            for value in sorted(set(labels.tolist()))
+        }
+    return round_floats(out)
+
+
+def _group_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
+    positives = int(y.sum())
+    return {
+        "n": len(y),
+        "positives": positives,
+        "roc_auc": float(roc_auc_score(y, p)) if 0 < positives < len(y) else None,
+        "pr_auc": float(average_precision_score(y, p)) if positives else None,
+        "f1": float(f1_score(y, (p >= threshold).astype("int64"), zero_division=0)),
+    }
+
+
+def _positive_roc_auc(model: Any, features: pd.DataFrame, y: np.ndarray) -> float:
+    # a scorer on predict_proba's column for label 1: works for any whole-predictor family,
+    # classifier tags or not
+    proba = model.predict_proba(features)
+    return float(roc_auc_score(y, proba[:, list(model.classes_).index(1)]))
+
+
+def feature_importance(
+    model: Any, frame: pd.DataFrame, schema: FeatureSchema, *, repeats: int, seed: int
+) -> pd.DataFrame:
+    """Permutation importance of each input feature: the mean drop in ROC AUC when it is
+    shuffled (`repeats` times, seeded), with its standard deviation; largest first."""
+    features = feature_frame(frame, schema)
+    y = frame[schema.label].to_numpy(dtype="int64")
+    # one thread: dozens of small predict calls, where OpenMP's thread start-up and, on a busy
+    # machine, its spinning threads cost 10x more than the prediction itself
+    with threadpool_limits(limits=1):
+        result = permutation_importance(
+            model,
+            features,
+            y,
+            scoring=_positive_roc_auc,
+            n_repeats=repeats,
+            random_state=seed,
+            n_jobs=1,
+        )
+    table = _round_frame(
+        pd.DataFrame(
+            {
+                "feature": list(features.columns),
+                "importance": result.importances_mean,
+                "std": result.importances_std,
+            }
+        )
+    )
+    return table.sort_values(
+        ["importance", "feature"], ascending=[False, True], kind="mergesort"
+    ).reset_index(drop=True)
 
 
 def _check_inputs(
@@ -186,6 +373,13 @@ def _round_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**{c: frame[c].round(6) + 0.0 for c in floats})
 
 
+def write_importance(table: pd.DataFrame, plots_dir: str | Path) -> Path:
+    """`importance.json` (feature, importance, std): a horizontal-bar DVC plot."""
+    return write_metrics(
+        Path(plots_dir) / "importance.json", {"importance": table.to_dict(orient="records")}
+    )
+
+
 def write_plots(tables: PlotTables, plots_dir: str | Path) -> list[Path]:
     """Write the plot files DVC renders; returns their paths."""
     plots_dir = Path(plots_dir)
@@ -214,10 +408,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("schema", type=Path, help="feature_schema.json")
     parser.add_argument("metrics_out", type=Path, help="metrics JSON to write")
     parser.add_argument("plots_dir", type=Path, help="folder for the plot files")
+    parser.add_argument(
+        "--slices-out", type=Path, help="metrics JSON to write with the per-slice metrics"
+    )
     parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="params.yaml")
     args = parser.parse_args(argv)
 
-    cfg = EvaluateConfig.from_params(section(load_params(args.params), "evaluate"))
+    params = load_params(args.params)
+    cfg = EvaluateConfig.from_params(section(params, "evaluate"))
+    seed = int(section(params, "seed"))
     schema = load_schema(args.schema)
     model = load_model(args.model)
     trained_on = [str(c) for c in getattr(model, "feature_names_in_", schema.features)]
@@ -230,11 +429,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_frame(test, schema, source=str(args.test))
 
     scores = positive_scores(model, test, schema)
-    metrics, tables = evaluate_model(
-        test[schema.label].to_numpy(), scores, cfg.threshold, cfg.calibration_bins
-    )
+    y = test[schema.label].to_numpy()
+    metrics, tables = evaluate_model(y, scores, cfg.threshold, cfg.calibration_bins)
+    by_slice = slice_metrics(test, y, scores, cfg.slices, cfg.threshold, source=str(args.test))
+    importance = feature_importance(model, test, schema, repeats=cfg.importance_repeats, seed=seed)
     write_metrics(args.metrics_out, metrics)
+    if args.slices_out is not None:
+        write_metrics(args.slices_out, by_slice)
     write_plots(tables, args.plots_dir)
+    write_importance(importance, args.plots_dir)
     print(
         f"evaluate: {metrics['n']} rows, roc_auc={metrics['roc_auc']} "
         f"pr_auc={metrics['pr_auc']} f1@{cfg.threshold}={metrics['f1']}"

@@ -2,14 +2,18 @@
 
 For each snapshot date s (several past dates whose label window (s, s + horizon] is fully in the
 data, and the latest date for prediction), the population is the entities with activity in
-(s - active_days, s]. Features use only events up to s; the label is "no activity in
-(s, s + horizon]". Written as Ibis expressions, run on DuckDB.
+(s - lookback_days, s]. Features use only events up to s; the label is "no activity in
+(s, s + horizon]". The label's name, horizon_days and lookback_days are the dataset's (`label:` in
+conf/dataset/<name>.yaml). Entity attributes come from an entities table (the version as of s)
+or, for a dataset without one, from the entity's latest event up to s. Written as Ibis
+expressions, run on DuckDB.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,26 +29,44 @@ from stages.params import load_params, section
 
 SNAPSHOT_COL = "snapshot_date"
 EPOCH = dt.date(1970, 1, 1)
+# the label is the dataset's: these keys left the features section
+MOVED_TO_LABEL = {"horizon_days": "horizon_days", "active_days": "lookback_days"}
 
 
 @dataclass(frozen=True)
 class FeaturesConfig:
-    horizon_days: int = 21
     snapshot_every_days: int = 7
     max_snapshots: int = 8
     min_history_days: int = 21
-    active_days: int = 28
     windows: tuple[int, ...] = (7, 14, 28)
+    # features left out of the schema (what the model trains on and serving takes); the frames
+    # keep every computed column, so a champion that used them can still be scored on them
+    exclude: tuple[str, ...] = ()
 
     @classmethod
     def from_params(cls, raw: dict) -> FeaturesConfig:
-        return cls(**{**raw, "windows": tuple(raw.get("windows", cls.windows))})
+        moved = sorted(set(raw) & set(MOVED_TO_LABEL))
+        if moved:
+            raise ValueError(
+                f"params features.{moved[0]}: moved to the dataset, set "
+                f"dataset.label.{MOVED_TO_LABEL[moved[0]]} in conf/dataset/<name>.yaml"
+            )
+        return cls(
+            **{
+                **raw,
+                "windows": tuple(raw.get("windows", cls.windows)),
+                "exclude": tuple(str(f) for f in raw.get("exclude") or ()),
+            }
+        )
 
 
-def snapshot_dates(first: dt.date, last: dt.date, cfg: FeaturesConfig) -> list[dt.date]:
+def snapshot_dates(
+    first: dt.date, last: dt.date, cfg: FeaturesConfig, *, horizon_days: int
+) -> list[dt.date]:
     """Labelled snapshot dates, oldest first: every `snapshot_every_days` back from the last
-    date whose label window is complete, keeping at least `min_history_days` of history."""
-    newest = last - dt.timedelta(days=cfg.horizon_days)
+    date whose label window (`horizon_days`) is complete, keeping at least `min_history_days`
+    of history."""
+    newest = last - dt.timedelta(days=horizon_days)
     earliest = first + dt.timedelta(days=cfg.min_history_days)
     dates = []
     for k in range(cfg.max_snapshots):
@@ -69,6 +91,22 @@ def feature_names(dataset: DatasetConfig, cfg: FeaturesConfig) -> tuple[list[str
     return numeric, list(dataset.entity_features.categorical)
 
 
+def schema_features(dataset: DatasetConfig, cfg: FeaturesConfig) -> tuple[list[str], list[str]]:
+    """The computed features minus `cfg.exclude`: (numeric, categorical) of the schema."""
+    numeric, categorical = feature_names(dataset, cfg)
+    unknown = sorted(set(cfg.exclude) - {*numeric, *categorical})
+    if unknown:
+        raise ValueError(
+            f"features.exclude: {unknown} are not computed features "
+            f"(known: {', '.join([*numeric, *categorical])})"
+        )
+    numeric = [f for f in numeric if f not in cfg.exclude]
+    categorical = [f for f in categorical if f not in cfg.exclude]
+    if not numeric and not categorical:
+        raise ValueError("features.exclude: leaves no feature to train on")
+    return numeric, categorical
+
+
 def _day_number(value: ir.Value) -> ir.IntegerValue:
     return value.cast("date").epoch_days()
 
@@ -77,19 +115,21 @@ def _event_aggregates(
     events: ir.Table, snaps: ir.Table, dataset: DatasetConfig, cfg: FeaturesConfig
 ) -> ir.Table:
     """Per (entity, snapshot): counts and amounts per window, recency, activity trend."""
-    timestamp = dataset.table_by_role("events").timestamp
+    timestamp = dataset.events.timestamp
     ev = events.mutate(_day=_day_number(events[timestamp]))
     joined = ev.cross_join(snaps).filter(ev._day <= snaps._snap_day)
     age = joined._snap_day - joined._day  # 0 on the snapshot day itself
-    is_activity = joined.event_type.isin(list(dataset.activity_types))
+    kind = joined[dataset.event_type_column]
+    is_activity = kind.isin(list(dataset.activity_types))
     aggs = {}
     for event_type, prefix in dataset.event_features.items():
         for w in cfg.windows:
-            in_window = (joined.event_type == event_type) & (age < w)
+            in_window = (kind == event_type) & (age < w)
             aggs[f"{prefix}_{w}d"] = in_window.cast("int64").sum().cast("float64")
             if event_type in dataset.amount_types:
                 # decimal sums are exact, so the result does not depend on summation order
-                amount = ibis.ifelse(in_window, joined.amount, 0).cast("decimal(18, 2)")
+                value = joined[dataset.amount_column]
+                amount = ibis.ifelse(in_window, value, 0).cast("decimal(18, 2)")
                 aggs[f"{prefix}_amount_{w}d"] = amount.sum().cast("float64")
     short, long = min(cfg.windows), max(cfg.windows)
     recent = (is_activity & (age < short)).cast("int64").sum()
@@ -98,7 +138,8 @@ def _event_aggregates(
     aggs["days_since_last_activity"] = (
         ibis.ifelse(is_activity, age, ibis.null()).min().cast("float64")
     )
-    aggs["_active"] = (is_activity & (age < cfg.active_days)).cast("int64").sum()
+    active = is_activity & (age < dataset.label.lookback_days)
+    aggs["_active"] = active.cast("int64").sum()
     grouped = joined.group_by([dataset.entity_key, SNAPSHOT_COL, "_snap_day"]).aggregate(**aggs)
     return grouped.filter(grouped._active > 0).drop("_active")
 
@@ -107,11 +148,11 @@ def _labels(
     events: ir.Table, snaps: ir.Table, dataset: DatasetConfig, cfg: FeaturesConfig
 ) -> ir.Table:
     """(entity, snapshot) pairs with activity in (s, s + horizon]: the ones that did not churn."""
-    timestamp = dataset.table_by_role("events").timestamp
-    ev = events.filter(events.event_type.isin(list(dataset.activity_types)))
+    timestamp = dataset.events.timestamp
+    ev = events.filter(events[dataset.event_type_column].isin(list(dataset.activity_types)))
     ev = ev.mutate(_day=_day_number(ev[timestamp]))
     joined = ev.cross_join(snaps).filter(
-        (ev._day > snaps._snap_day) & (ev._day <= snaps._snap_day + cfg.horizon_days)
+        (ev._day > snaps._snap_day) & (ev._day <= snaps._snap_day + dataset.label.horizon_days)
     )
     return joined.select(dataset.entity_key, SNAPSHOT_COL).distinct().mutate(_retained=1)
 
@@ -119,18 +160,22 @@ def _labels(
 def _with_entity_attributes(
     table: ir.Table, versions: ir.Table, dataset: DatasetConfig
 ) -> ir.Table:
-    """Join each (entity, snapshot) with the entity's latest version updated up to the snapshot:
-    reading the current state instead would leak changes made after it (a plan change implies
-    the customer was still active)."""
+    """Join each (entity, snapshot) with the entity's latest row up to the snapshot: a version
+    of an entities table, or an event when the attributes come from the events table. Reading
+    the current state instead would leak changes made after it (a plan change implies the
+    customer was still active)."""
     key, ef = dataset.entity_key, dataset.entity_features
-    timestamp = dataset.table_by_role("entities").timestamp
-    attrs = [*ef.categorical, *ef.numeric] + ([ef.signup_date] if ef.signup_date else [])
+    source = dataset.attribute_table
+    attrs = list(ef.attributes)
     pairs = table.select(key, SNAPSHOT_COL, "_snap_day")
-    ents = versions.select(key, *attrs, _ts=versions[timestamp])
+    # the source's own key breaks ties between rows with the same timestamp (two events in
+    # the same second), so the chosen row does not depend on the engine's scan order
+    ents = versions.select(key, *attrs, _ts=versions[source.timestamp], _tie=versions[source.key])
     joined = pairs.inner_join(ents, key)
     joined = joined.filter(_day_number(joined._ts) <= joined._snap_day)
+    order = [ibis.desc("_ts"), ibis.desc("_tie")]
     ranked = joined.mutate(
-        _rank=ibis.row_number().over(group_by=[key, SNAPSHOT_COL], order_by=ibis.desc("_ts"))
+        _rank=ibis.row_number().over(group_by=[key, SNAPSHOT_COL], order_by=order)
     )
     as_of = ranked.filter(ranked._rank == 0).select(key, SNAPSHOT_COL, *attrs)
     table = table.left_join(as_of, [key, SNAPSHOT_COL]).drop(
@@ -151,8 +196,9 @@ def build_features(
     *,
     labelled: bool,
 ) -> ir.Table:
-    """Snapshot features for `dates`; with `labelled`, the label column too. `entities` holds
-    every version of each entity (prepare's `<table>_versions`)."""
+    """Snapshot features for `dates`; with `labelled`, the label column too. `entities` is the
+    table entity attributes come from: every version of each entity (prepare's
+    `<table>_versions`), or the events themselves (None: no attributes)."""
     snaps = ibis.memtable(
         {SNAPSHOT_COL: list(dates), "_snap_day": [(d - EPOCH).days for d in dates]}
     ).cast({SNAPSHOT_COL: "date", "_snap_day": "int64"})
@@ -165,11 +211,10 @@ def build_features(
         table = table.left_join(labels, [key, SNAPSHOT_COL]).drop(
             f"{key}_right", f"{SNAPSHOT_COL}_right"
         )
-        table = table.mutate(**{dataset.label: table._retained.isnull().cast("int64")}).drop(
-            "_retained"
-        )
+        churned = table._retained.isnull().cast("int64")
+        table = table.mutate(**{dataset.label.name: churned}).drop("_retained")
     numeric, categorical = feature_names(dataset, cfg)
-    label = [dataset.label] if labelled else []
+    label = [dataset.label.name] if labelled else []
     return table.select(key, SNAPSHOT_COL, *numeric, *categorical, *label).order_by(
         [SNAPSHOT_COL, key]
     )
@@ -193,46 +238,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    dataset = dataset_from_params(section(params, "dataset"))
-    cfg = FeaturesConfig.from_params(section(params, "features"))
+    try:
+        dataset = dataset_from_params(section(params, "dataset"))
+        cfg = FeaturesConfig.from_params(section(params, "features"))
+    except ValueError as exc:  # a DatasetConfigError names the file and key
+        print(f"features: {exc}", file=sys.stderr)
+        return 2
+    numeric, categorical = schema_features(dataset, cfg)
     con = ibis.duckdb.connect()
-    events_spec = dataset.table_by_role("events")
-    entity_spec = dataset.table_by_role("entities")
+    events_spec, source_spec = dataset.events, dataset.attribute_table
     events = con.read_parquet(str(args.history_dir / f"{events_spec.name}.parquet"))
-    entities = (
-        con.read_parquet(str(args.history_dir / f"{entity_spec.name}_versions.parquet"))
-        if entity_spec
-        else None
-    )
+    entities = None
+    if source_spec is not None and source_spec.role == "entities":
+        entities = con.read_parquet(str(args.history_dir / f"{source_spec.name}_versions.parquet"))
+    elif source_spec is not None:
+        entities = events
     first, last = _date_range(events, events_spec.timestamp)
-    dates = snapshot_dates(first, last, cfg)
+    horizon = dataset.label.horizon_days
+    dates = snapshot_dates(first, last, cfg, horizon_days=horizon)
     if not dates:
         raise SystemExit(
             f"features: history {first}..{last} is too short for a labelled snapshot "
-            f"(needs min_history_days={cfg.min_history_days} + horizon_days={cfg.horizon_days})"
+            f"(needs min_history_days={cfg.min_history_days} + label horizon_days={horizon})"
         )
     snapshots = build_features(events, entities, dates, dataset, cfg, labelled=True).to_pandas()
     predict = build_features(events, entities, [last], dataset, cfg, labelled=False).to_pandas()
     write_frame(snapshots, args.out_dir / "snapshots.parquet")
     write_frame(predict, args.out_dir / "predict.parquet")
 
-    numeric, categorical = feature_names(dataset, cfg)
     categories = {}
-    if entity_spec:
+    if source_spec:
         for name in categorical:
-            allowed = entity_spec.column(name).allowed
+            allowed = source_spec.column(name).allowed
             if allowed:
                 categories[name] = tuple(allowed)
     schema = FeatureSchema(
         dataset.entity_key,
         SNAPSHOT_COL,
-        dataset.label,
+        dataset.label.name,
         tuple(numeric),
         tuple(categorical),
         categories,
     )
     save_schema(schema, args.out_dir / "feature_schema.json")
-    by_date = snapshots.groupby(SNAPSHOT_COL)[dataset.label].agg(["size", "mean"])
+    by_date = snapshots.groupby(SNAPSHOT_COL)[dataset.label.name].agg(["size", "mean"])
     summary = {
         "snapshots": {
             str(d): {"rows": int(r["size"]), "label_rate": round(float(r["mean"]), 6)}

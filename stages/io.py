@@ -59,14 +59,15 @@ def write_frame(df: pd.DataFrame, path: str | Path, schema: pa.Schema | None = N
     return write_table(table.replace_schema_metadata(None), path)
 
 
-def list_partitions(table_dir: str | Path) -> dict[str, list[Path]]:
-    """`<table_dir>/date=YYYY-MM-DD/<files>` -> {date: sorted files}, in date order."""
+def list_partitions(table_dir: str | Path, key: str = "date") -> dict[str, list[Path]]:
+    """`<table_dir>/<key>=YYYY-MM-DD/<files>` -> {date: sorted files}, in date order."""
     table_dir = Path(table_dir)
     found: dict[str, list[Path]] = {}
     if not table_dir.is_dir():
         return found
+    pattern = re.compile(PARTITION_RE.pattern.replace("date=", f"{re.escape(key)}=", 1))
     for child in sorted(table_dir.iterdir()):
-        match = PARTITION_RE.match(child.name)
+        match = pattern.match(child.name)
         if match and child.is_dir():
             found[match.group(1)] = sorted(p for p in child.iterdir() if p.is_file())
     return found

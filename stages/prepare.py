@@ -1,26 +1,52 @@
-"""prepare: merge validated increments into the history of each table (Ibis on DuckDB).
+"""prepare: merge validated partitions into the history of each table (Ibis on DuckDB).
 
 The merge is an anti-join upsert (DESIGN.md, principle 8): history rows whose key is not in the
 increment, plus the increment deduplicated latest-wins. It never re-deduplicates the history.
-Events are deduplicated by their id; entities keep their latest row per key.
+Events are deduplicated by their id; entities keep their latest row per key, and every version.
+
+Incremental (principle 2): `<out>/manifest.json` records, per table, the validated partitions
+(by content hash) its history holds. When the only news are partitions dated after every merged
+one, just those are upserted into the history. When a merged partition changed or disappeared,
+or a new one is dated at or before the latest merged one (a backfill), the table is rebuilt from
+scratch: latest-wins forgot the rows it replaced, so a history cannot be unwound to the affected
+date, and such corrections are rare next to daily appends. Late data (a new partition holding
+old-dated rows) is just a new partition. Either way the files are byte-identical to a rebuild.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import ibis
 import ibis.expr.types as ir
 import pyarrow as pa
 
-from stages.dataset import DatasetConfig, TableSpec, dataset_from_params
-from stages.io import write_json, write_table
+from stages.dataset import DatasetConfig, DatasetConfigError, TableSpec, dataset_from_params
+from stages.incremental import (
+    MANIFEST,
+    MANIFEST_FORMAT,
+    PARTITION_COL,
+    ROW_COL,
+    StatCache,
+    fingerprint,
+    read_manifest,
+    remove_temp_files,
+    write_manifest,
+)
+from stages.io import PARTITION_RE, write_json, write_table
 from stages.params import load_params, section
-from stages.validate import PARTITION_COL, ROW_COL
 
 Key = str | Sequence[str]
+
+# The modules whose code decides prepare's outputs (its deps in dvc.yaml): an edit to any of
+# them rebuilds every history rather than upsert into one the old code wrote.
+CODE_FILES = ("prepare.py", "dataset.py", "io.py", "incremental.py")
+LIBRARIES = ("duckdb", "ibis-framework", "pyarrow")
+COUNTS = "counts.json"
 
 
 def latest_per_key(increment: ir.Table, key: Key, timestamp: str) -> ir.Table:
@@ -43,21 +69,6 @@ def upsert(history: ir.Table | None, increment: ir.Table, key: Key, timestamp: s
     return kept.union(fresh.select(kept.columns))
 
 
-def merge_table(
-    con: ibis.BaseBackend,
-    validated_dir: Path,
-    table: TableSpec,
-    key: Key,
-    history: ir.Table | None = None,
-) -> ir.Table | None:
-    """Upsert every validated partition of `table` into `history` (None: start empty)."""
-    files = sorted((validated_dir / table.name).glob("date=*.parquet"))
-    if not files:
-        return history
-    increment = con.read_parquet([str(f) for f in files])
-    return upsert(history, increment, key, table.timestamp)
-
-
 def history_keys(table: TableSpec) -> dict[str, list[str]]:
     """Output name -> upsert key. Entities also keep every version (key, timestamp), so features
     can read an entity as it was at a past snapshot instead of leaking its later state."""
@@ -67,36 +78,165 @@ def history_keys(table: TableSpec) -> dict[str, list[str]]:
     return keys
 
 
-def prepare_history(
-    con: ibis.BaseBackend, validated_dir: Path, dataset: DatasetConfig
+@dataclass(frozen=True)
+class MergePlan:
+    """How one table's history is brought up to date."""
+
+    mode: str  # "keep" (nothing new), "append" (upsert the new partitions) or "rebuild"
+    partitions: tuple[str, ...]  # the partitions to read: the new ones, or all for a rebuild
+    reason: str = ""  # why a rebuild
+
+
+def plan_merge(merged: Mapping[str, str] | None, current: Mapping[str, str]) -> MergePlan:
+    """Compare what the history holds (`merged`: partition -> content hash; None when there is
+    no usable history) with the validated partitions now (`current`)."""
+    everything = tuple(sorted(current))
+    if merged is None:
+        return MergePlan("rebuild", everything, "no history to build on")
+    changed = sorted(p for p in merged if p in current and current[p] != merged[p])
+    removed = sorted(p for p in merged if p not in current)
+    if changed or removed:
+        what = [f"{p} changed" for p in changed] + [f"{p} removed" for p in removed]
+        return MergePlan("rebuild", everything, "partition " + ", ".join(what))
+    new = tuple(sorted(p for p in current if p not in merged))
+    if not new:
+        return MergePlan("keep", ())
+    if merged and new[0] <= max(merged):
+        return MergePlan("rebuild", everything, f"partition {new[0]} arrived after {max(merged)}")
+    return MergePlan("append", new)
+
+
+def validated_partitions(validated_dir: Path, table: TableSpec) -> dict[str, Path]:
+    """`<validated>/<table>/date=D.parquet` -> {D: path}, in date order."""
+    found = {}
+    for path in sorted((validated_dir / table.name).glob("date=*.parquet")):
+        match = PARTITION_RE.match(path.name.removesuffix(".parquet"))
+        if match:
+            found[match.group(1)] = path
+    return found
+
+
+def merge_table(
+    con: ibis.BaseBackend,
+    table: TableSpec,
+    files: Sequence[Path],
+    histories: Mapping[str, Path] | None = None,
 ) -> dict[str, pa.Table]:
-    """The merged history of every table, sorted by key so the bytes are reproducible."""
+    """Upsert the validated `files` of `table` into its histories (`histories`: output name ->
+    the history file to build on; None: start empty). Sorted by key, so the bytes of a history
+    do not depend on how it was reached; one chunk, so neither does the parquet layout."""
+    if not files:
+        raise FileNotFoundError(f"{table.name}: no validated partitions to merge")
+    increment = con.read_parquet([str(f) for f in files])
     out = {}
-    for table in dataset.tables:
-        for name, key in history_keys(table).items():
-            merged = merge_table(con, validated_dir, table, key)
-            if merged is None:
-                raise FileNotFoundError(f"{validated_dir / table.name}: no validated partitions")
-            out[name] = merged.order_by(key).to_pyarrow()
+    for name, key in history_keys(table).items():
+        history = con.read_parquet(str(histories[name])) if histories is not None else None
+        merged = upsert(history, increment, key, table.timestamp)
+        out[name] = merged.order_by(key).to_pyarrow().combine_chunks()
     return out
+
+
+@dataclass(frozen=True)
+class PrepareRun:
+    tables: dict[str, dict]  # table -> manifest entry (partitions, outputs, rows)
+    plans: dict[str, MergePlan]
+    rebuilt: str  # why the manifest was not used ("" when it was)
+
+
+def prepare_fingerprint(tables_params: Mapping) -> str:
+    """What the histories depend on besides the data: code, `dataset.tables`, libraries."""
+    here = Path(__file__).parent
+    return fingerprint(
+        code=[here / name for name in CODE_FILES],
+        params={"dataset.tables": tables_params},
+        libraries=LIBRARIES,
+        version=MANIFEST_FORMAT,
+    )
+
+
+def _intact(entry: Mapping, out_dir: Path, cache: StatCache) -> bool:
+    for name, recorded in entry["outputs"].items():
+        stamp = cache.stamp(out_dir / name, f"out/{name}")
+        if stamp is None or stamp.to_json() != recorded:
+            return False
+    return True
+
+
+def run_prepare(
+    validated_dir: Path, out_dir: Path, dataset: DatasetConfig, fingerprint_: str
+) -> PrepareRun:
+    """Bring every table's history up to date with the validated partitions (see the module
+    docstring), writing the histories, then `counts.json`, then the manifest, last."""
+    remove_temp_files(out_dir)
+    previous, why = read_manifest(out_dir / MANIFEST, fingerprint_)
+    cache = StatCache((previous or {}).get("stat_cache"))
+    con = None  # loading ibis's DuckDB backend costs ~1 s: only when a table needs merging
+    entries: dict[str, dict] = {}
+    plans: dict[str, MergePlan] = {}
+    for table in dataset.tables:
+        files = validated_partitions(validated_dir, table)
+        current = {}
+        for partition, path in files.items():
+            stamp = cache.stamp(path, f"validated/{table.name}/{partition}")
+            if stamp is not None:
+                current[partition] = stamp.md5
+        old = (previous or {}).get("tables", {}).get(table.name)
+        usable = old is not None and _intact(old, out_dir, cache)
+        plan = plan_merge(old["partitions"] if usable else None, current)
+        plans[table.name] = plan
+        if plan.mode == "keep":
+            entries[table.name] = old
+            continue
+        names = history_keys(table)
+        on = {n: out_dir / f"{n}.parquet" for n in names} if plan.mode == "append" else None
+        con = con or ibis.duckdb.connect()
+        histories = merge_table(con, table, [files[p] for p in plan.partitions], on)
+        outputs, rows = {}, {}
+        for name, history in histories.items():
+            path = write_table(history, out_dir / f"{name}.parquet")
+            outputs[path.name] = cache.stamp(path, f"out/{path.name}").to_json()
+            rows[name] = history.num_rows
+        entries[table.name] = {"partitions": current, "outputs": outputs, "rows": rows}
+    listed = {name for e in entries.values() for name in e["outputs"]}
+    for stray in sorted(out_dir.glob("*.parquet")):
+        if stray.name not in listed:  # the history of a table no longer in the dataset
+            stray.unlink()
+    counts = {name: n for e in entries.values() for name, n in e["rows"].items()}
+    write_json(dict(sorted(counts.items())), out_dir / COUNTS)
+    write_manifest(out_dir / MANIFEST, fingerprint_, {"tables": entries}, cache)
+    return PrepareRun(entries, plans, why if previous is None else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.prepare", description=__doc__)
-    parser.add_argument("validated_dir", type=Path)
-    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("validated_dir", type=Path, help="validate's output")
+    parser.add_argument("out_dir", type=Path, help="histories, counts and manifest")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
 
-    dataset = dataset_from_params(section(load_params(args.params), "dataset"))
-    con = ibis.duckdb.connect()
-    histories = prepare_history(con, args.validated_dir, dataset)
-    counts = {}
-    for name, table in histories.items():
-        write_table(table, args.out_dir / f"{name}.parquet")
-        counts[name] = table.num_rows
-        print(f"prepare {name}: {table.num_rows} rows in history")
-    write_json(counts, args.out_dir / "counts.json")
+    params = load_params(args.params)
+    try:
+        dataset = dataset_from_params(section(params, "dataset"))
+    except DatasetConfigError as exc:  # one line naming the file and key, not a traceback
+        print(f"prepare: {exc}", file=sys.stderr)
+        return 2
+    fp = prepare_fingerprint(section(params, "dataset.tables"))
+    try:
+        run = run_prepare(args.validated_dir, args.out_dir, dataset, fp)
+    except FileNotFoundError as exc:
+        print(f"prepare: {exc} in {args.validated_dir} (run the validate stage)", file=sys.stderr)
+        return 1
+    if run.rebuilt:
+        print(f"prepare: {run.rebuilt}")
+    for name, entry in run.tables.items():
+        plan = run.plans[name]
+        did = {
+            "keep": "unchanged",
+            "append": f"{len(plan.partitions)} new partition(s) upserted",
+            "rebuild": f"rebuilt from {len(plan.partitions)} partitions ({plan.reason})",
+        }[plan.mode]
+        rows = ", ".join(f"{n} {r} rows" for n, r in entry["rows"].items())
+        print(f"prepare {name}: {did}; history: {rows}")
     return 0
 
 

@@ -15,6 +15,12 @@ drift downwards), and the daily churn hazard rises with falling engagement, supp
 refunds, the plan price and a recent price raise. Churned customers never produce events again.
 From `drift_day` the regime changes: the `standard` plan's price rises (its customers' rows are
 re-emitted), tickets hurt retention more, and the `partner` channel starts acquiring customers.
+
+`--faults all|none|a,b` injects lake faults into the days written (see `FAULTS` and params
+`simulate.faults`): nulls, out-of-range values, unknown categories, duplicate ids within a file
+and a re-sent file, late events, a renamed column, a truncated file, an empty and a missing
+day, timestamps in another time zone. They are applied to a day's finished tables from a random
+stream of their own, so the shop and its state are the same with or without them.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 FORMAT_VERSION = 1
@@ -111,10 +118,10 @@ class SimulateConfig:
     def from_params(cls, raw: Mapping[str, Any]) -> SimulateConfig:
         """Build from the `simulate` params section; unknown keys are an error."""
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
+        unknown = sorted(set(raw) - known - {"faults"})  # faults: see FaultConfig
         if unknown:
             raise ValueError(f"params simulate: unknown keys {unknown} (known: {sorted(known)})")
-        return cls(**dict(raw))
+        return cls(**{k: v for k, v in raw.items() if k != "faults"})
 
     def knobs(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -519,6 +526,228 @@ def partition_path(table: str, date: dt.date) -> str:
     return f"{LANDING}/{table}/date={date.isoformat()}/{PART_FILE}"
 
 
+# ---------------------------------------------------------------------------------------------
+# Faults on demand: what a real lake does to a pipeline, injected after a day is simulated so
+# the shop itself (and its state) is the same with or without them. Row faults hit disjoint
+# random rows of a day (by seed and day); whole-day faults fall on fixed days of a cycle.
+
+ROW_FAULTS = ("nulls", "out_of_range", "unknown_category", "duplicates", "late")
+DAY_FAULTS = (
+    "timezone",
+    "resent_file",
+    "renamed_column",
+    "truncated_file",
+    "empty_day",
+    "missing_day",
+)
+FAULTS = ROW_FAULTS + DAY_FAULTS
+FAULT_STREAM = 0xFA17  # a separate random stream: faults never change the clean data
+RESENT_FILE = "part-0001.parquet"
+UNKNOWN_EVENT_TYPE = "teleport"
+UNKNOWN_PLAN = "platinum"
+RENAMED = ("plan", "plan_name")  # customers column renamed on the renamed_column day
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """How often each fault strikes (params `simulate.faults`); `--faults` picks which."""
+
+    # share of a day's rows hit by each row fault (events; customers for nulls, out_of_range
+    # and unknown_category)
+    null_rate: float = 0.003
+    out_of_range_rate: float = 0.003
+    unknown_category_rate: float = 0.003
+    duplicate_rate: float = 0.005
+    late_rate: float = 0.005
+    late_days: tuple[int, int] = (4, 10)  # late events are dated this many days earlier
+    # whole-day faults recur every `every_days` days, each on its own day of that cycle
+    every_days: int = 30
+    timezone_day: int = 3
+    resent_file_day: int = 5
+    renamed_column_day: int = 8
+    truncated_file_day: int = 11
+    empty_day: int = 14
+    missing_day: int = 17
+    timezone: str = "America/New_York"
+
+    def __post_init__(self) -> None:
+        rates = ("null_rate", "out_of_range_rate", "unknown_category_rate")
+        for name in (*rates, "duplicate_rate", "late_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"simulate.faults.{name}: must be in [0, 1]")
+        if self.every_days < 1:
+            raise ValueError("simulate.faults.every_days: must be >= 1")
+        low, high = self.late_days
+        if not 1 <= low <= high:
+            raise ValueError(f"simulate.faults.late_days: need 1 <= low <= high, got {low, high}")
+
+    @classmethod
+    def from_params(cls, raw: Mapping[str, Any] | None) -> FaultConfig:
+        raw = dict(raw or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(
+                f"params simulate.faults: unknown keys {unknown} (known: {sorted(known)})"
+            )
+        if "late_days" in raw:
+            raw["late_days"] = tuple(raw["late_days"])
+        return cls(**raw)
+
+    def strikes(self, fault: str, day: int) -> bool:
+        """Whether whole-day `fault` falls on day index `day`."""
+        first = {
+            "timezone": self.timezone_day,
+            "resent_file": self.resent_file_day,
+            "renamed_column": self.renamed_column_day,
+            "truncated_file": self.truncated_file_day,
+            "empty_day": self.empty_day,
+            "missing_day": self.missing_day,
+        }[fault]
+        return day >= first and (day - first) % self.every_days == 0
+
+
+def parse_faults(text: str) -> frozenset[str]:
+    """`all`, `none` or a comma list of fault names."""
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    if words == ["all"]:
+        return frozenset(FAULTS)
+    if words in ([], ["none"]):
+        return frozenset()
+    unknown = sorted(set(words) - set(FAULTS))
+    if unknown:
+        raise ValueError(
+            f"unknown fault(s) {unknown}: use all, none or some of {', '.join(FAULTS)}"
+        )
+    return frozenset(words)
+
+
+def _pick(rng: np.random.Generator, n: int, rates: Sequence[float]) -> list[np.ndarray]:
+    """Disjoint random row sets, one per rate, so each row carries at most one fault."""
+    order = rng.permutation(n)
+    picked, at = [], 0
+    for rate in rates:
+        k = min(int(rng.binomial(n, rate)) if n else 0, n - at)
+        picked.append(np.sort(order[at : at + k]))
+        at += k
+    return picked
+
+
+def _set(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    return table.set_column(table.schema.get_field_index(name), name, values)
+
+
+def _with(table: pa.Table, name: str, rows: np.ndarray, value: Any) -> pa.Table:
+    """`table` with `value` (None: null) at `rows` of column `name`."""
+    column = table[name].combine_chunks()
+    mask = np.zeros(table.num_rows, dtype=np.bool_)
+    mask[rows] = True
+    if value is None:
+        replacement = pa.nulls(table.num_rows, column.type)
+    else:
+        replacement = pa.array(np.full(table.num_rows, value), column.type)
+    # a plain field name: the column becomes nullable, as a producer writing nulls would say
+    return _set(table, name, pc.if_else(pa.array(mask), replacement, column))
+
+
+def _row_faults(
+    rng: np.random.Generator,
+    customers: pa.Table,
+    events: pa.Table,
+    faults: frozenset[str],
+    cfg: FaultConfig,
+) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    counts: dict[str, int] = {}
+    rates = {
+        "nulls": cfg.null_rate,
+        "out_of_range": cfg.out_of_range_rate,
+        "unknown_category": cfg.unknown_category_rate,
+        "duplicates": cfg.duplicate_rate,
+        "late": cfg.late_rate,
+    }
+    wanted = [f for f in ROW_FAULTS if f in faults]
+    ev_rows = dict(
+        zip(wanted, _pick(rng, events.num_rows, [rates[f] for f in wanted]), strict=True)
+    )
+    cu_wanted = [f for f in ("nulls", "out_of_range", "unknown_category") if f in faults]
+    cu_rows = dict(
+        zip(cu_wanted, _pick(rng, customers.num_rows, [rates[f] for f in cu_wanted]), strict=True)
+    )
+    if "nulls" in faults:
+        events = _with(events, "customer_id", ev_rows["nulls"], None)
+        customers = _with(customers, "country", cu_rows["nulls"], None)
+    if "out_of_range" in faults:
+        events = _with(events, "amount", ev_rows["out_of_range"], -1.0)
+        customers = _with(customers, "monthly_price", cu_rows["out_of_range"], -1.0)
+    if "unknown_category" in faults:
+        events = _with(events, "event_type", ev_rows["unknown_category"], UNKNOWN_EVENT_TYPE)
+        customers = _with(customers, "plan", cu_rows["unknown_category"], UNKNOWN_PLAN)
+    if "late" in faults:
+        rows = ev_rows["late"]
+        low, high = cfg.late_days
+        shift = np.zeros(events.num_rows, dtype=np.int64)
+        shift[rows] = rng.integers(low, high + 1, rows.shape[0]) * US_PER_DAY
+        times = events["event_time"].combine_chunks().cast(pa.int64()).to_numpy() - shift
+        events = _set(events, "event_time", pa.array(times, pa.int64()).cast(pa.timestamp("us")))
+    if "duplicates" in faults:
+        # the same rows sent twice in the same file, right after the day's rows
+        events = pa.concat_tables([events, events.take(ev_rows["duplicates"])])
+    for fault in wanted:
+        counts[fault] = int(ev_rows[fault].shape[0]) + int(cu_rows.get(fault, np.empty(0)).shape[0])
+    return customers, events, counts
+
+
+def inject_faults(
+    day: int,
+    date: dt.date,
+    customers: pa.Table,
+    events: pa.Table,
+    *,
+    seed: int,
+    faults: frozenset[str],
+    config: FaultConfig,
+    previous_events: bytes | None = None,
+) -> tuple[dict[str, bytes], dict[str, int]]:
+    """The files day `day` lands as (lake-relative path -> bytes) once `faults` are injected,
+    and how many rows (or files) each fault hit. Pure: the same arguments give the same bytes.
+
+    `previous_events` is the day before's events file as the lake holds it, re-sent on the
+    resent_file day.
+    """
+    counts: dict[str, int] = {}
+    if "missing_day" in faults and config.strikes("missing_day", day):
+        return {}, {"missing_day": 1}
+    if "empty_day" in faults and config.strikes("empty_day", day):
+        customers, events = customers.slice(0, 0), events.slice(0, 0)
+        counts["empty_day"] = 1
+    rng = np.random.default_rng([seed, day, FAULT_STREAM])
+    if faults & set(ROW_FAULTS):
+        customers, events, hit = _row_faults(rng, customers, events, faults, config)
+        counts.update(hit)
+    if "timezone" in faults and config.strikes("timezone", day):
+        local = events["event_time"].cast(pa.timestamp("us", tz=config.timezone))
+        events = _set(events, "event_time", local)
+        counts["timezone"] = events.num_rows
+    if "renamed_column" in faults and config.strikes("renamed_column", day):
+        old, new = RENAMED
+        customers = customers.rename_columns(
+            [new if n == old else n for n in customers.column_names]
+        )
+        counts["renamed_column"] = customers.num_rows
+    files = {
+        partition_path("customers", date): parquet_bytes(customers),
+        partition_path("events", date): parquet_bytes(events),
+    }
+    if "truncated_file" in faults and config.strikes("truncated_file", day):
+        path = partition_path("events", date)
+        files[path] = files[path][: len(files[path]) // 2]
+        counts["truncated_file"] = events.num_rows
+    if "resent_file" in faults and config.strikes("resent_file", day) and previous_events:
+        files[partition_path("events", date).replace(PART_FILE, RESENT_FILE)] = previous_events
+        counts["resent_file"] = 1
+    return files, counts
+
+
 @dataclass(frozen=True)
 class SimulateResult:
     lake: str
@@ -527,6 +756,7 @@ class SimulateResult:
     start: dt.date
     customers_rows: int
     events_rows: int
+    faults: dict[str, int] = dataclasses.field(default_factory=dict)  # fault -> rows/days hit
 
     def summary(self) -> str:
         if self.days_written == 0:
@@ -537,11 +767,14 @@ class SimulateResult:
             )
         first = self.start + dt.timedelta(days=self.first_day)
         last = first + dt.timedelta(days=self.days_written - 1)
-        return (
+        line = (
             f"simulate: wrote {self.days_written} day{'s' * (self.days_written != 1)} "
             f"({first}..{last}): "
             f"customers {self.customers_rows} rows, events {self.events_rows} rows -> {self.lake}"
         )
+        if self.faults:
+            line += "; faults injected: " + ", ".join(f"{k} {v}" for k, v in self.faults.items())
+        return line
 
 
 def _check_meta(
@@ -582,13 +815,16 @@ def simulate(
     start: dt.date | None = None,
     seed: int | None = None,
     default_seed: int = 7,
+    faults: frozenset[str] = frozenset(),
+    fault_config: FaultConfig | None = None,
 ) -> SimulateResult:
     """Write missing daily partitions of the simulated shop to the lake at `lake_url`.
 
     On a new lake, days 0..days-1 from `start` are written. On an existing one the simulation
     continues from its stored state: with `start` given, up to day `days - 1` (a range it
     already holds is a no-op); without, `days` more days. A `start`, `seed` or knob that
-    differs from the lake's raises `LakeMismatchError`.
+    differs from the lake's raises `LakeMismatchError`. `faults` (see `FAULTS`) are injected
+    into the days this call writes, as `fault_config` says; the simulator state never sees them.
     """
     if days < 1:
         raise ValueError(f"days must be >= 1, got {days}")
@@ -623,13 +859,35 @@ def simulate(
 
     first_day = state.next_day
     n_customers = n_events = 0
+    fault_config = fault_config or FaultConfig()
+    hits: dict[str, int] = {}
     while state.next_day < end:
-        date = start_date + dt.timedelta(days=state.next_day)
+        day = state.next_day
+        date = start_date + dt.timedelta(days=day)
         state, customers, events = simulate_day(
             state, seed=run_seed, start=start_date, config=run_config
         )
-        lake.write(partition_path("customers", date), parquet_bytes(customers))
-        lake.write(partition_path("events", date), parquet_bytes(events))
+        files = {
+            partition_path("customers", date): parquet_bytes(customers),
+            partition_path("events", date): parquet_bytes(events),
+        }
+        if faults:
+            previous = partition_path("events", date - dt.timedelta(days=1))
+            resend = "resent_file" in faults and fault_config.strikes("resent_file", day)
+            files, hit = inject_faults(
+                day,
+                date,
+                customers,
+                events,
+                seed=run_seed,
+                faults=faults,
+                config=fault_config,
+                previous_events=lake.read(previous) if resend and lake.exists(previous) else None,
+            )
+            for fault, n in hit.items():
+                hits[fault] = hits.get(fault, 0) + n
+        for path, data in files.items():
+            lake.write(path, data)
         n_customers += customers.num_rows
         n_events += events.num_rows
     if state.next_day > first_day:
@@ -650,6 +908,7 @@ def simulate(
         start=start_date,
         customers_rows=n_customers,
         events_rows=n_events,
+        faults={f: hits[f] for f in FAULTS if f in hits},
     )
 
 
@@ -662,6 +921,16 @@ def load_config(params_path: str | Path) -> tuple[SimulateConfig, int]:
     params = load_params(params_path)
     config = SimulateConfig.from_params(section(params, "simulate"))
     return config, int(params.get("seed", 7))
+
+
+def load_fault_config(params_path: str | Path) -> FaultConfig:
+    """params `simulate.faults` (defaults when absent or no file)."""
+    from stages.params import load_params
+
+    if not Path(params_path).is_file():
+        return FaultConfig()
+    simulate_section = load_params(params_path).get("simulate") or {}
+    return FaultConfig.from_params(simulate_section.get("faults"))
 
 
 def _positive_int(text: str) -> int:
@@ -688,13 +957,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, help="random seed (default: params seed)")
     parser.add_argument("--customers", type=_positive_int, help="override initial_customers")
+    parser.add_argument(
+        "--faults",
+        default="none",
+        help=f"faults to inject into the days written: all, none (default) or a comma list of "
+        f"{', '.join(FAULTS)}; how much of each: params simulate.faults",
+    )
     parser.add_argument("--params", default="params.yaml", help="params file")
     args = parser.parse_args(argv)
 
     from stages.params import default_lake
 
     try:
+        faults = parse_faults(args.faults)
+    except ValueError as err:
+        print(f"evergreen lake simulate: --faults: {err}", file=sys.stderr)
+        return 2
+    try:
         config, params_seed = load_config(args.params)
+        fault_config = load_fault_config(args.params)
     except (KeyError, ValueError) as err:
         print(f"evergreen lake simulate: {args.params}: {err}", file=sys.stderr)
         return 2
@@ -709,6 +990,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             start=args.start,
             seed=args.seed,
             default_seed=params_seed,
+            faults=faults,
+            fault_config=fault_config,
         )
     except LakeMismatchError as err:
         print(f"evergreen lake simulate: {err}", file=sys.stderr)

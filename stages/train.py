@@ -1,15 +1,23 @@
 """The `train` stage: fit the whole predictor (preprocessing + estimator) on the train split.
 
     python -m stages.train artifacts/split artifacts/features/feature_schema.json \
-        models/model.skops metrics/train.json [--params params.yaml]
+        models/model.skops metrics/train.json [--trials-out metrics/trials.csv] \
+        [--params params.yaml]
 
 Reads `train.parquet` and `valid.parquet` from the split folder, fits one sklearn Pipeline,
 scores it on the validation split and writes the model (skops) and `metrics/train.json`.
+
+The model family is config (`conf/model/<name>.yaml`: estimator, hyperparameters and a
+search space); every family is the same Pipeline, `build_preprocessor` then the estimator, so
+the stages after this one never need to know which family they hold. With `train.n_trials > 0`
+a seeded Optuna search over the model's `search_space` picks the hyperparameters with the best
+validation ROC AUC; every trial is a row of the trials table.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -21,7 +29,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, roc_auc_score
@@ -31,13 +39,17 @@ from threadpoolctl import threadpool_limits
 
 from stages.feature_schema import FeatureSchema, load_schema
 from stages.io import write_bytes_atomic
+from stages.mlp import TabularMLPClassifier
 from stages.model_io import save_model
 from stages.params import PARAMS_FILE, load_params, section
 
 ESTIMATORS: dict[str, type[BaseEstimator]] = {
     "logistic_regression": LogisticRegression,
     "hist_gradient_boosting": HistGradientBoostingClassifier,
+    "random_forest": RandomForestClassifier,
+    "torch_mlp": TabularMLPClassifier,
 }
+SEARCH_TYPES = ("float", "int", "categorical")
 # Missing categories become a category of their own, so "unknown" and "missing" stay apart.
 MISSING_CATEGORY = "__missing__"
 SPLITS = ("train", "valid")
@@ -45,12 +57,105 @@ DIGITS = 6
 
 
 @dataclass(frozen=True)
+class SearchParam:
+    """One hyperparameter's range in `model.search_space`.
+
+    `{type: float|int, low, high, log: false, step: null}` or `{type: categorical, choices}`;
+    choices may be lists (e.g. hidden layer sizes), which Optuna sees as their JSON text.
+    """
+
+    name: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    @classmethod
+    def from_params(cls, name: str, raw: Any) -> SearchParam:
+        where = f"model.search_space.{name}"
+        if not isinstance(raw, Mapping) or raw.get("type") not in SEARCH_TYPES:
+            raise ValueError(f"params: {where} needs a `type` in {list(SEARCH_TYPES)}")
+        unknown = sorted(set(raw) - {"type", "low", "high", "log", "step", "choices"})
+        if unknown:
+            raise ValueError(f"params: {where} has unknown keys {unknown}")
+        if raw["type"] == "categorical":
+            choices = raw.get("choices")
+            if not isinstance(choices, Sequence) or isinstance(choices, str) or not choices:
+                raise ValueError(f"params: {where}.choices must be a non-empty list")
+            return cls(name=name, type="categorical", choices=tuple(_plain(c) for c in choices))
+        if "low" not in raw or "high" not in raw:
+            raise ValueError(f"params: {where} needs `low` and `high`")
+        cast = int if raw["type"] == "int" else float
+        low, high = cast(raw["low"]), cast(raw["high"])
+        log = bool(raw.get("log", False))
+        step = raw.get("step")
+        if low > high:
+            raise ValueError(f"params: {where}: low {low} > high {high}")
+        if log and low <= 0:
+            raise ValueError(f"params: {where}: a log range needs low > 0 (got {low})")
+        if log and step is not None:
+            raise ValueError(f"params: {where}: `step` and `log: true` do not combine")
+        return cls(
+            name=name,
+            type=str(raw["type"]),
+            low=low,
+            high=high,
+            log=log,
+            step=None if step is None else cast(step),
+        )
+
+    @property
+    def _as_json(self) -> bool:
+        return any(isinstance(c, list | dict) for c in self.choices)
+
+    def suggest(self, trial: Any) -> Any:
+        """This parameter's value for an Optuna trial."""
+        if self.type == "categorical":
+            if self._as_json:
+                picked = trial.suggest_categorical(self.name, [_json(c) for c in self.choices])
+                return json.loads(picked)
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.type == "int":
+            step = 1 if self.step is None else int(self.step)
+            return trial.suggest_int(self.name, self.low, self.high, step=step, log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+
+    def optuna_value(self, value: Any) -> Any:
+        """`value` as Optuna records it (JSON text for list choices)."""
+        return _json(value) if self.type == "categorical" and self._as_json else value
+
+    def contains(self, value: Any) -> bool:
+        """Whether `value` lies in this range (so a trial can start from it)."""
+        if self.type == "categorical":
+            return _plain(value) in self.choices
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        return self.low <= value <= self.high and (self.type == "float" or value == int(value))
+
+
+def _plain(value: Any) -> Any:
+    """YAML/OmegaConf containers as plain lists and dicts, so they compare and JSON-encode."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    """The `model` params section: which estimator, and its hyperparameters."""
+    """The `model` params section: which estimator, its hyperparameters, its search space."""
 
     name: str
     estimator: str
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    search_space: tuple[SearchParam, ...] = ()
 
     @classmethod
     def from_params(cls, raw: Mapping[str, Any]) -> ModelConfig:
@@ -60,10 +165,14 @@ class ModelConfig:
         hyperparameters = raw.get("hyperparameters") or {}
         if not isinstance(hyperparameters, Mapping):
             raise ValueError("params: model.hyperparameters must be a mapping")
+        space = raw.get("search_space") or {}
+        if not isinstance(space, Mapping):
+            raise ValueError("params: model.search_space must be a mapping")
         return cls(
             name=str(raw["name"]),
             estimator=str(raw["estimator"]),
-            hyperparameters=dict(hyperparameters),
+            hyperparameters={str(k): _plain(v) for k, v in hyperparameters.items()},
+            search_space=tuple(SearchParam.from_params(str(k), v) for k, v in space.items()),
         )
 
 
@@ -73,11 +182,20 @@ class TrainConfig:
 
     # Threads for BLAS/OpenMP during fit; None or -1 means no limit.
     n_jobs: int | None = 1
+    # Optuna trials over model.search_space; 0 fits the config's hyperparameters only.
+    n_trials: int = 5
+
+    def __post_init__(self) -> None:
+        if self.n_trials < 0:
+            raise ValueError(f"train.n_trials: {self.n_trials} is not >= 0")
 
     @classmethod
     def from_params(cls, raw: Mapping[str, Any]) -> TrainConfig:
         n_jobs = raw.get("n_jobs", 1)
-        return cls(n_jobs=None if n_jobs is None else int(n_jobs))
+        return cls(
+            n_jobs=None if n_jobs is None else int(n_jobs),
+            n_trials=int(raw.get("n_trials", 5)),
+        )
 
 
 def check_frame(
@@ -173,15 +291,22 @@ def _categorical(categories: str | list[list[str]]) -> Pipeline:
     )
 
 
-def build_estimator(model_cfg: ModelConfig, seed: int) -> BaseEstimator:
-    """The estimator named by `model_cfg.estimator`, seeded with `seed`."""
+def build_estimator(
+    model_cfg: ModelConfig, seed: int, hyperparameters: Mapping[str, Any] | None = None
+) -> BaseEstimator:
+    """The estimator named by `model_cfg.estimator`, seeded with `seed`.
+
+    `hyperparameters` replaces the config's own (a tuning trial's values).
+    """
     if model_cfg.estimator not in ESTIMATORS:
         raise ValueError(
             f"model.estimator: unknown estimator {model_cfg.estimator!r} "
             f"(allowed: {', '.join(ESTIMATORS)})"
         )
     cls = ESTIMATORS[model_cfg.estimator]
-    hyperparameters = dict(model_cfg.hyperparameters)
+    hyperparameters = dict(
+        model_cfg.hyperparameters if hyperparameters is None else hyperparameters
+    )
     if "random_state" in hyperparameters:
         raise ValueError(
             "model.hyperparameters.random_state: set the top-level `seed` param instead"
@@ -202,20 +327,125 @@ def train_model(
     seed: int,
     *,
     n_jobs: int | None = 1,
+    valid: pd.DataFrame | None = None,
+    hyperparameters: Mapping[str, Any] | None = None,
 ) -> Pipeline:
-    """Fit preprocessing + estimator on `train`; returns the whole predictor."""
+    """Fit preprocessing + estimator on `train`; returns the whole predictor.
+
+    An estimator whose `fit` takes `eval_set` (the MLP) gets the preprocessed `valid` frame for
+    early stopping. `hyperparameters` replaces the config's own.
+    """
     check_frame(train, schema, source="train frame")
-    model = Pipeline(
-        [
-            ("preprocess", build_preprocessor(schema)),
-            ("estimator", build_estimator(model_cfg, seed)),
-        ]
-    )
+    preprocess = build_preprocessor(schema)
+    estimator = build_estimator(model_cfg, seed, hyperparameters)
     limit = None if n_jobs is None or n_jobs < 1 else n_jobs
     # a fixed thread count keeps floating-point reductions in the same order run to run
     with threadpool_limits(limits=limit):
-        model.fit(feature_frame(train, schema), train[schema.label].to_numpy(dtype="int64"))
-    return model
+        # fitted step by step, as Pipeline.fit does, so the valid split can be preprocessed
+        x = preprocess.fit_transform(feature_frame(train, schema))
+        fit_params: dict[str, Any] = {}
+        if valid is not None and "eval_set" in inspect.signature(estimator.fit).parameters:
+            check_frame(valid, schema, source="valid frame")
+            fit_params["eval_set"] = (
+                preprocess.transform(feature_frame(valid, schema)),
+                valid[schema.label].to_numpy(dtype="int64"),
+            )
+        estimator.fit(x, train[schema.label].to_numpy(dtype="int64"), **fit_params)
+    return Pipeline([("preprocess", preprocess), ("estimator", estimator)])
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """The chosen model, how it was chosen, and every trial (columns: trial, score, params)."""
+
+    model: Pipeline
+    hyperparameters: dict[str, Any]
+    best_trial: int
+    best_score: float
+    n_trials: int
+    trials: pd.DataFrame
+
+
+def tune_model(
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    schema: FeatureSchema,
+    model_cfg: ModelConfig,
+    seed: int,
+    *,
+    n_trials: int,
+    n_jobs: int | None = 1,
+) -> TuneResult:
+    """Pick hyperparameters by validation ROC AUC with a seeded, sequential Optuna search.
+
+    Trial 0 is the config's own hyperparameters (when they lie in the search space), so the
+    result is never worse on valid than the hand-set model; the rest are TPE suggestions over
+    `model_cfg.search_space`. With `n_trials == 0` or no search space, the config's
+    hyperparameters are fitted once (the table's single row). Every trial uses `seed`, so the
+    kept model of the best trial is exactly what a refit with its parameters gives.
+    """
+    check_frame(valid, schema, source="valid frame")
+    y_valid = valid[schema.label].to_numpy(dtype="int64")
+    base = dict(model_cfg.hyperparameters)
+    space = model_cfg.search_space
+    best: dict[str, Any] = {"score": -math.inf}
+    rows: list[dict[str, Any]] = []
+
+    def fit_and_score(number: int, hyperparameters: dict[str, Any]) -> float:
+        model = train_model(
+            train,
+            schema,
+            model_cfg,
+            seed,
+            n_jobs=n_jobs,
+            valid=valid,
+            hyperparameters=hyperparameters,
+        )
+        score = float(roc_auc_score(y_valid, positive_scores(model, valid, schema)))
+        rows.append(
+            {
+                "trial": number,
+                "score": round(score, DIGITS),
+                **{p.name: _table_value(hyperparameters.get(p.name)) for p in space},
+            }
+        )
+        # strictly better: on a tie the earlier trial (the config's, first) stays
+        if score > best["score"]:
+            best.update(score=score, model=model, trial=number, params=hyperparameters)
+        return score
+
+    if n_trials == 0 or not space:
+        fit_and_score(0, base)
+        ran = 0
+    else:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(
+            direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed)
+        )
+        if all(p.name in base and p.contains(base[p.name]) for p in space):
+            study.enqueue_trial({p.name: p.optuna_value(base[p.name]) for p in space})
+
+        def objective(trial: Any) -> float:
+            suggested = {p.name: p.suggest(trial) for p in space}
+            return fit_and_score(trial.number, {**base, **suggested})
+
+        study.optimize(objective, n_trials=n_trials, n_jobs=1)
+        ran = n_trials
+    columns = ["trial", "score", *(p.name for p in space)]
+    return TuneResult(
+        model=best["model"],
+        hyperparameters=dict(best["params"]),
+        best_trial=int(best["trial"]),
+        best_score=float(best["score"]),
+        n_trials=ran,
+        trials=pd.DataFrame(rows, columns=columns),
+    )
+
+
+def _table_value(value: Any) -> Any:
+    return _json(value) if isinstance(value, list | dict) else value
 
 
 def positive_scores(model: Any, frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray:
@@ -228,25 +458,36 @@ def positive_scores(model: Any, frame: pd.DataFrame, schema: FeatureSchema) -> n
 
 
 def train_metrics(
-    model: Any, train: pd.DataFrame, valid: pd.DataFrame, schema: FeatureSchema
+    model: Any,
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    schema: FeatureSchema,
+    tuning: TuneResult | None = None,
 ) -> dict[str, Any]:
-    """Split sizes and the validation split's ROC AUC and log loss."""
+    """Split sizes and the validation split's ROC AUC and log loss; with `tuning`, the
+    hyperparameters kept, the best trial and its score."""
     y_valid = valid[schema.label].to_numpy(dtype="int64")
     scores = positive_scores(model, valid, schema)
-    return round_floats(
-        {
-            "train": {
-                "rows": len(train),
-                "positives": int(train[schema.label].sum()),
-            },
-            "valid": {
-                "rows": len(valid),
-                "positives": int(y_valid.sum()),
-                "roc_auc": float(roc_auc_score(y_valid, scores)),
-                "log_loss": float(log_loss(y_valid, scores, labels=[0, 1])),
-            },
+    metrics: dict[str, Any] = {
+        "train": {
+            "rows": len(train),
+            "positives": int(train[schema.label].sum()),
+        },
+        "valid": {
+            "rows": len(valid),
+            "positives": int(y_valid.sum()),
+            "roc_auc": float(roc_auc_score(y_valid, scores)),
+            "log_loss": float(log_loss(y_valid, scores, labels=[0, 1])),
+        },
+    }
+    if tuning is not None:
+        metrics["hyperparameters"] = tuning.hyperparameters
+        metrics["tuning"] = {
+            "n_trials": tuning.n_trials,
+            "best_trial": tuning.best_trial,
+            "best_score": tuning.best_score,
         }
-    )
+    return round_floats(metrics)
 
 
 def round_floats(obj: Any, digits: int = DIGITS) -> Any:
@@ -293,6 +534,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("schema", type=Path, help="feature_schema.json")
     parser.add_argument("model_out", type=Path, help="model file to write (.skops)")
     parser.add_argument("metrics_out", type=Path, help="metrics JSON to write")
+    parser.add_argument(
+        "--trials-out", type=Path, help="tuning trials CSV to write (trial, score, params)"
+    )
     parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="params.yaml")
     args = parser.parse_args(argv)
 
@@ -308,15 +552,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         frames[split] = read_frame(path)
         check_frame(frames[split], schema, source=str(path))
 
-    model = train_model(frames["train"], schema, model_cfg, seed, n_jobs=train_cfg.n_jobs)
-    metrics = train_metrics(model, frames["train"], frames["valid"], schema)
-    save_model(model, args.model_out)
+    tuning = tune_model(
+        frames["train"],
+        frames["valid"],
+        schema,
+        model_cfg,
+        seed,
+        n_trials=train_cfg.n_trials,
+        n_jobs=train_cfg.n_jobs,
+    )
+    metrics = train_metrics(tuning.model, frames["train"], frames["valid"], schema, tuning)
+    save_model(tuning.model, args.model_out)
     write_metrics(args.metrics_out, metrics)
+    if args.trials_out is not None:
+        write_trials(tuning.trials, args.trials_out)
     print(
-        f"train: {model_cfg.name} ({model_cfg.estimator}) on {metrics['train']['rows']} rows; "
+        f"train: {model_cfg.name} ({model_cfg.estimator}) on {metrics['train']['rows']} rows, "
+        f"{tuning.n_trials} tuning trial(s), best #{tuning.best_trial}; "
         f"valid roc_auc={metrics['valid']['roc_auc']} log_loss={metrics['valid']['log_loss']}"
     )
     return 0
+
+
+def write_trials(trials: pd.DataFrame, path: str | Path) -> Path:
+    """The trials table as CSV (a DVC plot: score by trial), atomically, same bytes each run."""
+    text = trials.to_csv(index=False, lineterminator="\n", float_format="%.10g")
+    return write_bytes_atomic(text.encode(), path)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ with the file, row, column, check and offending value. Counts are conserved and 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +21,27 @@ import pandera.pandas as pa
 import pyarrow as pa_arrow
 import pyarrow.parquet as pq
 
-from stages.dataset import ColumnSpec, DatasetConfig, TableSpec, dataset_from_params
+from stages.dataset import (
+    ColumnSpec,
+    DatasetConfig,
+    DatasetConfigError,
+    TableSpec,
+    dataset_from_params,
+    evaluate_expression,
+)
+from stages.incremental import (
+    MANIFEST,
+    MANIFEST_FORMAT,
+    PARTITION_COL,
+    ROW_COL,
+    StatCache,
+    content_hash,
+    fingerprint,
+    read_manifest,
+    remove_temp_files,
+    remove_temp_siblings,
+    write_manifest,
+)
 from stages.io import ARROW_TYPES, list_partitions, write_frame, write_json
 from stages.params import load_params, section
 
@@ -34,13 +56,17 @@ QUARANTINE_SCHEMA = pa_arrow.schema(
         ("value", pa_arrow.string()),
     ]
 )
-PARTITION_COL = "_partition"
-ROW_COL = "_row"
 
 
 @dataclass(frozen=True)
 class ValidateConfig:
+    # row-level: a partition whose quarantined fraction exceeds this fails the stage
     max_quarantine_fraction: float = 0.2
+    # whole-partition faults (unreadable file, missing column): a table fails when more than
+    # this fraction of its partitions is faulty; below it they are quarantined and reported
+    max_faulty_fraction: float = 0.1
+    # days without a partition between a table's first and last partition, as a fraction
+    max_missing_fraction: float = 0.1
 
 
 @dataclass
@@ -54,7 +80,13 @@ class PartitionResult:
 
     @property
     def rows_quarantined(self) -> int:
-        return self.rows_in - len(self.valid)
+        """Rows that ended in quarantine, counted from the quarantine itself (a row failing
+        several checks counts once), so `rows_in == valid + quarantined` is a real check."""
+        if self.fault is not None:
+            return self.rows_in
+        if not len(self.quarantine):
+            return 0
+        return len(self.quarantine[["source_file", "row"]].drop_duplicates())
 
     def summary(self) -> dict:
         checks = Counter(self.quarantine["check"]) if len(self.quarantine) else Counter()
@@ -63,7 +95,7 @@ class PartitionResult:
             "rows_valid": len(self.valid),
             "rows_quarantined": self.rows_quarantined,
             "fault": self.fault,
-            "top_checks": dict(checks.most_common(5)),
+            "top_checks": dict(sorted(checks.items(), key=lambda kv: (-kv[1], kv[0]))[:5]),
         }
 
 
@@ -75,8 +107,47 @@ class ValidationFailed(Exception):
         return "validation failed:\n  " + "\n  ".join(self.failures)
 
 
-def _coerce(series: pd.Series, spec: ColumnSpec) -> tuple[pd.Series, pd.Series]:
-    """Cast a column to its declared type; returns (typed column, mask of uncastable values)."""
+# a time of day followed by a UTC offset: the string names its own time zone
+_OFFSET = re.compile(r"\d{2}:\d{2}(:\d{2}(\.\d*)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)$", re.IGNORECASE)
+
+
+def _is_aware(value: object) -> bool:
+    if isinstance(value, str):
+        return bool(_OFFSET.search(value.strip()))
+    return getattr(value, "tzinfo", None) is not None
+
+
+def _to_utc(series: pd.Series, timezone: str) -> pd.Series:
+    """Timestamps as naive UTC: tz-aware values are converted, naive ones are read in
+    `timezone` (a local time that does not exist or is ambiguous there becomes NaT)."""
+    if isinstance(series.dtype, pd.DatetimeTZDtype):
+        return series.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
+    if pd.api.types.is_datetime64_dtype(series.dtype):
+        naive = series
+    else:
+        values = series.astype(object)
+        aware = values.map(_is_aware).astype(bool)
+        out = pd.Series(pd.NaT, index=series.index, dtype="datetime64[us]")
+        if aware.any():
+            parsed = pd.to_datetime(values[aware], errors="coerce", utc=True, format="ISO8601")
+            out[aware] = parsed.dt.tz_localize(None).astype("datetime64[us]")
+        if (~aware).any():
+            naive = pd.to_datetime(values[~aware], errors="coerce", format="ISO8601")
+            out[~aware] = _to_utc(naive, timezone)
+        return out
+    if timezone != "UTC":
+        naive = naive.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
+        naive = naive.dt.tz_convert("UTC").dt.tz_localize(None)
+    return naive.astype("datetime64[us]")
+
+
+def _coerce(
+    series: pd.Series, spec: ColumnSpec, timezone: str = "UTC"
+) -> tuple[pd.Series, pd.Series]:
+    """Cast a column to its declared type; returns (typed column, mask of uncastable values).
+
+    Timestamps come out as naive UTC: see `_to_utc`.
+    """
     present = series.notna()
     if spec.type in ("int64", "float64"):
         typed = pd.to_numeric(series, errors="coerce")
@@ -85,13 +156,17 @@ def _coerce(series: pd.Series, spec: ColumnSpec) -> tuple[pd.Series, pd.Series]:
             bad |= typed.notna() & (typed % 1 != 0)
             typed = typed.where(~bad).astype("Int64")
         return typed.astype("Float64") if spec.type == "float64" else typed, bad
-    if spec.type in ("date", "timestamp"):
-        typed = pd.to_datetime(series, errors="coerce")
-        if spec.type == "date":
-            typed = typed.dt.normalize()
+    if spec.type == "timestamp":
+        typed = _to_utc(series, timezone)
         return typed, present & typed.isna()
+    if spec.type == "date":
+        typed = pd.to_datetime(series, errors="coerce", format="ISO8601").dt.normalize()
+        return typed.astype("datetime64[us]"), present & typed.isna()
     if spec.type == "bool":
-        typed = series.map({True: True, False: False, "true": True, "false": False})
+        if pd.api.types.is_bool_dtype(series.dtype):
+            return series.astype("boolean"), pd.Series(False, index=series.index)
+        words = {"true": True, "false": False, "1": True, "0": False}
+        typed = series.map(lambda v: v if isinstance(v, bool) else words.get(str(v).lower()))
         return typed.astype("boolean"), present & typed.isna()
     return series.astype("string"), pd.Series(False, index=series.index)
 
@@ -106,18 +181,30 @@ def _pandera_schema(table: TableSpec) -> pa.DataFrameSchema:
             checks.append(pa.Check.ge(spec.min))
         if spec.max is not None:
             checks.append(pa.Check.le(spec.max))
+        if spec.pattern is not None:
+            full = spec.pattern
+            checks.append(pa.Check(lambda s, p=full: s.str.fullmatch(p), name=f"pattern({full})"))
+        if spec.unique:
+            # the first of equal values stays valid; nulls are not duplicates of each other
+            checks.append(pa.Check(lambda s: ~(s.duplicated() & s.notna()), name="unique"))
         columns[spec.name] = pa.Column(None, checks=checks, nullable=spec.nullable)
     return pa.DataFrameSchema(columns, strict=False)
 
 
 def _failures(frame: pd.DataFrame, table: TableSpec) -> pd.DataFrame:
-    """Row-level failures as (index, column, check, value) rows: type casts, then pandera."""
+    """Row-level failures as (index, column, check, value) rows: type casts, derived columns,
+    then pandera. Types the columns of `frame` in place and adds the derived ones."""
     records = []
-    for spec in table.columns:
-        typed, bad = _coerce(frame[spec.name], spec)
+    zone = "" if table.timezone == "UTC" else f" in {table.timezone}"
+    for spec in table.raw_columns:
+        typed, bad = _coerce(frame[spec.name], spec, table.timezone)
+        check = f"type({spec.type}{zone if spec.type == 'timestamp' else ''})"
         for idx in frame.index[bad]:
-            records.append((idx, spec.name, f"type({spec.type})", frame.at[idx, spec.name]))
+            records.append((idx, spec.name, check, frame.at[idx, spec.name]))
         frame[spec.name] = typed
+    uncastable = {(int(idx), column) for idx, column, _, _ in records}
+    for spec in table.derived_columns:
+        frame[spec.name] = evaluate_expression(spec.expr, frame)
     try:
         _pandera_schema(table).validate(frame, lazy=True)
     except pa.errors.SchemaErrors as exc:
@@ -127,29 +214,99 @@ def _failures(frame: pd.DataFrame, table: TableSpec) -> pd.DataFrame:
         ):
             if pd.isna(idx):
                 raise ValueError(f"column '{column}' fails '{check}' as a whole") from exc
+            if (int(idx), column) in uncastable:
+                continue  # a value that is not of the type is null now: one reason is enough
             records.append((int(idx), column, str(check), value))
     out = pd.DataFrame(records, columns=["index", "column", "check", "value"])
     return out.sort_values(["index", "column", "check"], kind="stable").reset_index(drop=True)
 
 
+def _castable(arrow_type: pa_arrow.DataType, ctype: str) -> bool:
+    """Whether a file's column type can hold values of the declared type (value by value):
+    strings always can (each value is parsed, a bad one quarantines its row), a list or a
+    timestamp for a number cannot, and quarantines the partition."""
+    t = arrow_type.value_type if pa_arrow.types.is_dictionary(arrow_type) else arrow_type
+    types = pa_arrow.types
+    if types.is_null(t) or types.is_string(t) or types.is_large_string(t):
+        return True
+    number = types.is_integer(t) or types.is_floating(t) or types.is_decimal(t)
+    return {
+        "int64": number,
+        "float64": number,
+        "string": types.is_integer(t),  # ids written as numbers
+        "bool": types.is_boolean(t),
+        "date": types.is_date(t) or types.is_timestamp(t),
+        "timestamp": types.is_timestamp(t) or types.is_date(t),
+    }[ctype]
+
+
+def _read_parquet(path: Path, table: TableSpec) -> pd.DataFrame:
+    try:
+        schema = pq.read_schema(path)
+    except Exception as exc:  # truncated, not parquet at all: the partition is quarantined
+        raise ValueError(f"{path.name}: unreadable parquet ({type(exc).__name__}: {exc})") from exc
+    _check_columns(path, schema.names, table)
+    for spec in table.raw_columns:
+        arrow_type = schema.field(spec.name).type
+        if not _castable(arrow_type, spec.type):
+            raise ValueError(
+                f"{path.name}: column '{spec.name}' is {arrow_type} in the file, which cannot "
+                f"be read as {spec.type}"
+            )
+    try:
+        data = pq.read_table(path, columns=[c.name for c in table.raw_columns])
+    except Exception as exc:  # a footer that reads but pages that do not
+        raise ValueError(f"{path.name}: unreadable parquet ({type(exc).__name__}: {exc})") from exc
+    for i, arrow_field in enumerate(data.schema):
+        if pa_arrow.types.is_dictionary(arrow_field.type):
+            data = data.set_column(i, arrow_field.name, data[i].cast(arrow_field.type.value_type))
+    # nullable integers stay integers (float64 would round ids above 2**53)
+    return data.to_pandas(types_mapper={pa_arrow.int64(): pd.Int64Dtype()}.get)
+
+
+def _read_csv(path: Path, table: TableSpec) -> pd.DataFrame:
+    try:
+        # every value as text: `_coerce` parses it, so a bad value quarantines only its row
+        df = pd.read_csv(
+            path, dtype=str, keep_default_na=False, na_values=[""], on_bad_lines="error"
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path.name}: unreadable csv ({type(exc).__name__}: {exc})") from exc
+    _check_columns(path, list(df.columns), table)
+    return df[[c.name for c in table.raw_columns]]
+
+
+def _check_columns(path: Path, names: Sequence[str], table: TableSpec) -> None:
+    missing = [c.name for c in table.raw_columns if c.name not in names]
+    if missing:
+        unexpected = [n for n in names if n not in {c.name for c in table.columns}]
+        hint = f"; unexpected column(s) {unexpected} (renamed?)" if unexpected else ""
+        raise ValueError(f"{path.name}: missing required column(s) {missing}{hint}")
+
+
+def _data_files(files: Sequence[Path], table: TableSpec) -> list[Path]:
+    """The partition's data files; a file of another format is a fault, not something to skip
+    silently. Hidden and `_`-prefixed files (`_SUCCESS`, temp files) are markers, not data."""
+    data = [f for f in files if not f.name.startswith((".", "_"))]
+    other = [f.name for f in data if f.suffix != table.file_suffix]
+    if other:
+        raise ValueError(f"unexpected file(s) {other}: table '{table.name}' is {table.format}")
+    return data
+
+
 def _read_partition(files: Sequence[Path], table: TableSpec) -> pd.DataFrame:
     frames = []
-    for path in files:
-        try:
-            df = pq.read_table(path).to_pandas()
-        except Exception as exc:  # any unreadable file quarantines its partition
-            raise ValueError(
-                f"{path.name}: unreadable parquet ({type(exc).__name__}: {exc})"
-            ) from exc
-        missing = [c.name for c in table.columns if c.name not in df.columns]
-        if missing:
-            raise ValueError(f"{path.name}: missing required column(s) {missing}")
-        df = df[[c.name for c in table.columns]].astype(object)
+    read = _read_csv if table.format == "csv" else _read_parquet
+    for path in _data_files(files, table):
+        df = read(path, table)
         df["_source_file"] = path.name
         df["_file_row"] = range(len(df))
         frames.append(df)
     if not frames:
-        return pd.DataFrame(columns=[*(c.name for c in table.columns), "_source_file", "_file_row"])
+        names = [c.name for c in table.raw_columns]
+        return pd.DataFrame(columns=[*names, "_source_file", "_file_row"])
+    if len(frames) == 1:
+        return frames[0]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -158,12 +315,17 @@ def _empty_quarantine() -> pd.DataFrame:
 
 
 def validate_partition(files: Sequence[Path], table: TableSpec, partition: str) -> PartitionResult:
-    """Validate one partition's files; never raises for bad data, only reports it."""
+    """Validate one partition's files; never raises for bad data, only reports it.
+
+    Bad rows go to quarantine with the check they broke; a fault of a whole file (unreadable,
+    a required column missing or of a type that cannot hold the declared one) quarantines the
+    partition, with the reason.
+    """
     try:
         frame = _read_partition(files, table)
         failures = _failures(frame, table)
     except ValueError as exc:
-        rows_in = sum(_row_count(f) for f in files)
+        rows_in = sum(_row_count(f, table) for f in files)
         source = ",".join(f.name for f in files)
         quarantine = pd.DataFrame(
             [(table.name, partition, source, None, None, "partition", str(exc))],
@@ -193,11 +355,15 @@ def validate_partition(files: Sequence[Path], table: TableSpec, partition: str) 
     return PartitionResult(table.name, partition, valid, quarantine, len(frame))
 
 
-def _row_count(path: Path) -> int:
+def _row_count(path: Path, table: TableSpec | None = None) -> int:
+    """Rows of a file as far as they can be counted (the fault itself is what is reported)."""
     try:
+        if table is not None and table.format == "csv":
+            with path.open("rb") as f:
+                return max(sum(1 for line in f if line.strip()) - 1, 0)
         return pq.ParquetFile(path).metadata.num_rows
     except Exception:
-        return 0  # unreadable: we cannot know; the fault itself is what is reported
+        return 0  # unreadable: we cannot know
 
 
 def frame_empty(table: TableSpec) -> pd.DataFrame:
@@ -219,84 +385,323 @@ def missing_days(partitions: Sequence[str]) -> list[str]:
 
 
 def check_thresholds(results: Sequence[PartitionResult], cfg: ValidateConfig) -> list[str]:
+    """Every broken expectation, one line each naming the table and partition: rows not
+    conserved, too many rows quarantined in a partition, too many faulty or missing days."""
     problems = []
     for r in results:
         if r.rows_in != len(r.valid) + r.rows_quarantined:
-            problems.append(f"{r.table}/date={r.partition}: row counts not conserved")
+            problems.append(
+                f"{r.table}/date={r.partition}: row counts not conserved ({r.rows_in} in, "
+                f"{len(r.valid)} valid, {r.rows_quarantined} quarantined)"
+            )
         fraction = r.rows_quarantined / r.rows_in if r.rows_in else 0.0
-        if fraction > cfg.max_quarantine_fraction:
-            top = ", ".join(f"{k} ({v})" for k, v in r.summary()["top_checks"].items())
+        if r.fault is None and fraction > cfg.max_quarantine_fraction:
+            # by count, then name: the same line whether the summary is fresh or was recorded
+            checks = sorted(r.summary()["top_checks"].items(), key=lambda kv: (-kv[1], kv[0]))
+            top = ", ".join(f"{k} ({v})" for k, v in checks)
             problems.append(
                 f"{r.table}/date={r.partition}: {fraction:.1%} of {r.rows_in} rows quarantined "
                 f"(max {cfg.max_quarantine_fraction:.0%}); top failing checks: {top}"
             )
-    return problems
-
-
-def run_validate(landing_dir: Path, out_dir: Path, dataset: DatasetConfig) -> list[PartitionResult]:
-    results = []
-    for table in dataset.tables:
-        for partition, files in list_partitions(landing_dir / table.name).items():
-            result = validate_partition(files, table, partition)
-            write_frame(
-                result.valid,
-                out_dir / table.name / f"date={partition}.parquet",
-                arrow_schema(table),
+    for table in dict.fromkeys(r.table for r in results):
+        mine = [r for r in results if r.table == table]
+        faulty = [r for r in mine if r.fault is not None]
+        if len(faulty) > cfg.max_faulty_fraction * len(mine):
+            listed = "; ".join(f"date={r.partition}: {r.fault}" for r in faulty[:5])
+            problems.append(
+                f"{table}: {len(faulty)} of {len(mine)} partitions quarantined whole "
+                f"(max {cfg.max_faulty_fraction:.0%}): {listed}"
             )
-            if len(result.quarantine):
-                write_frame(
-                    result.quarantine,
-                    out_dir / "quarantine" / table.name / f"date={partition}.parquet",
-                    QUARANTINE_SCHEMA,
-                )
-            results.append(result)
-    return results
+        missing = missing_days([r.partition for r in mine])
+        if len(missing) > cfg.max_missing_fraction * (len(mine) + len(missing)):
+            problems.append(
+                f"{table}: {len(missing)} missing day(s) between its first and last partition "
+                f"(max {cfg.max_missing_fraction:.0%}): {', '.join(missing[:10])}"
+            )
+    # by table and partition, whatever order the results came in
+    return sorted(problems)
 
 
-def summarize(results: Sequence[PartitionResult], dataset: DatasetConfig) -> tuple[dict, dict]:
-    """(metrics: totals per table, report: every partition's counts and top checks)."""
-    metrics, report = {}, {}
+# --- incremental runs: only new or changed partitions are validated (DESIGN.md, principle 2) ---
+
+# The modules whose code decides validate's outputs (dvc.yaml lists them as the stage's deps):
+# an edit to any of them rebuilds every partition rather than mix old and new outputs.
+CODE_FILES = ("validate.py", "dataset.py", "io.py", "incremental.py")
+LIBRARIES = ("numpy", "pandas", "pandera", "pyarrow")
+REPORT = "report.json"
+QUARANTINE_DIR = "quarantine"
+TOTALS = ("rows_in", "rows_valid", "rows_quarantined")
+
+
+@dataclass
+class RecordedResult(PartitionResult):
+    """A partition's result as the manifest records it (its summary, not its rows), so the
+    thresholds judge every partition alike, whether validated in this run or an earlier one."""
+
+    recorded: dict = field(default_factory=dict)
+
+    @property
+    def rows_quarantined(self) -> int:
+        return int(self.recorded["rows_quarantined"])
+
+    def summary(self) -> dict:
+        return dict(self.recorded)
+
+    @classmethod
+    def from_summary(
+        cls, table: str, partition: str, summary: Mapping, no_rows: pd.DataFrame
+    ) -> RecordedResult:
+        """`no_rows`: an empty quarantine frame, shared (building one per partition costs)."""
+        valid = pd.DataFrame(index=pd.RangeIndex(int(summary["rows_valid"])))
+        return cls(
+            table,
+            partition,
+            valid,
+            no_rows,
+            int(summary["rows_in"]),
+            summary["fault"],
+            recorded=dict(summary),
+        )
+
+
+@dataclass(frozen=True)
+class ValidatePlan:
+    """What a run does with each (table, partition): validate it, keep it, or drop it."""
+
+    todo: tuple[tuple[str, str], ...]
+    keep: tuple[tuple[str, str], ...]
+    drop: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class ValidateRun:
+    entries: dict[str, dict[str, dict]]  # table -> partition -> manifest entry, sorted
+    plan: ValidatePlan
+    rebuilt: str  # why every partition was validated again ("" for an incremental run)
+
+
+def plan_partitions(
+    sources: Mapping[str, Mapping[str, str]], done: Mapping[str, Mapping[str, str]]
+) -> ValidatePlan:
+    """Compare `sources` (table -> partition -> content hash of its landed files) with `done`
+    (the same, for the partitions whose outputs are intact): new or changed partitions are
+    validated, unchanged ones kept, the ones no longer landed dropped."""
+    todo, keep, drop = [], [], []
+    for table, parts in sources.items():
+        for partition, digest in parts.items():
+            same = done.get(table, {}).get(partition) == digest
+            (keep if same else todo).append((table, partition))
+    for table, parts in done.items():
+        drop += [(table, p) for p in parts if p not in sources.get(table, {})]
+    return ValidatePlan(tuple(todo), tuple(keep), tuple(sorted(drop)))
+
+
+def validate_fingerprint(dataset_params: Mapping, validate_params: Mapping) -> str:
+    """What the outputs depend on besides the data: code, the two params sections, libraries."""
+    here = Path(__file__).parent
+    return fingerprint(
+        code=[here / name for name in CODE_FILES],
+        params={"dataset": dataset_params, "validate": validate_params},
+        libraries=LIBRARIES,
+        version=MANIFEST_FORMAT,
+    )
+
+
+def _output_paths(table: str, partition: str) -> tuple[str, str]:
+    return f"{table}/date={partition}.parquet", f"{QUARANTINE_DIR}/{table}/date={partition}.parquet"
+
+
+def _intact(entry: Mapping, out_dir: Path, cache: StatCache) -> bool:
+    """Whether every output the entry records is on disk with the recorded content."""
+    for rel, recorded in entry["outputs"].items():
+        stamp = cache.stamp(out_dir / rel, f"out/{rel}")
+        if stamp is None or stamp.to_json() != recorded:
+            return False
+    return True
+
+
+def _validate_one(
+    files: Sequence[Path], table: TableSpec, partition: str, out_dir: Path, cache: StatCache
+) -> dict:
+    """Validate one partition and write its outputs; returns its manifest entry (no source)."""
+    result = validate_partition(files, table, partition)
+    valid_rel, quarantine_rel = _output_paths(table.name, partition)
+    write_frame(result.valid, out_dir / valid_rel, arrow_schema(table))
+    written = [valid_rel]
+    if len(result.quarantine):
+        write_frame(result.quarantine, out_dir / quarantine_rel, QUARANTINE_SCHEMA)
+        written.append(quarantine_rel)
+    outputs = {rel: cache.stamp(out_dir / rel, f"out/{rel}") for rel in written}
+    return {
+        "outputs": {rel: s.to_json() for rel, s in outputs.items() if s is not None},
+        # through JSON, so a summary reads the same fresh and from the manifest
+        "summary": json.loads(json.dumps(result.summary(), default=str)),
+        "written": {
+            "valid_rows": pq.ParquetFile(out_dir / valid_rel).metadata.num_rows,
+            "quarantine_records": len(result.quarantine),
+        },
+    }
+
+
+def _remove_unlisted(out_dir: Path, entries: Mapping[str, Mapping[str, Mapping]]) -> list[str]:
+    """Delete partition outputs no entry lists: dropped partitions, tables no longer in the
+    dataset, the old quarantine file of a partition that has none now."""
+    listed = {rel for parts in entries.values() for e in parts.values() for rel in e["outputs"]}
+    removed = []
+    for path in sorted(out_dir.rglob("date=*.parquet")):
+        rel = path.relative_to(out_dir).as_posix()
+        if rel not in listed:
+            path.unlink()
+            removed.append(rel)
+    return removed
+
+
+def _landed(
+    landing_dir: Path, dataset: DatasetConfig, cache: StatCache
+) -> tuple[dict[str, dict[str, list[Path]]], dict[str, dict[str, dict]]]:
+    """(table -> partition -> files, table -> partition -> file name -> stamp) of the landing."""
+    files: dict[str, dict[str, list[Path]]] = {}
+    stamps: dict[str, dict[str, dict]] = {}
     for table in dataset.tables:
-        mine = [r for r in results if r.table == table.name]
-        metrics[table.name] = {
-            "partitions": len(mine),
-            "partitions_faulty": sum(r.fault is not None for r in mine),
-            "rows_in": sum(r.rows_in for r in mine),
-            "rows_valid": sum(len(r.valid) for r in mine),
-            "rows_quarantined": sum(r.rows_quarantined for r in mine),
-            "missing_days": len(missing_days([r.partition for r in mine])),
+        files[table.name] = list_partitions(landing_dir / table.name, table.partition)
+        stamps[table.name] = {}
+        for partition, paths in files[table.name].items():
+            label = f"landing/{table.name}/{partition}/"
+            found = {p.name: cache.stamp(p, label + p.name) for p in paths}
+            stamps[table.name][partition] = {n: s for n, s in found.items() if s is not None}
+    return files, stamps
+
+
+def run_validate(
+    landing_dir: Path, out_dir: Path, dataset: DatasetConfig, fingerprint_: str
+) -> ValidateRun:
+    """Validate the partitions new or changed since the last run, keep the others, remove the
+    outputs of those no longer landed; write the report, then the manifest, last. A manifest
+    of other code or params (another fingerprint) is ignored: every partition is validated."""
+    remove_temp_files(out_dir)
+    previous, why = read_manifest(out_dir / MANIFEST, fingerprint_)
+    cache = StatCache((previous or {}).get("stat_cache"))
+    old = (previous or {}).get("partitions", {})
+    files, stamps = _landed(landing_dir, dataset, cache)
+    sources = {t: {p: content_hash(s) for p, s in parts.items()} for t, parts in stamps.items()}
+    done = {
+        table: {p: e["source"] for p, e in parts.items() if _intact(e, out_dir, cache)}
+        for table, parts in old.items()
+    }
+    plan = plan_partitions(sources, done)
+
+    specs = {t.name: t for t in dataset.tables}
+    entries: dict[str, dict[str, dict]] = {t.name: {} for t in dataset.tables}
+    for table, partition in plan.keep:
+        entries[table][partition] = old[table][partition]
+    for table, partition in plan.todo:
+        entry = _validate_one(files[table][partition], specs[table], partition, out_dir, cache)
+        entry["source"] = sources[table][partition]
+        entry["files"] = {n: s.to_json() for n, s in stamps[table][partition].items()}
+        entries[table][partition] = entry
+    entries = {t: dict(sorted(parts.items())) for t, parts in entries.items()}
+    _remove_unlisted(out_dir, entries)
+    write_json(summarize(entries)[1], out_dir / REPORT)
+    write_manifest(out_dir / MANIFEST, fingerprint_, {"partitions": entries}, cache)
+    return ValidateRun(entries, plan, why if previous is None else "")
+
+
+def results_of(entries: Mapping[str, Mapping[str, Mapping]]) -> list[PartitionResult]:
+    """Every partition's result as the manifest records it, in table then date order."""
+    no_rows = _empty_quarantine()
+    return [
+        RecordedResult.from_summary(table, partition, entry["summary"], no_rows)
+        for table, parts in entries.items()
+        for partition, entry in parts.items()
+    ]
+
+
+def summarize(entries: Mapping[str, Mapping[str, Mapping]]) -> tuple[dict, dict]:
+    """(metrics, report) of every partition the manifest holds.
+
+    metrics: overall totals at the top level, then per table its totals and a per-partition
+    table (partition -> rows in, valid, quarantined); report: every partition's summary (counts,
+    fault, top failing checks) and the missing days.
+    """
+    metrics: dict = {k: 0 for k in TOTALS}
+    metrics["partitions"] = 0
+    report = {}
+    for table, parts in entries.items():
+        summaries = {p: e["summary"] for p, e in parts.items()}
+        missing = missing_days(list(summaries))
+        m = {
+            "partitions": len(summaries),
+            "partitions_faulty": sum(s["fault"] is not None for s in summaries.values()),
+            **{k: sum(int(s[k]) for s in summaries.values()) for k in TOTALS},
+            "missing_days": len(missing),
+            "by_partition": {p: {k: int(s[k]) for k in TOTALS} for p, s in summaries.items()},
         }
-        report[table.name] = {
-            "missing_days": missing_days([r.partition for r in mine]),
-            "partitions": {r.partition: r.summary() for r in mine},
-        }
+        for k in (*TOTALS, "partitions"):
+            metrics[k] += m[k]
+        if table in metrics:
+            raise ValueError(f"dataset table '{table}' clashes with a validation metrics total")
+        metrics[table] = m
+        report[table] = {"missing_days": missing, "partitions": summaries}
     return metrics, report
+
+
+def conservation_problems(entries: Mapping[str, Mapping[str, Mapping]]) -> list[str]:
+    """Every row in is valid or quarantined, and the files hold what the counts say."""
+    problems = []
+    for table, parts in entries.items():
+        for partition, entry in parts.items():
+            s = {k: int(entry["summary"][k]) for k in TOTALS}
+            w = entry["written"]
+            where = f"{table}/date={partition}"
+            if s["rows_in"] != s["rows_valid"] + s["rows_quarantined"]:
+                problems.append(
+                    f"{where}: row counts not conserved ({s['rows_in']} in, "
+                    f"{s['rows_valid']} valid, {s['rows_quarantined']} quarantined)"
+                )
+            if w["valid_rows"] != s["rows_valid"]:
+                problems.append(
+                    f"{where}: {w['valid_rows']} rows written for {s['rows_valid']} valid"
+                )
+            if s["rows_quarantined"] and not w["quarantine_records"]:
+                problems.append(f"{where}: {s['rows_quarantined']} rows quarantined, no record")
+    return problems
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.validate", description=__doc__)
     parser.add_argument("landing_dir", type=Path, help="ingested landing zone (data/landing)")
-    parser.add_argument("out_dir", type=Path, help="validated partitions + quarantine")
+    parser.add_argument("out_dir", type=Path, help="validated partitions, quarantine, manifest")
     parser.add_argument("metrics", type=Path, help="validation metrics JSON")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    dataset = dataset_from_params(section(params, "dataset"))
-    cfg = ValidateConfig(**section(params, "validate"))
+    dataset_params, validate_params = section(params, "dataset"), section(params, "validate")
+    try:
+        dataset = dataset_from_params(dataset_params)
+    except DatasetConfigError as exc:  # one line naming the file and key, not a traceback
+        print(f"validate: {exc}", file=sys.stderr)
+        return 2
+    cfg = ValidateConfig(**validate_params)
     if not args.landing_dir.is_dir():
         print(f"validate: {args.landing_dir} not found (run `evergreen ingest`)", file=sys.stderr)
         return 2
-    results = run_validate(args.landing_dir, args.out_dir, dataset)
-    metrics, report = summarize(results, dataset)
-    write_json(report, args.out_dir / "report.json")
+    remove_temp_siblings(args.metrics)
+    fp = validate_fingerprint(dataset_params, validate_params)
+    run = run_validate(args.landing_dir, args.out_dir, dataset, fp)
+    metrics, _ = summarize(run.entries)
     write_json(metrics, args.metrics)
-    for name, m in metrics.items():
+    print(
+        f"validate: {len(run.plan.todo)} partition(s) validated, {len(run.plan.keep)} unchanged, "
+        f"{len(run.plan.drop)} removed" + (f" ({run.rebuilt})" if run.rebuilt else "")
+    )
+    for name in run.entries:
+        m = metrics[name]
         print(
             f"validate {name}: {m['partitions']} partitions, {m['rows_in']} rows in, "
             f"{m['rows_valid']} valid, {m['rows_quarantined']} quarantined"
         )
-    problems = check_thresholds(results, cfg)
+    problems = conservation_problems(run.entries) + check_thresholds(results_of(run.entries), cfg)
     if problems:
         print(ValidationFailed(problems), file=sys.stderr)
         return 1

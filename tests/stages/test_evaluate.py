@@ -11,10 +11,15 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from stages.evaluate import (
+    OUT_OF_RANGE,
     EvaluateConfig,
+    SliceSpec,
     calibration_table,
     evaluate_model,
+    feature_importance,
     main,
+    slice_labels,
+    slice_metrics,
     thin,
 )
 from stages.feature_schema import FeatureSchema, save_schema
@@ -29,7 +34,7 @@ SCHEMA = FeatureSchema(
     categorical=("plan",),
     categories={"plan": ("basic", "premium")},
 )
-PLOTS = ("roc.json", "pr.json", "calibration.json", "confusion.csv")
+PLOTS = ("roc.json", "pr.json", "calibration.json", "confusion.csv", "importance.json")
 
 
 def make_frame(n: int, seed: int) -> pd.DataFrame:
@@ -61,7 +66,13 @@ def stage_inputs(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Pa
     test.loc[5, "plan"] = None
     test.to_parquet(tmp_path / "test.parquet")
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"evaluate": {"threshold": 0.5, "calibration_bins": 10}}))
+    evaluate = {
+        "threshold": 0.5,
+        "calibration_bins": 10,
+        "slices": ["plan", {"name": "tenure_band", "column": "tenure", "bins": [-1, 0, 1]}],
+        "importance_repeats": 2,
+    }
+    params.write_text(yaml.safe_dump({"seed": 7, "evaluate": evaluate}))
     return {
         "model": model,
         "test": tmp_path / "test.parquet",
@@ -73,7 +84,8 @@ def stage_inputs(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Pa
 def run_main(inputs: dict[str, Path], out: Path) -> tuple[Path, Path]:
     metrics, plots = out / "evaluate.json", out / "plots"
     argv = [str(inputs[k]) for k in ("model", "test", "schema")]
-    assert main([*argv, str(metrics), str(plots), "--params", str(inputs["params"])]) == 0
+    options = ["--slices-out", str(out / "slices.json"), "--params", str(inputs["params"])]
+    assert main([*argv, str(metrics), str(plots), *options]) == 0
     return metrics, plots
 
 
@@ -211,6 +223,7 @@ def test_main_is_deterministic(stage_inputs: dict[str, Path], tmp_path: Path) ->
     metrics_a, plots_a = run_main(stage_inputs, tmp_path / "a")
     metrics_b, plots_b = run_main(stage_inputs, tmp_path / "b")
     assert metrics_a.read_bytes() == metrics_b.read_bytes()
+    assert (tmp_path / "a/slices.json").read_bytes() == (tmp_path / "b/slices.json").read_bytes()
     for name in PLOTS:
         assert (plots_a / name).read_bytes() == (plots_b / name).read_bytes()
 
@@ -236,4 +249,125 @@ def test_main_schema_that_disagrees_with_model(
 def test_main_missing_model_file(stage_inputs: dict[str, Path], tmp_path: Path) -> None:
     stage_inputs["model"].unlink()
     with pytest.raises(FileNotFoundError, match=r"model\.skops"):
+        run_main(stage_inputs, tmp_path / "out")
+
+
+def test_slice_labels_values_missing_bins_and_out_of_range() -> None:
+    frame = pd.DataFrame(
+        {
+            "plan": pd.Series(["basic", None, "premium"], dtype="str"),
+            "tenure": [5.0, np.nan, 400.0],
+            "age": [-1.0, 90.0, 1e9],
+        }
+    )
+    assert slice_labels(frame, SliceSpec("plan", "plan")).tolist() == [
+        "basic",
+        "__missing__",
+        "premium",
+    ]
+    bands = SliceSpec("band", "tenure", (0, 90, 365, float("inf")))
+    assert slice_labels(frame, bands).tolist() == ["[0, 90)", "__missing__", "[365, inf)"]
+    bounded = SliceSpec("age", "age", (0, 90, 365.5))
+    # right-open: 90 falls in the second bin; below the first edge or above the last: neither
+    assert slice_labels(frame, bounded).tolist() == [OUT_OF_RANGE, "[90, 365.5)", OUT_OF_RANGE]
+
+
+def test_slice_metrics_by_hand() -> None:
+    frame = pd.DataFrame({"plan": ["a", "a", "a", "a", "b", "b", "c"]})
+    y = np.array([1, 0, 1, 0, 0, 0, 1])
+    score = np.array([0.9, 0.2, 0.4, 0.6, 0.7, 0.1, 0.8])
+    got = slice_metrics(frame, y, score, [SliceSpec("plan", "plan")], threshold=0.5)["plan"]
+    assert set(got) == {"a", "b", "c"}
+    # a: positives score 0.9, 0.4; negatives 0.2, 0.6 -> 3 of 4 pairs ordered right
+    assert got["a"] == {
+        "n": 4,
+        "positives": 2,
+        "roc_auc": 0.75,
+        "pr_auc": round((1 / 2) * 1.0 + (1 / 2) * (2 / 3), 6),
+        "f1": 0.5,
+    }
+    # one class: no roc_auc; no positive: no pr_auc either, f1 defined as 0
+    assert got["b"] == {"n": 2, "positives": 0, "roc_auc": None, "pr_auc": None, "f1": 0.0}
+    assert got["c"] == {"n": 1, "positives": 1, "roc_auc": None, "pr_auc": 1.0, "f1": 1.0}
+    assert sum(v["n"] for v in got.values()) == len(y)
+
+
+def test_slice_on_a_missing_or_non_numeric_column_is_named() -> None:
+    frame = pd.DataFrame({"plan": ["a", "b"]})
+    y, score = np.array([0, 1]), np.array([0.2, 0.8])
+    with pytest.raises(ValueError, match=r"test\.parquet: slice 'country' needs column"):
+        slice_metrics(
+            frame, y, score, [SliceSpec("country", "country")], 0.5, source="test.parquet"
+        )
+    with pytest.raises(ValueError, match=r"bins column 'plan', which is not numeric"):
+        slice_metrics(frame, y, score, [SliceSpec("p", "plan", (0, 1))], 0.5)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"slices": [{"name": "t", "bins": [5, 1]}]}, r"slices\.t\.bins.*strictly increasing"),
+        ({"slices": [{"name": "t", "bins": [5]}]}, r"slices\.t\.bins"),
+        ({"slices": ["plan", "plan"]}, r"\['plan'\] used more than once"),
+        ({"slices": [{"column": "plan"}]}, r"neither a column name nor a mapping with a 'name'"),
+        ({"slices": [{"name": "p", "colum": "plan"}]}, r"slices\.p: unknown key\(s\) \['colum'\]"),
+        ({"slices": "plan"}, r"expected a list"),
+        ({"importance_repeats": 0}, r"importance_repeats"),
+    ],
+)
+def test_bad_slice_config_is_named(raw: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        EvaluateConfig.from_params(raw)
+
+
+def test_project_slices_parse(shop_params: dict) -> None:
+    cfg = EvaluateConfig.from_params(shop_params["evaluate"])
+    band = next(s for s in cfg.slices if s.bins is not None)
+    assert band.bins[-1] == float("inf")
+    assert all(s.column for s in cfg.slices)
+
+
+def test_permutation_importance_ranks_the_signal_over_noise() -> None:
+    schema = FeatureSchema(
+        "customer_id",
+        "snapshot_date",
+        "churn",
+        ("tenure", "noise"),
+        ("plan",),
+        {"plan": ("basic", "premium")},
+    )
+    train = make_frame(400, seed=1).assign(noise=np.random.default_rng(3).normal(size=400))
+    test = make_frame(300, seed=2).assign(noise=np.random.default_rng(4).normal(size=300))
+    model = train_model(train, schema, ModelConfig("m", "logistic_regression", {}), seed=7)
+    table = feature_importance(model, test, schema, repeats=3, seed=7)
+    assert list(table.columns) == ["feature", "importance", "std"]
+    assert table["feature"].tolist()[0] == "tenure"
+    assert set(table["feature"]) == {"tenure", "noise", "plan"}
+    assert table.set_index("feature").loc["tenure", "importance"] > 0.1
+    assert abs(table.set_index("feature").loc["noise", "importance"]) < 0.02
+    again = feature_importance(model, test, schema, repeats=3, seed=7)
+    pd.testing.assert_frame_equal(table, again)
+
+
+def test_main_writes_slices_and_importance(stage_inputs: dict[str, Path], tmp_path: Path) -> None:
+    _, plots = run_main(stage_inputs, tmp_path / "out")
+    slices = json.loads((tmp_path / "out/slices.json").read_text())
+    assert set(slices) == {"plan", "tenure_band"}
+    # the test frame holds unknown and missing plans: each gets its own slice
+    assert set(slices["plan"]) == {"basic", "premium", "enterprise", "__missing__"}
+    assert sum(v["n"] for v in slices["plan"].values()) == 250
+    assert sum(v["n"] for v in slices["tenure_band"].values()) == 250
+    importance = json.loads((plots / "importance.json").read_text())["importance"]
+    assert {row["feature"] for row in importance} == {"tenure", "plan"}
+    values = [row["importance"] for row in importance]
+    assert values == sorted(values, reverse=True)
+
+
+def test_main_slice_on_an_absent_column_names_it(
+    stage_inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    params = yaml.safe_load(stage_inputs["params"].read_text())
+    params["evaluate"]["slices"] = ["country"]
+    stage_inputs["params"].write_text(yaml.safe_dump(params))
+    with pytest.raises(ValueError, match=r"test\.parquet: slice 'country' needs column 'country'"):
         run_main(stage_inputs, tmp_path / "out")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import replace
 
 import ibis
 import pandas as pd
@@ -9,25 +10,30 @@ import pytest
 
 from stages.dataset import dataset_from_params
 from stages.feature_schema import load_schema
-from stages.features import FeaturesConfig, build_features, main, snapshot_dates
+from stages.features import (
+    FeaturesConfig,
+    build_features,
+    feature_names,
+    main,
+    schema_features,
+    snapshot_dates,
+)
 from tests.conftest import customers_frame, events_frame, write_params
 
 D = dt.date
-CFG = FeaturesConfig(
-    horizon_days=3,
-    snapshot_every_days=2,
-    max_snapshots=3,
-    min_history_days=2,
-    active_days=4,
-    windows=(2, 4),
-)
+CFG = FeaturesConfig(snapshot_every_days=2, max_snapshots=3, min_history_days=2, windows=(2, 4))
+LABEL = {"name": "churn", "horizon_days": 3, "lookback_days": 4}
+
+
+def _dataset(shop_params):
+    return dataset_from_params({**shop_params["dataset"], "label": LABEL})
 
 
 def test_snapshot_dates_keep_label_window_inside_the_data():
-    dates = snapshot_dates(D(2026, 1, 1), D(2026, 1, 12), CFG)
+    dates = snapshot_dates(D(2026, 1, 1), D(2026, 1, 12), CFG, horizon_days=3)
     assert dates == [D(2026, 1, 5), D(2026, 1, 7), D(2026, 1, 9)]
-    assert all(d + dt.timedelta(days=CFG.horizon_days) <= D(2026, 1, 12) for d in dates)
-    assert snapshot_dates(D(2026, 1, 1), D(2026, 1, 4), CFG) == []
+    assert all(d + dt.timedelta(days=3) <= D(2026, 1, 12) for d in dates)
+    assert snapshot_dates(D(2026, 1, 1), D(2026, 1, 4), CFG, horizon_days=3) == []
 
 
 @pytest.fixture
@@ -62,7 +68,7 @@ def tiny_history():
 
 
 def test_features_labels_and_population_at_a_snapshot(tiny_history, shop_params):
-    dataset = dataset_from_params(shop_params["dataset"])
+    dataset = _dataset(shop_params)
     events, customers = map(ibis.memtable, tiny_history)
     expr = build_features(events, customers, [D(2026, 1, 5)], dataset, CFG, labelled=True)
     out = ibis.duckdb.connect().to_pyarrow(expr).to_pandas().set_index("customer_id")
@@ -80,7 +86,7 @@ def test_features_labels_and_population_at_a_snapshot(tiny_history, shop_params)
 
 
 def test_features_never_read_the_future(tiny_history, shop_params):
-    dataset = dataset_from_params(shop_params["dataset"])
+    dataset = _dataset(shop_params)
     events, customers = map(ibis.memtable, tiny_history)
     con = ibis.duckdb.connect()
     full = con.to_pyarrow(
@@ -96,6 +102,7 @@ def test_features_never_read_the_future(tiny_history, shop_params):
 def test_main_writes_snapshots_predict_set_and_schema(tmp_path, tiny_history, shop_params):
     params = dict(shop_params)
     params["features"] = {**CFG.__dict__, "windows": list(CFG.windows), "max_snapshots": 2}
+    params["dataset"] = {**shop_params["dataset"], "label": LABEL}
     params_file = write_params(params, tmp_path / "params.yaml")
     events, customers = tiny_history
     hist = tmp_path / "history"
@@ -125,3 +132,26 @@ def test_main_with_too_little_history_says_why(tmp_path, tiny_history, shop_para
     customers.to_parquet(hist / "customers_versions.parquet", index=False)
     with pytest.raises(SystemExit, match="too short for a labelled snapshot"):
         main([str(hist), str(tmp_path / "f"), "--params", str(params_file)])
+
+
+def test_exclude_narrows_the_schema_and_names_unknown_features(shop_params):
+    dataset = _dataset(shop_params)
+    numeric, categorical = feature_names(dataset, CFG)
+    kept_numeric, kept_categorical = schema_features(
+        dataset, replace(CFG, exclude=("plan", numeric[0]))
+    )
+    assert kept_numeric == numeric[1:]
+    assert kept_categorical == [c for c in categorical if c != "plan"]
+    assert schema_features(dataset, CFG) == (numeric, categorical)
+    with pytest.raises(ValueError, match=r"features\.exclude: \['nope'\] are not computed"):
+        schema_features(dataset, replace(CFG, exclude=("nope",)))
+    with pytest.raises(ValueError, match=r"leaves no feature"):
+        schema_features(dataset, replace(CFG, exclude=(*numeric, *categorical)))
+    assert FeaturesConfig.from_params({"exclude": ["plan"]}).exclude == ("plan",)
+
+
+def test_label_keys_left_the_features_section():
+    with pytest.raises(ValueError, match=r"features\.horizon_days: moved .*dataset\.label"):
+        FeaturesConfig.from_params({"horizon_days": 21, "windows": [7]})
+    with pytest.raises(ValueError, match=r"dataset\.label\.lookback_days"):
+        FeaturesConfig.from_params({"active_days": 28})

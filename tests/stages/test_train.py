@@ -15,12 +15,15 @@ from stages.train import (
     ESTIMATORS,
     MISSING_CATEGORY,
     ModelConfig,
+    SearchParam,
+    TrainConfig,
     build_estimator,
     build_preprocessor,
     check_frame,
     main,
     positive_scores,
     train_model,
+    tune_model,
 )
 
 CONF_MODELS = Path(__file__).resolve().parents[2] / "conf" / "model"
@@ -38,7 +41,17 @@ MODELS = {
     "hist_gradient_boosting": ModelConfig(
         "hgb", "hist_gradient_boosting", {"max_iter": 40, "min_samples_leaf": 10}
     ),
+    "random_forest": ModelConfig(
+        "rf", "random_forest", {"n_estimators": 30, "max_depth": 6, "min_samples_leaf": 5}
+    ),
+    # a few quick epochs: enough to learn the toy signal
+    "torch_mlp": ModelConfig(
+        "mlp",
+        "torch_mlp",
+        {"hidden_sizes": [16], "epochs": 30, "batch_size": 64, "learning_rate": 0.01},
+    ),
 }
+LOGREG_SPACE = (SearchParam("C", "float", low=0.001, high=100.0, log=True),)
 
 
 def make_frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
@@ -65,34 +78,44 @@ def make_frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
-def write_inputs(root: Path, estimator: str = "logistic_regression") -> dict[str, Path]:
+def write_inputs(
+    root: Path,
+    estimator: str = "logistic_regression",
+    *,
+    search_space: dict | None = None,
+    n_trials: int = 0,
+) -> dict[str, Path]:
     split = root / "split"
     split.mkdir()
     make_frame(300, seed=1).to_parquet(split / "train.parquet")
     make_frame(200, seed=2).to_parquet(split / "valid.parquet")
     schema = save_schema(SCHEMA, root / "feature_schema.json")
     cfg = MODELS[estimator]
+    model = {
+        "name": cfg.name,
+        "estimator": cfg.estimator,
+        "hyperparameters": dict(cfg.hyperparameters),
+    }
+    if search_space:
+        model["search_space"] = search_space
     params = root / "params.yaml"
     params.write_text(
         yaml.safe_dump(
-            {
-                "seed": 7,
-                "model": {
-                    "name": cfg.name,
-                    "estimator": cfg.estimator,
-                    "hyperparameters": dict(cfg.hyperparameters),
-                },
-                "train": {"n_jobs": 1},
-            }
+            {"seed": 7, "model": model, "train": {"n_jobs": 1, "n_trials": n_trials}},
+            sort_keys=False,
         )
     )
     return {"split": split, "schema": schema, "params": params}
 
 
-def run_main(root: Path, inputs: dict[str, Path], tag: str = "") -> tuple[Path, Path]:
+def run_main(
+    root: Path, inputs: dict[str, Path], tag: str = "", trials: bool = False
+) -> tuple[Path, Path]:
     model = root / f"models{tag}" / "model.skops"
     metrics = root / f"metrics{tag}" / "train.json"
     argv = [str(inputs["split"]), str(inputs["schema"]), str(model), str(metrics)]
+    if trials:
+        argv += ["--trials-out", str(root / f"metrics{tag}" / "trials.csv")]
     assert main([*argv, "--params", str(inputs["params"])]) == 0
     return model, metrics
 
@@ -176,6 +199,126 @@ def test_build_estimator_rejects_bad_hyperparameters() -> None:
 def test_every_model_config_builds(path: Path) -> None:
     cfg = ModelConfig.from_params(yaml.safe_load(path.read_text()))
     assert build_estimator(cfg, seed=0).get_params()["random_state"] == 0
+    # a search space, holding the config's own values (tuning's trial 0)
+    assert cfg.search_space
+    for param in cfg.search_space:
+        assert param.contains(cfg.hyperparameters[param.name]), param.name
+
+
+def test_config_families_cover_every_estimator() -> None:
+    estimators = {yaml.safe_load(p.read_text())["estimator"] for p in CONF_MODELS.glob("*.yaml")}
+    assert estimators == set(ESTIMATORS)
+
+
+# --- tuning ------------------------------------------------------------------------------------
+
+
+def test_tuning_is_deterministic_and_starts_from_the_config() -> None:
+    cfg = ModelConfig("logreg", "logistic_regression", {"C": 1.0}, LOGREG_SPACE)
+    train, valid, test = make_frame(300, seed=1), make_frame(200, seed=2), make_frame(50, seed=5)
+    a = tune_model(train, valid, SCHEMA, cfg, seed=7, n_trials=4)
+    b = tune_model(train, valid, SCHEMA, cfg, seed=7, n_trials=4)
+    pd.testing.assert_frame_equal(a.trials, b.trials)
+    assert a.hyperparameters == b.hyperparameters and a.best_trial == b.best_trial
+    np.testing.assert_array_equal(
+        positive_scores(a.model, test, SCHEMA), positive_scores(b.model, test, SCHEMA)
+    )
+    assert list(a.trials.columns) == ["trial", "score", "C"]
+    assert a.trials["trial"].tolist() == [0, 1, 2, 3] and a.n_trials == 4
+    assert a.trials.loc[0, "C"] == 1.0  # trial 0 is the config's own value
+    assert a.trials["C"].nunique() == 4
+    assert a.best_score == pytest.approx(a.trials["score"].max(), abs=1e-6)
+    assert a.hyperparameters["C"] == a.trials.loc[a.best_trial, "C"]
+    # another seed explores other values
+    c = tune_model(train, valid, SCHEMA, cfg, seed=8, n_trials=4)
+    assert c.trials["C"].tolist()[1:] != a.trials["C"].tolist()[1:]
+
+
+def test_tuned_model_is_what_a_refit_of_the_best_params_gives() -> None:
+    cfg = MODELS["hist_gradient_boosting"]
+    space = (SearchParam("max_leaf_nodes", "int", low=4, high=31),)
+    cfg = ModelConfig(cfg.name, cfg.estimator, {**cfg.hyperparameters, "max_iter": 20}, space)
+    train, valid = make_frame(300, seed=1), make_frame(200, seed=2)
+    tuned = tune_model(train, valid, SCHEMA, cfg, seed=7, n_trials=3)
+    refit = train_model(train, SCHEMA, cfg, 7, valid=valid, hyperparameters=tuned.hyperparameters)
+    np.testing.assert_array_equal(
+        positive_scores(tuned.model, valid, SCHEMA), positive_scores(refit, valid, SCHEMA)
+    )
+    assert roc_auc_score(valid["churn"], positive_scores(refit, valid, SCHEMA)) == (
+        pytest.approx(tuned.best_score)
+    )
+
+
+def test_zero_trials_fits_the_config_only() -> None:
+    cfg = ModelConfig("logreg", "logistic_regression", {"C": 0.5}, LOGREG_SPACE)
+    train, valid = make_frame(300, seed=1), make_frame(200, seed=2)
+    tuned = tune_model(train, valid, SCHEMA, cfg, seed=7, n_trials=0)
+    assert tuned.n_trials == 0 and tuned.best_trial == 0
+    assert tuned.hyperparameters == {"C": 0.5}
+    assert tuned.trials[["trial", "C"]].to_dict(orient="records") == [{"trial": 0, "C": 0.5}]
+    plain = train_model(train, SCHEMA, cfg, 7)
+    np.testing.assert_array_equal(
+        positive_scores(tuned.model, valid, SCHEMA), positive_scores(plain, valid, SCHEMA)
+    )
+
+
+def test_config_outside_the_space_is_not_a_trial() -> None:
+    cfg = ModelConfig("logreg", "logistic_regression", {"C": 500.0}, LOGREG_SPACE)
+    tuned = tune_model(make_frame(200, 1), make_frame(100, 2), SCHEMA, cfg, seed=7, n_trials=2)
+    assert len(tuned.trials) == 2
+    assert (tuned.trials["C"] <= 100.0).all()
+
+
+def test_mlp_list_choices_are_tuned_as_json() -> None:
+    base = MODELS["torch_mlp"]
+    space = (SearchParam("hidden_sizes", "categorical", choices=([8], [16, 8])),)
+    cfg = ModelConfig(base.name, base.estimator, {**base.hyperparameters, "epochs": 5}, space)
+    tuned = tune_model(make_frame(200, 1), make_frame(100, 2), SCHEMA, cfg, seed=1, n_trials=3)
+    assert set(tuned.trials["hidden_sizes"]) <= {"[8]", "[16,8]"}
+    assert tuned.hyperparameters["hidden_sizes"] in ([8], [16, 8])
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"type": "uniform", "low": 0, "high": 1}, "needs a `type`"),
+        ({"type": "float", "low": 1}, "needs `low` and `high`"),
+        ({"type": "float", "low": 2, "high": 1}, "low 2.0 > high 1.0"),
+        ({"type": "float", "low": 0, "high": 1, "log": True}, "low > 0"),
+        ({"type": "int", "low": 1, "high": 9, "stepp": 2}, r"unknown keys \['stepp'\]"),
+        ({"type": "categorical", "choices": []}, "non-empty list"),
+    ],
+)
+def test_bad_search_space_is_named(raw: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=f"model.search_space.C.*{message}"):
+        ModelConfig.from_params(
+            {"name": "x", "estimator": "logistic_regression", "search_space": {"C": raw}}
+        )
+
+
+def test_train_config_defaults_and_rejects_negative_trials() -> None:
+    assert TrainConfig.from_params({}).n_trials == 5
+    with pytest.raises(ValueError, match=r"train\.n_trials"):
+        TrainConfig.from_params({"n_trials": -1})
+
+
+def test_main_tunes_and_writes_the_trials_table(tmp_path: Path) -> None:
+    space = {"C": {"type": "float", "low": 0.001, "high": 100.0, "log": True}}
+    inputs = write_inputs(tmp_path, search_space=space, n_trials=3)
+    model_path, metrics_path = run_main(tmp_path, inputs, trials=True)
+    metrics = json.loads(metrics_path.read_text())
+    trials = pd.read_csv(tmp_path / "metrics" / "trials.csv")
+    assert list(trials.columns) == ["trial", "score", "C"] and len(trials) == 3
+    assert metrics["tuning"]["n_trials"] == 3
+    best = metrics["tuning"]["best_trial"]
+    assert metrics["tuning"]["best_score"] == trials["score"].max() == trials["score"][best]
+    assert metrics["valid"]["roc_auc"] == metrics["tuning"]["best_score"]
+    assert metrics["hyperparameters"]["C"] == pytest.approx(trials["C"][best], abs=1e-6)
+    fitted = load_model(model_path).named_steps["estimator"]
+    assert abs(fitted.C - metrics["hyperparameters"]["C"]) <= 1e-6
+    first = (tmp_path / "metrics" / "trials.csv").read_bytes()
+    run_main(tmp_path, inputs, trials=True)
+    assert (tmp_path / "metrics" / "trials.csv").read_bytes() == first
 
 
 def test_check_frame_failures_name_the_source() -> None:

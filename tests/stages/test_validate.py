@@ -101,7 +101,9 @@ def test_main_writes_partitions_quarantine_and_metrics(tmp_path, shop_params):
         "rows_valid": 10,
         "rows_quarantined": 1,
         "missing_days": 0,
+        "by_partition": {"2026-01-01": {"rows_in": 11, "rows_valid": 10, "rows_quarantined": 1}},
     }
+    assert (m["rows_in"], m["rows_valid"], m["rows_quarantined"]) == (14, 13, 1)  # + customers
     valid = pq.read_table(out / "events/date=2026-01-01.parquet").to_pandas()
     assert len(valid) == 10 and str(valid["_partition"].iloc[0]) == "2026-01-01"
     quarantine = pd.read_parquet(out / "quarantine/events/date=2026-01-01.parquet")
