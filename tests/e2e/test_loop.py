@@ -102,6 +102,9 @@ def test_one_more_day_reruns_what_it_affects_then_nothing(repo: Path) -> None:
     assert "new" in ingest
     out = sh(repo, "dvc", "repro")
     assert {"validate", "prepare", "features", "train", "evaluate"} <= ran_stages(out)
+    # validate and prepare did only the new day (their outputs are persisted, with a manifest)
+    assert "validate: 2 partition(s) validated" in out
+    assert "prepare events: 1 new partition(s) upserted" in out
     again = sh(repo, "dvc", "repro")
     assert ran_stages(again) == set()
     assert "up to date" in again
