@@ -40,8 +40,8 @@ import pandas as pd
 import yaml
 
 from stages.feature_schema import FeatureSchema, load_schema
+from stages.io import read_frame, round_floats, write_metrics
 from stages.params import PARAMS_FILE, load_params, section
-from stages.train import read_frame, round_floats, write_metrics
 
 # distributions whose versions the card records, where installed
 LIBRARIES = (

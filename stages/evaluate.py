@@ -39,7 +39,7 @@ from sklearn.metrics import (
 from threadpoolctl import threadpool_limits
 
 from stages.feature_schema import FeatureSchema, load_schema
-from stages.io import write_bytes_atomic
+from stages.io import read_frame, round_floats, write_bytes_atomic, write_metrics
 from stages.model_io import load_model
 from stages.params import PARAMS_FILE, load_params, section
 from stages.train import (
@@ -47,9 +47,6 @@ from stages.train import (
     check_frame,
     feature_frame,
     positive_scores,
-    read_frame,
-    round_floats,
-    write_metrics,
 )
 
 MAX_CURVE_POINTS = 200

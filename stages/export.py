@@ -42,7 +42,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 
 from stages.feature_schema import FeatureSchema, load_schema
-from stages.io import write_bytes_atomic
+from stages.io import read_frame, round_floats, write_bytes_atomic
 from stages.mlp import TabularMLPClassifier, linear_layers
 from stages.model_io import load_model
 from stages.onnx_predict import META_PREFIX, OUTPUT, OnnxPredictor
@@ -51,8 +51,6 @@ from stages.train import (
     MISSING_CATEGORY,
     check_frame,
     positive_scores,
-    read_frame,
-    round_floats,
 )
 
 TARGET_OPSET = {"": 21, "ai.onnx.ml": 3}

@@ -34,9 +34,10 @@ import yaml
 from stages.card import file_md5
 from stages.evaluate import EvaluateConfig, score_metrics, slice_metrics
 from stages.feature_schema import FeatureSchema, load_schema
+from stages.io import read_frame, round_floats, write_metrics
 from stages.model_io import load_model
 from stages.params import PARAMS_FILE, load_params, section
-from stages.train import check_frame, positive_scores, read_frame, round_floats, write_metrics
+from stages.train import check_frame, positive_scores
 
 SliceTable = Mapping[str, Mapping[str, Mapping[str, Any]]]
 DIGITS = 6

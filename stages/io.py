@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+# metrics are rounded to this many digits: last-bit BLAS differences stay out of the files
+DIGITS = 6
 
 PARTITION_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 
@@ -79,3 +85,38 @@ def read_parquet_dir(directory: str | Path) -> pa.Table | None:
     if not files:
         return None
     return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+
+
+def round_floats(obj: Any, digits: int = DIGITS) -> Any:
+    """Round every float in a nested structure; numpy scalars become Python numbers.
+
+    Rounding keeps last-bit differences between BLAS builds out of the metrics files.
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): round_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [round_floats(v, digits) for v in obj]
+    if isinstance(obj, bool | np.bool_):
+        return bool(obj)
+    if isinstance(obj, int | np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        value = float(obj)
+        if not math.isfinite(value):
+            raise ValueError(f"metrics: non-finite value {value}")
+        return round(value, digits) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return obj
+
+
+def write_metrics(path: str | Path, payload: Any) -> Path:
+    """Deterministic JSON, atomically: floats rounded, keys sorted, no NaN, trailing newline."""
+    text = json.dumps(round_floats(payload), indent=2, sort_keys=True, allow_nan=False)
+    return write_bytes_atomic((text + "\n").encode(), path)
+
+
+def read_frame(path: str | Path) -> pd.DataFrame:
+    """Read one parquet file, naming it if it is absent."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: parquet file not found")
+    return pd.read_parquet(path)

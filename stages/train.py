@@ -38,7 +38,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
 
 from stages.feature_schema import FeatureSchema, load_schema
-from stages.io import write_bytes_atomic
+from stages.io import DIGITS, read_frame, round_floats, write_bytes_atomic, write_metrics
 from stages.mlp import TabularMLPClassifier
 from stages.model_io import save_model
 from stages.params import PARAMS_FILE, load_params, section
@@ -53,7 +53,6 @@ SEARCH_TYPES = ("float", "int", "categorical")
 # Missing categories become a category of their own, so "unknown" and "missing" stay apart.
 MISSING_CATEGORY = "__missing__"
 SPLITS = ("train", "valid")
-DIGITS = 6
 
 
 @dataclass(frozen=True)
@@ -488,41 +487,6 @@ def train_metrics(
             "best_score": tuning.best_score,
         }
     return round_floats(metrics)
-
-
-def round_floats(obj: Any, digits: int = DIGITS) -> Any:
-    """Round every float in a nested structure; numpy scalars become Python numbers.
-
-    Rounding keeps last-bit differences between BLAS builds out of the metrics files.
-    """
-    if isinstance(obj, Mapping):
-        return {str(k): round_floats(v, digits) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [round_floats(v, digits) for v in obj]
-    if isinstance(obj, bool | np.bool_):
-        return bool(obj)
-    if isinstance(obj, int | np.integer):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        value = float(obj)
-        if not math.isfinite(value):
-            raise ValueError(f"metrics: non-finite value {value}")
-        return round(value, digits) + 0.0  # + 0.0 turns -0.0 into 0.0
-    return obj
-
-
-def write_metrics(path: str | Path, payload: Any) -> Path:
-    """Deterministic JSON, atomically: floats rounded, keys sorted, no NaN, trailing newline."""
-    text = json.dumps(round_floats(payload), indent=2, sort_keys=True, allow_nan=False)
-    return write_bytes_atomic((text + "\n").encode(), path)
-
-
-def read_frame(path: str | Path) -> pd.DataFrame:
-    """Read one parquet file, naming it if it is absent."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: parquet file not found")
-    return pd.read_parquet(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
