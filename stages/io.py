@@ -30,7 +30,12 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 }
 
 
-def _tmp_for(path: Path) -> Path:
+# how every parquet file is written (stages/engine.py streams with the same options)
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "write_statistics": True}
+
+
+def tmp_for(path: Path) -> Path:
+    """The temporary sibling a file is written to before its rename."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
@@ -38,7 +43,7 @@ def write_bytes_atomic(data: bytes, path: str | Path) -> Path:
     """Write to a temporary sibling, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_for(path)
+    tmp = tmp_for(path)
     tmp.write_bytes(data)
     os.replace(tmp, path)
     return path
@@ -53,8 +58,8 @@ def write_table(table: pa.Table, path: str | Path) -> Path:
     """Write an Arrow table as parquet, atomically, with deterministic bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_for(path)
-    pq.write_table(table, tmp, compression="zstd", write_statistics=True)
+    tmp = tmp_for(path)
+    pq.write_table(table, tmp, **PARQUET_OPTIONS)
     os.replace(tmp, path)
     return path
 

@@ -1,4 +1,4 @@
-"""prepare: merge validated partitions into the history of each table (Ibis on DuckDB).
+"""prepare: merge validated partitions into the history of each table (Ibis; `stages/engine.py`).
 
 The merge is an anti-join upsert (DESIGN.md, principle 8): history rows whose key is not in the
 increment, plus the increment deduplicated latest-wins. It never re-deduplicates the history.
@@ -23,9 +23,10 @@ from pathlib import Path
 
 import ibis
 import ibis.expr.types as ir
-import pyarrow as pa
+import pyarrow.parquet as pq
 
 from stages.dataset import DatasetConfig, DatasetConfigError, TableSpec, dataset_from_params
+from stages.engine import EngineConfig, connect, read_parquet, write_parquet
 from stages.incremental import (
     MANIFEST,
     MANIFEST_FORMAT,
@@ -37,14 +38,14 @@ from stages.incremental import (
     remove_temp_files,
     write_manifest,
 )
-from stages.io import PARTITION_RE, write_json, write_table
+from stages.io import PARTITION_RE, write_json
 from stages.params import load_params, section
 
 Key = str | Sequence[str]
 
 # The modules whose code decides prepare's outputs (its deps in dvc.yaml): an edit to any of
 # them rebuilds every history rather than upsert into one the old code wrote.
-CODE_FILES = ("prepare.py", "dataset.py", "io.py", "incremental.py")
+CODE_FILES = ("prepare.py", "dataset.py", "io.py", "incremental.py", "engine.py")
 LIBRARIES = ("duckdb", "ibis-framework", "pyarrow")
 COUNTS = "counts.json"
 
@@ -120,19 +121,24 @@ def merge_table(
     con: ibis.BaseBackend,
     table: TableSpec,
     files: Sequence[Path],
+    out_dir: Path,
     histories: Mapping[str, Path] | None = None,
-) -> dict[str, pa.Table]:
+) -> dict[str, tuple[Path, int]]:
     """Upsert the validated `files` of `table` into its histories (`histories`: output name ->
-    the history file to build on; None: start empty). Sorted by key, so the bytes of a history
-    do not depend on how it was reached; one chunk, so neither does the parquet layout."""
+    the history file to build on; None: start empty), written to `<out_dir>/<name>.parquet`;
+    returns name -> (path, rows). Sorted by key, so the bytes of a history depend neither on how
+    it was reached nor on the engine; streamed to the file, so memory does not grow with it."""
     if not files:
         raise FileNotFoundError(f"{table.name}: no validated partitions to merge")
-    increment = con.read_parquet([str(f) for f in files])
+    # the validated files' own schema: what every engine's result is written as
+    schema = pq.read_schema(files[0]).remove_metadata()
+    increment = read_parquet(con, files)
     out = {}
     for name, key in history_keys(table).items():
-        history = con.read_parquet(str(histories[name])) if histories is not None else None
-        merged = upsert(history, increment, key, table.timestamp)
-        out[name] = merged.order_by(key).to_pyarrow().combine_chunks()
+        history = read_parquet(con, histories[name]) if histories is not None else None
+        merged = upsert(history, increment, key, table.timestamp).order_by(key)
+        path = out_dir / f"{name}.parquet"
+        out[name] = (path, write_parquet(con, merged, path, schema))
     return out
 
 
@@ -163,14 +169,18 @@ def _intact(entry: Mapping, out_dir: Path, cache: StatCache) -> bool:
 
 
 def run_prepare(
-    validated_dir: Path, out_dir: Path, dataset: DatasetConfig, fingerprint_: str
+    validated_dir: Path,
+    out_dir: Path,
+    dataset: DatasetConfig,
+    fingerprint_: str,
+    engine: EngineConfig | None = None,
 ) -> PrepareRun:
     """Bring every table's history up to date with the validated partitions (see the module
     docstring), writing the histories, then `counts.json`, then the manifest, last."""
     remove_temp_files(out_dir)
     previous, why = read_manifest(out_dir / MANIFEST, fingerprint_)
     cache = StatCache((previous or {}).get("stat_cache"))
-    con = None  # loading ibis's DuckDB backend costs ~1 s: only when a table needs merging
+    con = None  # an engine costs ~1 s (DuckDB) to ~10 s (Spark) to start: only when needed
     entries: dict[str, dict] = {}
     plans: dict[str, MergePlan] = {}
     for table in dataset.tables:
@@ -189,13 +199,12 @@ def run_prepare(
             continue
         names = history_keys(table)
         on = {n: out_dir / f"{n}.parquet" for n in names} if plan.mode == "append" else None
-        con = con or ibis.duckdb.connect()
-        histories = merge_table(con, table, [files[p] for p in plan.partitions], on)
+        con = con or connect(engine or EngineConfig())
+        histories = merge_table(con, table, [files[p] for p in plan.partitions], out_dir, on)
         outputs, rows = {}, {}
-        for name, history in histories.items():
-            path = write_table(history, out_dir / f"{name}.parquet")
+        for name, (path, n) in histories.items():
             outputs[path.name] = cache.stamp(path, f"out/{path.name}").to_json()
-            rows[name] = history.num_rows
+            rows[name] = n
         entries[table.name] = {"partitions": current, "outputs": outputs, "rows": rows}
     listed = {name for e in entries.values() for name in e["outputs"]}
     for stray in sorted(out_dir.glob("*.parquet")):
@@ -222,7 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     fp = prepare_fingerprint(section(params, "dataset.tables"))
     try:
-        run = run_prepare(args.validated_dir, args.out_dir, dataset, fp)
+        engine = EngineConfig.from_params(params.get("engine"))
+    except ValueError as exc:
+        print(f"prepare: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run = run_prepare(args.validated_dir, args.out_dir, dataset, fp, engine)
     except FileNotFoundError as exc:
         print(f"prepare: {exc} in {args.validated_dir} (run the validate stage)", file=sys.stderr)
         return 1
