@@ -2,9 +2,10 @@
 
 Every prediction becomes one record (request id, time, latency, model name and version, data
 version, git commit, entity key, features, score, decision, and the shadow model's version and
-score). A request only appends its records to an in-memory buffer (a lock, an append); a
-writer thread turns the buffer into one file when `flush_records` records wait or the oldest
-has waited `flush_seconds`, and at shutdown. Files are never appended to: each is written
+score; a regression logs `prediction` and `shadow_prediction` instead, with no decision). A
+request only appends its records to an in-memory buffer (a lock, an append); a writer thread
+turns the buffer into one file when `flush_records` records wait or the oldest has waited
+`flush_seconds`, and at shutdown. Files are never appended to: each is written
 whole (locally to a temporary name, then renamed; on S3 one PUT), so a reader never sees half a
 file, and the layout is the same on a local folder and an `s3://` prefix:
 
@@ -117,12 +118,26 @@ def log_schema(schema: ServingSchema) -> pa.Schema:
             # as text: a key may be an integer in one request and a string in another
             (schema.entity_key, pa.string()),
             ("features", features),
-            ("score", pa.float64()),
-            ("decision", pa.bool_()),
-            ("shadow_model_version", pa.string()),
-            ("shadow_score", pa.float64()),
+            *_output_fields(schema),
         ]
     )
+
+
+def _output_fields(schema: ServingSchema) -> list[tuple[str, pa.DataType]]:
+    """What the models said: a classification's score and decision, or a regression's
+    prediction (it has no decision to log)."""
+    if schema.regression:
+        return [
+            ("prediction", pa.float64()),
+            ("shadow_model_version", pa.string()),
+            ("shadow_prediction", pa.float64()),
+        ]
+    return [
+        ("score", pa.float64()),
+        ("decision", pa.bool_()),
+        ("shadow_model_version", pa.string()),
+        ("shadow_score", pa.float64()),
+    ]
 
 
 def log_table(
@@ -164,11 +179,16 @@ def log_table(
         "features": pa.StructArray.from_arrays(children, names=names)
         if names
         else pa.nulls(n, pa.struct([])),
-        "score": pa.array(np.concatenate([e.scores for e in entries])),
-        "decision": pa.array(np.concatenate([e.decisions for e in entries])),
         "shadow_model_version": repeated(meta.get("shadow_model_version")),
-        "shadow_score": pa.array(np.concatenate(shadow), from_pandas=True),
     }
+    outputs = np.concatenate([e.scores for e in entries])
+    shadow_outputs = pa.array(np.concatenate(shadow), from_pandas=True)
+    if schema.regression:
+        columns.update(prediction=pa.array(outputs), shadow_prediction=shadow_outputs)
+    else:
+        decisions = np.concatenate([e.decisions for e in entries])
+        columns.update(score=pa.array(outputs), decision=pa.array(decisions))
+        columns.update(shadow_score=shadow_outputs)
     return pa.Table.from_pydict(columns, schema=log_schema(schema))
 
 

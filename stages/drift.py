@@ -167,6 +167,25 @@ def _numeric_drift(ref: list[Mapping], cur: list[Mapping], cfg: DriftConfig) -> 
     }
 
 
+def values_drift(
+    reference: Sequence[float] | np.ndarray, current: Sequence[float] | np.ndarray, cfg: DriftConfig
+) -> dict[str, Any]:
+    """PSI of two samples of one number (NaN = null), binned as a profiled column is: at the
+    reference's quantiles, from the same percentiles a profile keeps, plus a null bin."""
+
+    def stats(values: Sequence[float] | np.ndarray) -> dict[str, Any]:
+        x = np.asarray(values, dtype="float64")
+        present = x[~np.isnan(x)]
+        return {
+            "count": len(present),
+            "nulls": int(len(x) - len(present)),
+            "mean": float(present.mean()) if len(present) else None,
+            "percentiles": np.quantile(present, PERCENTILES) if len(present) else None,
+        }
+
+    return _numeric_drift([stats(reference)], [stats(current)], cfg)
+
+
 def _categorical_drift(ref: list[Mapping], cur: list[Mapping], cfg: DriftConfig) -> dict[str, Any]:
     r, c = _counts(ref), _counts(cur)
     keys = sorted(set(r) | set(c))

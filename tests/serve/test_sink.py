@@ -237,3 +237,24 @@ def test_submissions_from_many_threads_are_all_counted(tmp_path: Path) -> None:
     sink.close()
     assert len(read_log(tmp_path)) == 400
     assert counters.snapshot()["written"] == 400
+
+
+def test_a_regression_logs_its_prediction_and_no_decision(tmp_path: Path) -> None:
+    schema = ServingSchema(**{**SCHEMA.__dict__, "task": "regression"})
+    sink = PredictionSink(config(str(tmp_path)), schema, META, Counters()).start()
+    logged = entry([1, 2])
+    assert sink.submit(logged)
+    sink.close()
+    rows = read_log(tmp_path)
+    assert [r["prediction"] for r in rows] == pytest.approx(logged.scores.tolist())
+    assert [r["shadow_prediction"] for r in rows] == pytest.approx((logged.scores / 2).tolist())
+    assert not {"score", "decision", "shadow_score"} & set(rows[0])
+
+
+def test_a_classification_log_keeps_its_columns_in_order(tmp_path: Path) -> None:
+    sink = PredictionSink(config(str(tmp_path)), SCHEMA, META, Counters()).start()
+    assert sink.submit(entry([1]))
+    sink.close()
+    [file] = tmp_path.rglob("*.parquet")
+    names = ds.dataset(file, format="parquet").schema.names
+    assert names[-4:] == ["score", "decision", "shadow_model_version", "shadow_score"]
