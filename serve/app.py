@@ -198,14 +198,22 @@ class ChurnAPI(ls.LitAPI):
 
     def encode_response(self, output: Scored) -> Response:
         request_id = uuid.uuid4().hex
-        decisions = output.scores >= self.settings.threshold
         key, label = self.model.schema.entity_key, self.model.schema.label
-        predictions = [
-            {key: k, "score": s, label: d}
-            for k, s, d in zip(
-                output.wire.keys, output.scores.tolist(), decisions.tolist(), strict=True
-            )
-        ]
+        if self.model.schema.regression:
+            # a regression has no decision: its log has a `prediction` column instead
+            decisions = np.zeros(0, dtype=bool)
+            predictions = [
+                {key: k, "prediction": v}
+                for k, v in zip(output.wire.keys, output.scores.tolist(), strict=True)
+            ]
+        else:
+            decisions = output.scores >= self.settings.threshold
+            predictions = [
+                {key: k, "score": s, label: d}
+                for k, s, d in zip(
+                    output.wire.keys, output.scores.tolist(), decisions.tolist(), strict=True
+                )
+            ]
         if self.sink is not None:
             now = time.time()
             latency_ms = (now - output.wire.received) * 1000.0

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from serve.schema import ServingSchema, WireBatch, schema_from_card
-from stages.onnx_predict import OUTPUT, POSITIVE_COLUMN, OnnxPredictor
+from stages.onnx_predict import POSITIVE_COLUMN, OnnxPredictor
 
 
 def read_card(path: Path) -> dict[str, Any]:
@@ -92,9 +92,12 @@ class ServedModel:
         )
 
     def score(self, feed: Feed, wire: WireBatch) -> np.ndarray:
-        """Positive-class probabilities, one per row of `wire` (float64)."""
-        (proba,) = self.predictor.session.run([OUTPUT], feed.inputs(wire))
-        return np.asarray(proba[:, POSITIVE_COLUMN], dtype=np.float64)
+        """Positive-class probabilities (a regression's predictions), one per row of `wire`
+        (float64)."""
+        (out,) = self.predictor.session.run([self.predictor.output], feed.inputs(wire))
+        if self.schema.regression:
+            return np.asarray(out, dtype=np.float64).reshape(-1)
+        return np.asarray(out[:, POSITIVE_COLUMN], dtype=np.float64)
 
     def identity(self) -> dict[str, Any]:
         """Name, version and what the card says about where the model came from."""

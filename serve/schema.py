@@ -47,7 +47,8 @@ MAX_KEY_LENGTH = 256
 RECORD_TAG, BATCH_TAG = "record", "batch"
 BATCH_FIELD = "records"
 # names the response itself uses, which no column may take
-RESERVED = frozenset({BATCH_FIELD, "score", "request_id", "model"})
+RESERVED = frozenset({BATCH_FIELD, "score", "prediction", "request_id", "model"})
+CLASSIFICATION, REGRESSION = "classification", "regression"
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,13 @@ class ServingSchema:
     label: str
     numeric: tuple[NumericFeature, ...]
     categorical: tuple[CategoricalFeature, ...]
+    # the card's features.task: a classification answers a score and a decision, a regression
+    # its `prediction`
+    task: str = CLASSIFICATION
+
+    @property
+    def regression(self) -> bool:
+        return self.task == REGRESSION
 
     @property
     def features(self) -> list[str]:
@@ -88,6 +96,7 @@ class ServingSchema:
             numeric=tuple(f.name for f in self.numeric),
             categorical=tuple(f.name for f in self.categorical),
             categories={f.name: f.allowed for f in self.categorical},
+            task=self.task,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -95,6 +104,7 @@ class ServingSchema:
         return {
             "entity_key": self.entity_key,
             "label": self.label,
+            "task": self.task,
             "numeric": [
                 {
                     "name": f.name,
@@ -180,12 +190,18 @@ def schema_from_card(card: Mapping[str, Any], *, range_margin: float | None) -> 
                 "observed values (a non-empty list of strings)"
             )
         categorical.append(CategoricalFeature(entry["name"], tuple(values)))
+    task = features.get("task", CLASSIFICATION)  # a card from before the rows kinds
+    if task not in (CLASSIFICATION, REGRESSION):
+        raise ValueError(
+            f"model card: features.task is {task!r}, expected {CLASSIFICATION} or {REGRESSION}"
+        )
     schema = ServingSchema(
         entity_key=features["entity_key"],
         time=features["time"],
         label=label,
         numeric=tuple(numeric),
         categorical=tuple(categorical),
+        task=task,
     )
     names = [schema.entity_key, *schema.features]
     clashes = sorted({n for n in names if names.count(n) > 1} | (set(names) & RESERVED))
@@ -350,12 +366,19 @@ def api_models(schema: ServingSchema, max_records: int) -> ApiModels:
         Union[Annotated[record, Tag(RECORD_TAG)], Annotated[batch, Tag(BATCH_TAG)]],  # noqa: UP007
         Discriminator(_request_shape),
     ]
-    prediction = create_model(
-        "Prediction",
-        key=(int | str, Field(alias=schema.entity_key)),
-        score=(float, Field(ge=0.0, le=1.0, description="the positive-class probability")),
-        decision=(bool, Field(alias=schema.label, description="score >= threshold")),
-    )
+    if schema.regression:
+        prediction = create_model(
+            "Prediction",
+            key=(int | str, Field(alias=schema.entity_key)),
+            prediction=(float, Field(description=f"the predicted {schema.label}")),
+        )
+    else:
+        prediction = create_model(
+            "Prediction",
+            key=(int | str, Field(alias=schema.entity_key)),
+            score=(float, Field(ge=0.0, le=1.0, description="the positive-class probability")),
+            decision=(bool, Field(alias=schema.label, description="score >= threshold")),
+        )
     model_id = create_model("ModelId", name=(str, ...), version=(str, ...))
     response = create_model(
         "PredictResponse",

@@ -103,6 +103,7 @@ def feature_card(schema: FeatureSchema, train: pd.DataFrame) -> dict[str, Any]:
     return {
         "entity_key": schema.entity_key,
         "time": schema.time,
+        "task": schema.task,
         "order": list(schema.features),
         "numeric": numeric,
         "categorical": categorical,
@@ -110,8 +111,14 @@ def feature_card(schema: FeatureSchema, train: pd.DataFrame) -> dict[str, Any]:
 
 
 def label_card(params: Mapping[str, Any]) -> dict[str, Any]:
-    """What the label means: the dataset's `label` section (name, horizon_days, lookback_days)
-    and the event types that count as activity."""
+    """What the label means, by the dataset's task kind: for entity churn its `label` section
+    (name, horizon_days, lookback_days) and the event types that count as activity; for a rows
+    kind the target column (and its classes' mapping to 0/1)."""
+    dataset = section(params, "dataset")
+    task = dataset.get("task") or {}
+    kind = task.get("kind", "entity_churn")
+    if kind != "entity_churn":
+        return _rows_label_card(task, kind)
     label = section(params, "dataset.label")
     name = label.get("name")
     missing = [k for k in ("name", "horizon_days", "lookback_days") if label.get(k) is None]
@@ -128,6 +135,26 @@ def label_card(params: Mapping[str, Any]) -> dict[str, Any]:
             "after it"
         ),
     }
+
+
+def _rows_label_card(task: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    target = task.get("target")
+    if not target:
+        raise KeyError(f"params: dataset.task lacks 'target' (task.kind {kind})")
+    period = int(task.get("period_days", 7))
+    labels = task.get("labels")
+    out: dict[str, Any] = {"name": str(target), "kind": kind, "period_days": period}
+    if kind == "rows_regression":
+        out["definition"] = (
+            f"{target}: the number recorded with each row, predicted from its features"
+        )
+    elif labels:
+        out["labels"] = {str(k): int(v) for k, v in labels.items()}
+        ones = sorted(str(k) for k, v in labels.items() if int(v) == 1)
+        out["definition"] = f"{target} = 1 for a row whose {target} is {' or '.join(ones)}, else 0"
+    else:
+        out["definition"] = f"{target}: the 0/1 outcome recorded with each row"
+    return out
 
 
 def data_version(lock: Mapping[str, Any], data_path: str, stage: str) -> str:

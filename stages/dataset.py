@@ -5,15 +5,20 @@ timestamp, how the landing zone names partitions, file format, time zone of naiv
 their columns (type and checks), derived columns, which event types count as activity or carry
 an amount, where entity attributes come from, and the label. A bad file raises one
 `DatasetConfigError` naming `conf/dataset/<name>.yaml`, the key and what was expected.
+
+The `task:` block says what is learnt: `entity_churn` (the default: events -> per-entity
+snapshots -> "no activity in the next horizon_days"), or `rows_classification` /
+`rows_regression` (each row of one table is an example with a target column).
 """
 
 from __future__ import annotations
 
 import ast
+import datetime as dt
 import re
 import zoneinfo
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,7 +26,16 @@ import pandas as pd
 
 COLUMN_TYPES = ("int64", "float64", "string", "bool", "date", "timestamp")
 NUMERIC_TYPES = ("int64", "float64")
-TABLE_ROLES = ("events", "entities")
+TABLE_ROLES = ("events", "entities", "rows")
+TASK_KINDS = ("entity_churn", "rows_classification", "rows_regression")
+ROWS_KINDS = TASK_KINDS[1:]
+# the event type of every event when the dataset has no event-type column, and of the events
+# the cancellation marker flags
+PLAIN_EVENT = "event"
+CANCELLATION = "cancellation"
+# the quarantine reason of an event whose entity key is null where the config expects some
+NULL_KEY_CHECK = "null_entity_key"
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 FILE_FORMATS = ("parquet", "csv")
 FILE_SUFFIXES = {"parquet": ".parquet", "csv": ".csv"}
 
@@ -36,8 +50,40 @@ _DATASET_KEYS = (
     "event_features",
     "entity_features",
     "label",
+    "task",
+    "calendar",
+    "cancel_marker",
+    # evaluate's slices (conf/config.yaml reads them into evaluate.slices): not the dataset's
+    "slices",
 )
-_TABLE_KEYS = ("role", "key", "timestamp", "partition", "format", "timezone", "columns", "derived")
+# a rows task's dataset: its one table, the task and the calendar
+_ROWS_DATASET_KEYS = ("name", "tables", "task", "calendar", "slices")
+_TASK_KEYS = (
+    "kind",
+    "table",
+    "target",
+    "labels",
+    "time",
+    "key",
+    "surrogate_key",
+    "features",
+    "period_days",
+)
+_ROWS_FEATURE_KEYS = ("numeric", "categorical")
+_CALENDAR_KEYS = ("weekdays", "holidays")
+_CANCEL_KEYS = ("column", "prefix")
+SURROGATE_KEY = "row_key"
+_TABLE_KEYS = (
+    "role",
+    "key",
+    "surrogate_key",
+    "timestamp",
+    "partition",
+    "format",
+    "timezone",
+    "columns",
+    "derived",
+)
 _COLUMN_KEYS = ("type", "nullable", "allowed", "min", "max", "pattern", "unique")
 _DERIVED_KEYS = ("expr", "nullable", "min", "max", "unique")
 _ENTITY_FEATURE_KEYS = ("table", "categorical", "numeric", "signup_date")
@@ -60,10 +106,11 @@ class ColumnSpec:
     pattern: str | None = None  # a full match, for string columns
     unique: bool = False  # within one partition (duplicates across days are prepare's job)
     expr: str | None = None  # derived: computed from the table's numeric columns, not read
+    surrogate: bool = False  # derived: a hash of the row's content and partition (a rows key)
 
     @property
     def derived(self) -> bool:
-        return self.expr is not None
+        return self.expr is not None or self.surrogate
 
 
 @dataclass(frozen=True)
@@ -76,6 +123,9 @@ class TableSpec:
     partition: str = "date"  # landing zone: <table>/<partition>=YYYY-MM-DD/
     format: str = "parquet"
     timezone: str = "UTC"  # of naive timestamps; tz-aware ones are converted to UTC
+    # entity churn: the entity key column, whose null rows validate quarantines as
+    # NULL_KEY_CHECK when the column is declared nullable (nulls expected, counted apart)
+    entity_key: str | None = None
 
     def column(self, name: str) -> ColumnSpec:
         for col in self.columns:
@@ -123,6 +173,55 @@ class LabelSpec:
 
 
 @dataclass(frozen=True)
+class Calendar:
+    """The days a table is expected to have a partition: open weekdays minus holidays. Missing
+    days are counted against it, so a shop closed on Saturdays has no missing Saturdays."""
+
+    weekdays: tuple[int, ...] = tuple(range(7))  # Monday = 0
+    holidays: tuple[str, ...] = ()  # YYYY-MM-DD, or MM-DD for every year
+
+    def is_open(self, day: dt.date) -> bool:
+        closed = day.isoformat() in self.holidays or day.strftime("%m-%d") in self.holidays
+        return day.weekday() in self.weekdays and not closed
+
+
+@dataclass(frozen=True)
+class CancelMarker:
+    """Events whose `column` starts with `prefix` are cancellations (event type CANCELLATION)."""
+
+    column: str
+    prefix: str
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What is learnt. `entity_churn` reads the dataset's label and event settings; the rows
+    kinds make each row of `table` an example: `target` (string classes mapped to 0/1 by
+    `labels`), `key` (a column, or SURROGATE_KEY hashed from the row), `time` (the out-of-time
+    split's clock, cut into periods of `period_days` ending at the latest day) and the feature
+    columns."""
+
+    kind: str = "entity_churn"
+    table: str | None = None
+    target: str | None = None
+    labels: dict[str, int] | None = None
+    time: str | None = None
+    key: str | None = None
+    surrogate_key: bool = False
+    numeric: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    period_days: int = 7
+
+    @property
+    def rows(self) -> bool:
+        return self.kind in ROWS_KINDS
+
+    @property
+    def regression(self) -> bool:
+        return self.kind == "rows_regression"
+
+
+@dataclass(frozen=True)
 class DatasetConfig:
     name: str
     entity_key: str
@@ -132,8 +231,22 @@ class DatasetConfig:
     amount_types: tuple[str, ...]
     entity_features: EntityFeatures = field(default_factory=EntityFeatures)
     label: LabelSpec = field(default_factory=LabelSpec)
-    event_type_column: str = "event_type"
+    event_type_column: str | None = "event_type"  # None: every event is PLAIN_EVENT
     amount_column: str | None = "amount"
+    task: TaskSpec = field(default_factory=TaskSpec)
+    calendar: Calendar = field(default_factory=Calendar)
+    cancel_marker: CancelMarker | None = None
+
+    @property
+    def event_types(self) -> tuple[str, ...] | None:
+        """The event types there can be (None: any value of the event-type column)."""
+        if self.event_type_column is None:
+            types = (PLAIN_EVENT,)
+        else:
+            types = self.events.column(self.event_type_column).allowed
+        if types is not None and self.cancel_marker is not None:
+            types = (*types, CANCELLATION)
+        return types
 
     def table(self, name: str) -> TableSpec:
         for table in self.tables:
@@ -217,6 +330,16 @@ def evaluate_expression(text: str, frame: pd.DataFrame) -> pd.Series:
         values = np.broadcast_to(walk(parse_expression(text)), (len(frame),)).astype("float64")
     values = np.where(np.isfinite(values), values, np.nan)
     return pd.Series(pd.array(values, dtype="Float64"), index=frame.index)
+
+
+def surrogate_keys(frame: pd.DataFrame, columns: tuple[str, ...], partition: str) -> pd.Series:
+    """A key for rows that have none: 16 hex digits of a hash of the partition and the row's
+    typed values. Deterministic across runs and engines that type alike; identical rows of one
+    partition share it, so prepare keeps one of them (a re-sent row, not a new example)."""
+    content = frame.loc[:, list(columns)].astype("string")
+    content["_partition"] = partition
+    hashed = pd.util.hash_pandas_object(content, index=False).to_numpy(dtype="uint64")
+    return pd.Series([f"{h:016x}" for h in hashed], index=frame.index, dtype="string")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,12 +452,14 @@ def _derived(name: str, raw: Any, key: str, raw_columns: tuple[ColumnSpec, ...],
     return ColumnSpec(name=name, type="float64", expr=expr, **_checks(spec, "float64", key, w))
 
 
-def _table(name: str, raw: Any, entity_key: str, w: _Where) -> TableSpec:
+def _table(name: str, raw: Any, entity_key: str | None, w: _Where) -> TableSpec:
+    """One table; `entity_key` None for a rows task's table (its key is the task's)."""
     where = f"tables.{name}"
     spec = w.mapping(raw, where, _TABLE_KEYS)
-    role = spec.get("role")
-    if role not in TABLE_ROLES:
-        raise w.fail(f"{where}.role", f"one of {TABLE_ROLES}", role)
+    role = spec.get("role", "rows" if entity_key is None else None)
+    roles = ("rows",) if entity_key is None else TABLE_ROLES[:2]
+    if role not in roles:
+        raise w.fail(f"{where}.role", f"one of {roles}", role)
     fmt = spec.get("format", "parquet")
     if fmt not in FILE_FORMATS:
         raise w.fail(f"{where}.format", f"one of {FILE_FORMATS}", fmt)
@@ -360,6 +485,9 @@ def _table(name: str, raw: Any, entity_key: str, w: _Where) -> TableSpec:
         _derived(w.name(d, f"{where}.derived"), s, f"{where}.derived.{d}", columns, w)
         for d, s in derived_raw.items()
     )
+    surrogate = spec.get("surrogate_key", False)
+    if not isinstance(surrogate, bool):
+        raise w.fail(f"{where}.surrogate_key", "true or false", surrogate)
     table = TableSpec(
         name=name,
         role=role,
@@ -369,12 +497,25 @@ def _table(name: str, raw: Any, entity_key: str, w: _Where) -> TableSpec:
         partition=w.name(spec.get("partition", "date"), f"{where}.partition"),
         format=fmt,
         timezone=str(timezone),
+        entity_key=entity_key if role == "events" else None,
     )
-    w.column_of(table, table.key, f"{where}.key")
+    if surrogate:
+        table = _with_surrogate(table, spec.get("key", SURROGATE_KEY), f"{where}.key", w)
+    if entity_key is not None or table.key is not None:
+        w.column_of(table, table.key, f"{where}.key")
     w.column_of(table, table.timestamp, f"{where}.timestamp", ("timestamp", "date"))
-    if entity_key not in columns_raw:
+    if entity_key is not None and entity_key not in columns_raw:
         raise w.fail(f"{where}.columns", f"a column '{entity_key}' (the dataset's entity_key)")
     return table
+
+
+def _with_surrogate(table: TableSpec, key: Any, where: str, w: _Where) -> TableSpec:
+    """`table` keyed by a new column `key` that validate hashes from each row (surrogate_keys)."""
+    key = w.name(key, where)
+    if key in {c.name for c in table.columns}:
+        raise w.fail(where, "a new column name for the surrogate key", key)
+    column = ColumnSpec(name=key, type="string", nullable=False, surrogate=True)
+    return replace(table, key=key, columns=(*table.columns, column))
 
 
 def _entity_features(raw: Any, tables: tuple[TableSpec, ...], w: _Where) -> EntityFeatures:
@@ -417,13 +558,14 @@ def _label(raw: Any, w: _Where) -> LabelSpec:
     )
 
 
-def _event_types(raw: Mapping[str, Any], events: TableSpec, type_col: str, w: _Where):
+def _event_types(raw: Mapping[str, Any], allowed: tuple[str, ...] | None, where: str, w: _Where):
+    """activity_types, amount_types, event_features, each checked against the `allowed` event
+    types (`where` says where those come from)."""
     activity = w.strings(raw.get("activity_types"), "activity_types")
     amount_types = w.strings(raw.get("amount_types") or [], "amount_types")
     features = w.mapping(raw.get("event_features"), "event_features")
     for prefix in features.values():
         w.name(prefix, "event_features")
-    allowed = events.column(type_col).allowed
     if allowed is not None:
         for key, values in (
             ("activity_types", activity),
@@ -432,10 +574,169 @@ def _event_types(raw: Mapping[str, Any], events: TableSpec, type_col: str, w: _W
         ):
             bad = [v for v in values if v not in allowed]
             if bad:
-                raise w.fail(
-                    key, f"event types allowed in {events.name}.{type_col} {allowed}", bad[0]
-                )
+                raise w.fail(key, f"event types {where} {allowed}", bad[0])
     return activity, amount_types, {str(k): str(v) for k, v in features.items()}
+
+
+def _calendar(raw: Any, w: _Where) -> Calendar:
+    spec = w.mapping(raw or {}, "calendar", _CALENDAR_KEYS)
+    names = w.strings(spec.get("weekdays") or list(WEEKDAYS), "calendar.weekdays")
+    bad = [d for d in names if d.lower() not in WEEKDAYS]
+    if bad or not names:
+        raise w.fail("calendar.weekdays", f"a non-empty list of {', '.join(WEEKDAYS)}", bad)
+    holidays = spec.get("holidays") or []
+    if not isinstance(holidays, (list, tuple)):
+        raise w.fail("calendar.holidays", "a list of dates YYYY-MM-DD", holidays)
+    days = []
+    for value in holidays:
+        text = value.isoformat() if isinstance(value, dt.date) else str(value)
+        try:
+            dt.date.fromisoformat(text if len(text) == 10 else f"2000-{text}")
+        except ValueError as exc:
+            expected = "dates YYYY-MM-DD or MM-DD (every year)"
+            raise w.fail("calendar.holidays", expected, value) from exc
+        days.append(text)
+    weekdays = tuple(sorted({WEEKDAYS.index(d.lower()) for d in names}))
+    return Calendar(weekdays=weekdays, holidays=tuple(sorted(set(days))))
+
+
+def _cancel_marker(raw: Any, events: TableSpec, w: _Where) -> CancelMarker | None:
+    if raw is None:
+        return None
+    spec = w.mapping(raw, "cancel_marker", _CANCEL_KEYS)
+    w.column_of(events, spec.get("column"), "cancel_marker.column", ("string",))
+    prefix = spec.get("prefix")
+    if not isinstance(prefix, str) or not prefix:
+        raise w.fail("cancel_marker.prefix", "a non-empty string", prefix)
+    return CancelMarker(column=spec["column"], prefix=prefix)
+
+
+def _task_kind(raw: Mapping[str, Any], w: _Where) -> tuple[str, Mapping[str, Any]]:
+    task = w.mapping(raw.get("task") or {}, "task", _TASK_KEYS)
+    kind = task.get("kind", "entity_churn")
+    if kind not in TASK_KINDS:
+        raise w.fail("task.kind", f"one of {', '.join(TASK_KINDS)}", kind)
+    if kind == "entity_churn":
+        extra = sorted(k for k in task if k != "kind")
+        if extra:
+            raise w.fail(
+                f"task.{extra[0]}",
+                "only `kind` for task.kind entity_churn (its label is the `label` block)",
+            )
+    return kind, task
+
+
+def _rows_features(raw: Any, table: TableSpec, skip: set[str], w: _Where):
+    """(numeric, categorical): the listed columns, or every column but `skip` by its type."""
+    if raw is None:
+        usable = [c for c in table.columns if c.name not in skip and not c.surrogate]
+        numeric = tuple(c.name for c in usable if c.type in NUMERIC_TYPES)
+        categorical = tuple(c.name for c in usable if c.type in ("string", "bool"))
+        return numeric, categorical
+    spec = w.mapping(raw, "task.features", _ROWS_FEATURE_KEYS)
+    numeric = w.strings(spec.get("numeric") or [], "task.features.numeric")
+    categorical = w.strings(spec.get("categorical") or [], "task.features.categorical")
+    for name in numeric:
+        w.column_of(table, name, "task.features.numeric", NUMERIC_TYPES)
+    for name in categorical:
+        w.column_of(table, name, "task.features.categorical", ("string", "bool"))
+    for name in (*numeric, *categorical):
+        if name in skip:
+            raise w.fail("task.features", "feature columns other than target, key and time", name)
+    return numeric, categorical
+
+
+def _rows_target(task: Mapping[str, Any], kind: str, table: TableSpec, w: _Where):
+    """(target column, labels): a numeric target for a regression; for a classification a 0/1
+    int or bool column, or a string column with `labels` mapping each class to 0 or 1."""
+    target = task.get("target")
+    w.column_of(table, target, "task.target")
+    ctype = table.column(target).type
+    labels = task.get("labels")
+    if kind == "rows_regression":
+        if labels is not None:
+            raise w.fail("task.labels", "no labels for task.kind rows_regression")
+        w.column_of(table, target, "task.target", NUMERIC_TYPES)
+        return target, None
+    if ctype == "string":
+        if labels is None:
+            raise w.fail("task.labels", f"a mapping of the string target '{target}' to 0/1")
+        spec = w.mapping(labels, "task.labels")
+        mapped = {str(k): v for k, v in spec.items()}
+        codes = list(mapped.values())
+        if any(type(v) is not int for v in codes) or sorted(set(codes)) != [0, 1]:
+            raise w.fail("task.labels", "each class mapped to 0 or 1, both used", dict(mapped))
+        allowed = table.column(target).allowed
+        unknown = sorted(set(mapped) - set(allowed or mapped))
+        if unknown:
+            raise w.fail("task.labels", f"classes allowed in column '{target}' {allowed}", unknown)
+        return target, mapped
+    if labels is not None:
+        raise w.fail("task.labels", f"labels only for a string target ('{target}' is {ctype})")
+    if ctype not in ("int64", "bool"):
+        raise w.fail("task.target", f"a 0/1 int64, bool or string column, '{target}' is {ctype}")
+    return target, None
+
+
+def _rows_dataset(raw: Mapping[str, Any], kind: str, task: Mapping[str, Any], w: _Where):
+    """A rows task's dataset: one table whose rows are the examples."""
+    extra = sorted(k for k in raw if k not in _ROWS_DATASET_KEYS)
+    if extra:
+        raise w.fail(extra[0], f"no such key for task.kind {kind} (entity_churn only)")
+    if "tables" not in raw:
+        raise w.fail("tables", "a value (required key)")
+    tables_raw = w.mapping(raw["tables"], "tables")
+    if len(tables_raw) != 1:
+        raise w.fail("tables", f"exactly one table for task.kind {kind}", list(tables_raw))
+    (table_name,) = tables_raw
+    table = _table(w.name(table_name, "tables"), tables_raw[table_name], None, w)
+    if task.get("table", table.name) != table.name:
+        raise w.fail("task.table", f"the dataset's table ('{table.name}')", task.get("table"))
+    surrogate = task.get("surrogate_key", False)
+    if not isinstance(surrogate, bool):
+        raise w.fail("task.surrogate_key", "true or false", surrogate)
+    key = task.get("key", table.key if not surrogate else SURROGATE_KEY)
+    if surrogate and not any(c.surrogate for c in table.columns):
+        table = _with_surrogate(table, key, "task.key", w)
+    elif key is None:
+        raise w.fail("task.key", "a key column, or surrogate_key: true when the rows have none")
+    w.column_of(table, key, "task.key")
+    time = task.get("time", table.timestamp)
+    w.column_of(table, time, "task.time", ("timestamp", "date"))
+    table = replace(table, key=key)
+    target, labels = _rows_target(task, kind, table, w)
+    if target in (key, time):
+        raise w.fail("task.target", "a column other than the key and time", target)
+    numeric, categorical = _rows_features(task.get("features"), table, {target, key, time}, w)
+    if not numeric and not categorical:
+        raise w.fail("task.features", "at least one feature column")
+    period = task.get("period_days", 7)
+    spec = TaskSpec(
+        kind=kind,
+        table=table.name,
+        target=target,
+        labels=labels,
+        time=time,
+        key=key,
+        surrogate_key=surrogate,
+        numeric=numeric,
+        categorical=categorical,
+        period_days=w.positive_int(period, "task.period_days"),
+    )
+    return DatasetConfig(
+        name=raw["name"],
+        entity_key=key,
+        tables=(table,),
+        activity_types=(),
+        event_features={},
+        amount_types=(),
+        # the target is known with its row: no horizon to wait for
+        label=LabelSpec(name=target, horizon_days=0, lookback_days=0),
+        event_type_column=None,
+        amount_column=None,
+        task=spec,
+        calendar=_calendar(raw.get("calendar"), w),
+    )
 
 
 def dataset_from_params(raw: Mapping[str, Any]) -> DatasetConfig:
@@ -446,11 +747,16 @@ def dataset_from_params(raw: Mapping[str, Any]) -> DatasetConfig:
     name = raw.get("name") if isinstance(raw, Mapping) else None
     w = _Where(name if isinstance(name, str) else "<name>")
     raw = w.mapping(raw, "", _DATASET_KEYS)
-    required = ("name", "entity_key", "tables", "activity_types", "event_features", "label")
+    if "name" not in raw:
+        raise w.fail("name", "a value (required key)")
+    w.name(name, "name")
+    kind, task = _task_kind(raw, w)
+    if kind != "entity_churn":
+        return _rows_dataset(raw, kind, task, w)
+    required = ("entity_key", "tables", "activity_types", "event_features", "label")
     missing = [k for k in required if k not in raw]
     if missing:
         raise w.fail(missing[0], "a value (required key)")
-    w.name(name, "name")
     entity_key = w.name(raw["entity_key"], "entity_key")
     tables_raw = w.mapping(raw["tables"], "tables")
     tables = tuple(_table(w.name(t, "tables"), s, entity_key, w) for t, s in tables_raw.items())
@@ -460,12 +766,23 @@ def dataset_from_params(raw: Mapping[str, Any]) -> DatasetConfig:
             "tables", "one table with role 'events' and at most one with role 'entities'", roles
         )
     events = next(t for t in tables if t.role == "events")
+    cancel = _cancel_marker(raw.get("cancel_marker"), events, w)
+    # an explicit null: the events have no type column, each is PLAIN_EVENT (or CANCELLATION)
     type_col = raw.get("event_type_column", "event_type")
-    w.column_of(events, type_col, "event_type_column", ("string",))
+    if type_col is None:
+        allowed: tuple[str, ...] | None = (PLAIN_EVENT,)
+        where = "(no event_type_column: every event is 'event')"
+    else:
+        w.column_of(events, type_col, "event_type_column", ("string",))
+        allowed = events.column(type_col).allowed
+        where = f"allowed in {events.name}.{type_col}"
+    if allowed is not None and cancel is not None:
+        allowed = (*allowed, CANCELLATION)
+        where += " or 'cancellation' (cancel_marker)"
     amount_col = raw.get("amount_column")
     if amount_col is not None:
         w.column_of(events, amount_col, "amount_column", NUMERIC_TYPES)
-    activity, amount_types, features = _event_types(raw, events, type_col, w)
+    activity, amount_types, features = _event_types(raw, allowed, where, w)
     if amount_types and amount_col is None:
         raise w.fail("amount_column", "a numeric events column since amount_types is set")
     return DatasetConfig(
@@ -479,4 +796,6 @@ def dataset_from_params(raw: Mapping[str, Any]) -> DatasetConfig:
         label=_label(raw["label"], w),
         event_type_column=type_col,
         amount_column=amount_col,
+        calendar=_calendar(raw.get("calendar"), w),
+        cancel_marker=cancel,
     )

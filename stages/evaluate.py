@@ -11,6 +11,10 @@ Plots (rendered by `dvc plots show`): `roc.json`, `pr.json`, `calibration.json`,
 Slices (`evaluate.slices`): metrics per value of a column, or per right-open bin of a numeric
 column, so a model that is better on average but worse for one country or plan shows it. The
 gate reuses `score_metrics` and `slice_metrics` to score the champion the same way.
+
+A regression (the feature schema's `task`) gets MAE, RMSE, R² and MAPE (`stages/regression.py`),
+per slice too, the residual plot `residuals.json` and the importance as the drop in test R²;
+each kind writes the other kind's plot files empty, so the stage's outputs are the same files.
 """
 
 from __future__ import annotations
@@ -42,11 +46,14 @@ from stages.feature_schema import FeatureSchema, load_schema
 from stages.io import read_frame, round_floats, write_bytes_atomic, write_metrics
 from stages.model_io import load_model
 from stages.params import PARAMS_FILE, load_params, section
+from stages.regression import regression_metrics, regression_slices, residual_table
 from stages.train import (
     MISSING_CATEGORY,
     check_frame,
     feature_frame,
     positive_scores,
+    predictions,
+    target,
 )
 
 MAX_CURVE_POINTS = 200
@@ -276,6 +283,12 @@ def _group_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, 
     }
 
 
+def _r2(model: Any, features: pd.DataFrame, y: np.ndarray) -> float:
+    from sklearn.metrics import r2_score
+
+    return float(r2_score(y, model.predict(features)))
+
+
 def _positive_roc_auc(model: Any, features: pd.DataFrame, y: np.ndarray) -> float:
     # a scorer on predict_proba's column for label 1: works for any whole-predictor family,
     # classifier tags or not
@@ -286,10 +299,11 @@ def _positive_roc_auc(model: Any, features: pd.DataFrame, y: np.ndarray) -> floa
 def feature_importance(
     model: Any, frame: pd.DataFrame, schema: FeatureSchema, *, repeats: int, seed: int
 ) -> pd.DataFrame:
-    """Permutation importance of each input feature: the mean drop in ROC AUC when it is
-    shuffled (`repeats` times, seeded), with its standard deviation; largest first."""
+    """Permutation importance of each input feature: the mean drop in ROC AUC (a regression's
+    R²) when it is shuffled (`repeats` times, seeded), with its standard deviation; largest
+    first."""
     features = feature_frame(frame, schema)
-    y = frame[schema.label].to_numpy(dtype="int64")
+    y = target(frame, schema)
     # one thread: dozens of small predict calls, where OpenMP's thread start-up and, on a busy
     # machine, its spinning threads cost 10x more than the prediction itself
     with threadpool_limits(limits=1):
@@ -297,7 +311,7 @@ def feature_importance(
             model,
             features,
             y,
-            scoring=_positive_roc_auc,
+            scoring=_r2 if schema.regression else _positive_roc_auc,
             n_repeats=repeats,
             random_state=seed,
             n_jobs=1,
@@ -377,7 +391,27 @@ def write_importance(table: pd.DataFrame, plots_dir: str | Path) -> Path:
     )
 
 
-def write_plots(tables: PlotTables, plots_dir: str | Path) -> list[Path]:
+def write_residuals(table: pd.DataFrame | None, plots_dir: str | Path) -> Path:
+    """`residuals.json` (predicted, actual, residual): a regression's residual scatter; an
+    empty list for a classification."""
+    rows = [] if table is None else table.to_dict(orient="records")
+    return write_metrics(Path(plots_dir) / "residuals.json", {"residuals": rows})
+
+
+def regression_slice_metrics(
+    frame: pd.DataFrame, y: np.ndarray, pred: np.ndarray, slices: Sequence[SliceSpec], source: str
+) -> dict[str, Any]:
+    """A regression's metrics per slice (the same slices as a classification's)."""
+    labels = {s.name: slice_labels(frame, s, source=source).to_numpy() for s in slices}
+    return regression_slices(labels, y, pred)
+
+
+def write_plots(tables: PlotTables | None, plots_dir: str | Path) -> list[Path]:
+    """Write the plot files DVC renders; returns their paths (None: a regression, whose
+    classification plots are written empty)."""
+    if tables is None:
+        empty = pd.DataFrame({"actual": [], "predicted": []})
+        tables = PlotTables(roc=empty, pr=empty, calibration=empty, confusion=empty)
     """Write the plot files DVC renders; returns their paths."""
     plots_dir = Path(plots_dir)
     written = [
@@ -424,6 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     test = read_frame(args.test)
     check_frame(test, schema, source=str(args.test))
+    if schema.regression:
+        return _evaluate_regression(model, test, schema, cfg, seed, args)
 
     scores = positive_scores(model, test, schema)
     y = test[schema.label].to_numpy()
@@ -434,10 +470,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.slices_out is not None:
         write_metrics(args.slices_out, by_slice)
     write_plots(tables, args.plots_dir)
+    write_residuals(None, args.plots_dir)
     write_importance(importance, args.plots_dir)
     print(
         f"evaluate: {metrics['n']} rows, roc_auc={metrics['roc_auc']} "
         f"pr_auc={metrics['pr_auc']} f1@{cfg.threshold}={metrics['f1']}"
+    )
+    return 0
+
+
+def _evaluate_regression(
+    model: Any,
+    test: pd.DataFrame,
+    schema: FeatureSchema,
+    cfg: EvaluateConfig,
+    seed: int,
+    args: argparse.Namespace,
+) -> int:
+    pred = predictions(model, test, schema)
+    y = target(test, schema)
+    metrics = regression_metrics(y, pred)
+    importance = feature_importance(model, test, schema, repeats=cfg.importance_repeats, seed=seed)
+    write_metrics(args.metrics_out, metrics)
+    if args.slices_out is not None:
+        by_slice = regression_slice_metrics(test, y, pred, cfg.slices, str(args.test))
+        write_metrics(args.slices_out, by_slice)
+    write_plots(None, args.plots_dir)
+    write_residuals(residual_table(y, pred), args.plots_dir)
+    write_importance(importance, args.plots_dir)
+    print(
+        f"evaluate: {metrics['n']} rows, mae={metrics['mae']} rmse={metrics['rmse']} "
+        f"r2={metrics['r2']} mape={metrics['mape']}"
     )
     return 0
 

@@ -20,6 +20,11 @@ The graph's contract (inputs, `probabilities` output, missing categories) is des
 `stages.onnx_predict`, which scores with it. Parity: on the test split and on edge-case rows
 (each feature missing in turn, unseen categories), max |p_onnx - p_native| <= 1e-4 and the same
 decision at `evaluate.threshold` for >= 99.9% of rows, else the stage fails naming the model.
+
+A regression (the feature schema's `task`: Ridge, HistGradientBoosting or RandomForest
+regressors) exports the same way to one output `prediction` ([None, 1] double), its trees in
+double precision too; parity there is relative: |y_onnx - y_native| <= 1e-4 x max(1, |y_native|)
+(the tree ensemble sums its leaves in float32), and there is no decision to agree on.
 """
 
 from __future__ import annotations
@@ -37,7 +42,12 @@ import numpy as np
 import onnx
 import pandas as pd
 from onnx import TensorProto, numpy_helper
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.ensemble import (
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 
@@ -45,17 +55,24 @@ from stages.feature_schema import FeatureSchema, load_schema
 from stages.io import read_frame, round_floats, write_bytes_atomic
 from stages.mlp import TabularMLPClassifier, linear_layers
 from stages.model_io import load_model
-from stages.onnx_predict import META_PREFIX, OUTPUT, OnnxPredictor
+from stages.onnx_predict import META_PREFIX, OUTPUT, REGRESSION_OUTPUT, OnnxPredictor
 from stages.params import PARAMS_FILE, load_params, section
 from stages.train import (
     MISSING_CATEGORY,
     check_frame,
-    positive_scores,
+    predictions,
 )
 
 TARGET_OPSET = {"": 21, "ai.onnx.ml": 3}
 # tree ensemble attributes stored as double tensors instead of float lists
-_DOUBLE_TREE_ATTRS = ("nodes_values", "class_weights", "base_values", "nodes_hitrates")
+_DOUBLE_TREE_ATTRS = (
+    "nodes_values",
+    "class_weights",
+    "target_weights",
+    "base_values",
+    "nodes_hitrates",
+)
+_TREE_OPS = ("TreeEnsembleClassifier", "TreeEnsembleRegressor")
 EDGE_ROWS = 8
 UNSEEN_CATEGORY = "__unseen_in_training__"
 
@@ -82,8 +99,8 @@ class Parity:
     """How far the ONNX graph's probabilities are from the native model's on some rows."""
 
     rows: int
-    max_abs_diff: float
-    decision_agreement: float
+    max_abs_diff: float  # a regression's: relative to max(1, |native|)
+    decision_agreement: float | None  # None: a regression, no decision
 
 
 class ParityError(ValueError):
@@ -98,15 +115,14 @@ def export_onnx(model: Pipeline, schema: FeatureSchema) -> onnx.ModelProto:
     double [None, 2], column 1 the positive class (plus skl2onnx's `label`, the argmax).
     """
     from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
     from skl2onnx.shape_calculators.imputer import calculate_sklearn_imputer_output_shapes
 
     if not isinstance(model, Pipeline):
         raise TypeError(f"export: expected a Pipeline, got {type(model).__name__}")
+    if schema.regression:
+        return _export_regressor(model, schema)
     estimator = model[-1]
-    initial_types = [(c, DoubleTensorType([None, 1])) for c in schema.numeric] + [
-        (c, StringTensorType([None, 1])) for c in schema.categorical
-    ]
+    initial_types = _initial_types(schema)
     converters: dict[type, Any] = {
         SimpleImputer: _convert_imputer,
         HistGradientBoostingClassifier: _convert_trees,
@@ -132,10 +148,14 @@ def export_onnx(model: Pipeline, schema: FeatureSchema) -> onnx.ModelProto:
         custom_conversion_functions=converters,
         custom_shape_calculators=shapes,
     )
+    return _finish(graph, estimator, schema, output=OUTPUT, positive_column="1")
+
+
+def _finish(graph: onnx.ModelProto, estimator: Any, schema: FeatureSchema, **extra: str):
+    """`graph` with Evergreen's metadata (estimator, the contract's keys, `extra`), checked."""
     meta = {
         "estimator": type(estimator).__name__,
-        "output": OUTPUT,
-        "positive_column": "1",
+        **extra,
         "missing_category": MISSING_CATEGORY,
         "numeric": json.dumps(list(schema.numeric)),
         "categorical": json.dumps(list(schema.categorical)),
@@ -143,6 +163,73 @@ def export_onnx(model: Pipeline, schema: FeatureSchema) -> onnx.ModelProto:
     onnx.helper.set_model_props(graph, {f"{META_PREFIX}{k}": v for k, v in meta.items()})
     onnx.checker.check_model(graph)
     return graph
+
+
+def _initial_types(schema: FeatureSchema) -> list[tuple[str, Any]]:
+    from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
+
+    return [(c, DoubleTensorType([None, 1])) for c in schema.numeric] + [
+        (c, StringTensorType([None, 1])) for c in schema.categorical
+    ]
+
+
+def _export_regressor(model: Pipeline, schema: FeatureSchema) -> onnx.ModelProto:
+    """A regression pipeline as one graph with the output `prediction` ([None, 1] double)."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import DoubleTensorType
+    from skl2onnx.shape_calculators.imputer import calculate_sklearn_imputer_output_shapes
+
+    estimator = model[-1]
+    graph = convert_sklearn(
+        model,
+        name="evergreen",
+        initial_types=_initial_types(schema),
+        target_opset=dict(TARGET_OPSET),
+        final_types=[(REGRESSION_OUTPUT, DoubleTensorType([None, 1]))],
+        custom_conversion_functions={
+            SimpleImputer: _convert_imputer,
+            HistGradientBoostingRegressor: _convert_tree_regressor,
+            RandomForestRegressor: _convert_tree_regressor,
+        },
+        custom_shape_calculators={
+            SimpleImputer: calculate_sklearn_imputer_output_shapes,
+            HistGradientBoostingRegressor: _regressor_shapes,
+            RandomForestRegressor: _regressor_shapes,
+        },
+    )
+    return _finish(graph, estimator, schema, output=REGRESSION_OUTPUT, task=schema.task)
+
+
+def _regressor_shapes(operator: Any) -> None:
+    from skl2onnx.common.data_types import DoubleTensorType
+
+    operator.outputs[0].type = DoubleTensorType([operator.inputs[0].get_first_dimension(), 1])
+
+
+def _convert_tree_regressor(scope: Any, operator: Any, container: Any) -> None:
+    """A tree ensemble regressor on double inputs with double thresholds (as `_convert_trees`
+    for the classifiers); the op's float32 output is cast to double."""
+    from skl2onnx.operator_converters.random_forest import (
+        convert_sklearn_random_forest_regressor_converter,
+    )
+
+    as_float = scope.get_unique_variable_name("prediction_float")
+    proxy = types.SimpleNamespace(
+        raw_operator=operator.raw_operator,
+        inputs=operator.inputs,
+        input_full_names=operator.input_full_names,
+        outputs=[types.SimpleNamespace(full_name=as_float)],
+    )
+    convert_sklearn_random_forest_regressor_converter(
+        scope, proxy, _DoubleTreeContainer(container), op_version=3
+    )
+    container.add_node(
+        "Cast",
+        [as_float],
+        [operator.outputs[0].full_name],
+        to=TensorProto.DOUBLE,
+        name=scope.get_unique_operator_name("Cast"),
+    )
 
 
 def _convert_imputer(scope: Any, operator: Any, container: Any) -> None:
@@ -202,7 +289,7 @@ class _DoubleTreeContainer:
         return getattr(self._container, name)
 
     def add_node(self, op_type: str, inputs: Any, outputs: Any, **attrs: Any) -> Any:
-        if op_type == "TreeEnsembleClassifier":
+        if op_type in _TREE_OPS:
             for key in _DOUBLE_TREE_ATTRS:
                 if key in attrs:
                     values = np.asarray(attrs.pop(key), dtype=np.float64).ravel()
@@ -303,8 +390,11 @@ def _convert_mlp(scope: Any, operator: Any, container: Any) -> None:
     node("Reshape", [as_int, flat], operator.outputs[0].full_name)
 
 
-def parity(native: np.ndarray, exported: np.ndarray, threshold: float) -> Parity:
-    """Max |exported - native| and the share of rows with the same decision at `threshold`."""
+def parity(
+    native: np.ndarray, exported: np.ndarray, threshold: float, *, regression: bool = False
+) -> Parity:
+    """Max |exported - native| and the share of rows with the same decision at `threshold`;
+    for a `regression`, max |exported - native| / max(1, |native|) and no decision."""
     native = np.asarray(native, dtype="float64")
     exported = np.asarray(exported, dtype="float64")
     if native.shape != exported.shape or native.ndim != 1 or len(native) == 0:
@@ -313,7 +403,13 @@ def parity(native: np.ndarray, exported: np.ndarray, threshold: float) -> Parity
             f"and {exported.shape}"
         )
     if not np.all(np.isfinite(exported)):
-        return Parity(rows=len(native), max_abs_diff=float("inf"), decision_agreement=0.0)
+        agreement = None if regression else 0.0
+        return Parity(rows=len(native), max_abs_diff=float("inf"), decision_agreement=agreement)
+    if regression:
+        relative = np.abs(exported - native) / np.maximum(1.0, np.abs(native))
+        return Parity(
+            rows=len(native), max_abs_diff=float(np.max(relative)), decision_agreement=None
+        )
     same = (native >= threshold) == (exported >= threshold)
     return Parity(
         rows=len(native),
@@ -327,11 +423,16 @@ def check_parity(results: Mapping[str, Parity], cfg: ExportConfig, model_name: s
     broken = []
     for where, p in results.items():
         if not p.max_abs_diff <= cfg.max_abs_diff:
+            what = (
+                "|p_onnx - p_native|"
+                if p.decision_agreement is not None
+                else "|y_onnx - y_native| / max(1, |y_native|)"
+            )
             broken.append(
-                f"{where}: max |p_onnx - p_native| = {p.max_abs_diff:.3g} "
+                f"{where}: max {what} = {p.max_abs_diff:.3g} "
                 f"(limit {cfg.max_abs_diff:g}) over {p.rows} rows"
             )
-        if p.decision_agreement < cfg.min_agreement:
+        if p.decision_agreement is not None and p.decision_agreement < cfg.min_agreement:
             broken.append(
                 f"{where}: same decision at threshold {cfg.threshold:g} for "
                 f"{p.decision_agreement:.4%} of {p.rows} rows (need >= {cfg.min_agreement:.1%})"
@@ -369,7 +470,10 @@ def verify_parity(
     results = {}
     for where, rows in (("test", frame), ("edge_cases", edge_cases(frame, schema))):
         results[where] = parity(
-            positive_scores(model, rows, schema), predictor.predict_proba(rows), cfg.threshold
+            predictions(model, rows, schema),
+            predictor.predict(rows),
+            cfg.threshold,
+            regression=schema.regression,
         )
     check_parity(results, cfg, type(model[-1]).__name__)
     return results
@@ -383,9 +487,10 @@ def export_metrics(
     The differences keep 2 significant digits (they are often 1e-8: 6 decimals would say 0).
     """
     test = results["test"]
+    regression = test.decision_agreement is None
     payload: dict[str, Any] = {
         "estimator": type(model[-1]).__name__,
-        "output": OUTPUT,
+        "output": REGRESSION_OUTPUT if regression else OUTPUT,
         "threshold": cfg.threshold,
         "rows": test.rows,
         "decision_agreement": test.decision_agreement,
@@ -445,11 +550,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = export_metrics(model, graph, results, cfg)
     text = json.dumps(metrics, indent=2, sort_keys=True, allow_nan=False) + "\n"
     write_bytes_atomic(text.encode(), args.metrics_out)
-    print(
-        f"export: {name} -> {args.onnx_out} ({len(graph)} bytes); test rows {metrics['rows']}: "
-        f"max |Δp| = {metrics['max_abs_diff']:.2g}, same decision at {cfg.threshold:g} for "
-        f"{metrics['decision_agreement']:.4%}"
+    agreement = metrics["decision_agreement"]
+    checked = (
+        f"max relative |Δy| = {metrics['max_abs_diff']:.2g}"
+        if agreement is None
+        else f"max |Δp| = {metrics['max_abs_diff']:.2g}, same decision at {cfg.threshold:g} for "
+        f"{agreement:.4%}"
     )
+    written = f"{args.onnx_out} ({len(graph)} bytes)"
+    print(f"export: {name} -> {written}; test rows {metrics['rows']}: {checked}")
     return 0
 
 

@@ -6,6 +6,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+# what the model predicts: the probability of label 1, or a number
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+TASKS = (CLASSIFICATION, REGRESSION)
+
 
 @dataclass(frozen=True)
 class FeatureSchema:
@@ -16,6 +21,16 @@ class FeatureSchema:
     categorical: tuple[str, ...]
     # allowed values per categorical feature, as seen by the features stage's config
     categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # classification (a 0/1 label; entity churn, rows_classification) or regression
+    task: str = CLASSIFICATION
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"feature schema: task {self.task!r} is not one of {TASKS}")
+
+    @property
+    def regression(self) -> bool:
+        return self.task == REGRESSION
 
     @property
     def features(self) -> list[str]:
@@ -33,6 +48,8 @@ class FeatureSchema:
             numeric=tuple(raw["numeric"]),
             categorical=tuple(raw["categorical"]),
             categories={k: tuple(v) for k, v in raw.get("categories", {}).items()},
+            # a schema written before the rows kinds is a classification's
+            task=raw.get("task", CLASSIFICATION),
         )
 
 
@@ -49,5 +66,5 @@ def load_schema(path: str | Path) -> FeatureSchema:
         raise FileNotFoundError(f"{path}: feature schema not found")
     try:
         return FeatureSchema.from_dict(json.loads(path.read_text()))
-    except (KeyError, json.JSONDecodeError) as exc:
+    except (KeyError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise ValueError(f"{path}: not a valid feature schema ({exc})") from exc

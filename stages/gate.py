@@ -13,6 +13,11 @@ Why a command and not a dvc.yaml stage: the verdict depends on what another git 
 DVC tracks the files, params and code of the workspace, not the state of `main`; as a stage, the
 gate would be cached, and after a new champion is merged `dvc repro` would call it up to date
 and replay a stale verdict. A command is judged afresh each time it runs.
+
+A regression (the feature schema's `task`) is judged on its own metrics: floors `min_r2`,
+`max_mae`, `max_rmse` (the error floors are in the target's unit, so null by default: set them
+per dataset), and the champion comparisons (max_regression, min_improvement, slices) on R²
+instead of ROC AUC.
 """
 
 from __future__ import annotations
@@ -32,12 +37,18 @@ import pandas as pd
 import yaml
 
 from stages.card import file_md5
-from stages.evaluate import EvaluateConfig, score_metrics, slice_metrics
+from stages.evaluate import (
+    EvaluateConfig,
+    regression_slice_metrics,
+    score_metrics,
+    slice_metrics,
+)
 from stages.feature_schema import FeatureSchema, load_schema
 from stages.io import read_frame, round_floats, write_metrics
 from stages.model_io import load_model
 from stages.params import PARAMS_FILE, load_params, section
-from stages.train import check_frame, positive_scores
+from stages.regression import regression_metrics
+from stages.train import check_frame, predictions
 
 SliceTable = Mapping[str, Mapping[str, Mapping[str, Any]]]
 DIGITS = 6
@@ -51,6 +62,10 @@ class GateConfig:
     min_roc_auc: float | None = None
     min_pr_auc: float | None = None
     max_brier: float | None = None
+    # a regression's floors (R², and errors in the target's unit)
+    min_r2: float | None = None
+    max_mae: float | None = None
+    max_rmse: float | None = None
     # epsilon: how far below the champion's roc_auc the challenger's may be
     max_regression: float | None = 0.0
     # delta: how far above the champion's roc_auc the challenger's must be
@@ -69,6 +84,10 @@ class GateConfig:
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"gate.{name}: {value} is not in [0, 1]")
+        for name in ("max_mae", "max_rmse"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"gate.{name}: {value} is not >= 0")
         if self.min_slice_rows < 1:
             raise ValueError(f"gate.min_slice_rows: {self.min_slice_rows} is not >= 1")
 
@@ -96,6 +115,12 @@ class Scores:
 
     metrics: Mapping[str, Any]
     slices: SliceTable = field(default_factory=dict)
+    regression: bool = False
+
+    @property
+    def key_metric(self) -> str:
+        """What the champion comparisons compare: roc_auc, or a regression's r2."""
+        return "r2" if self.regression else "roc_auc"
 
 
 @dataclass(frozen=True)
@@ -143,11 +168,16 @@ def judge(
     """
     m = challenger.metrics
     checks: list[Check] = []
-    for name, metric, higher_is_better in (
-        ("min_roc_auc", "roc_auc", True),
-        ("min_pr_auc", "pr_auc", True),
-        ("max_brier", "brier", False),
-    ):
+    floors = (
+        (("min_r2", "r2", True), ("max_mae", "mae", False), ("max_rmse", "rmse", False))
+        if challenger.regression
+        else (
+            ("min_roc_auc", "roc_auc", True),
+            ("min_pr_auc", "pr_auc", True),
+            ("max_brier", "brier", False),
+        )
+    )
+    for name, metric, higher_is_better in floors:
         bound = getattr(cfg, name)
         if bound is None:
             continue
@@ -165,7 +195,8 @@ def judge(
 
 
 def _relative_checks(challenger: Scores, champion: Scores, cfg: GateConfig) -> list[Check]:
-    new, old = float(challenger.metrics["roc_auc"]), float(champion.metrics["roc_auc"])
+    metric = challenger.key_metric
+    new, old = float(challenger.metrics[metric]), float(champion.metrics[metric])
     change = _diff(new, old)
     checks = []
     if cfg.max_regression is not None:
@@ -177,7 +208,7 @@ def _relative_checks(challenger: Scores, champion: Scores, cfg: GateConfig) -> l
                 new,
                 old,
                 cfg.max_regression,
-                f"roc_auc {new} vs champion {old}: change {change:+} "
+                f"{metric} {new} vs champion {old}: change {change:+} "
                 f"({'within' if passed else 'beyond'} the allowed drop {cfg.max_regression})",
             )
         )
@@ -190,17 +221,19 @@ def _relative_checks(challenger: Scores, champion: Scores, cfg: GateConfig) -> l
                 new,
                 old,
                 cfg.min_improvement,
-                f"roc_auc {new} vs champion {old}: change {change:+} "
+                f"{metric} {new} vs champion {old}: change {change:+} "
                 f"({'meets' if passed else 'short of'} the required gain {cfg.min_improvement})",
             )
         )
     if cfg.max_slice_regression is not None:
-        checks.append(_slice_check(challenger.slices, champion.slices, cfg))
+        checks.append(_slice_check(challenger.slices, champion.slices, cfg, metric))
     return checks
 
 
-def _slice_check(new: SliceTable, old: SliceTable, cfg: GateConfig) -> Check:
-    """The worst per-slice roc_auc drop among slices big enough to judge."""
+def _slice_check(
+    new: SliceTable, old: SliceTable, cfg: GateConfig, metric: str = "roc_auc"
+) -> Check:
+    """The worst per-slice drop of `metric` among slices big enough to judge."""
     bound = cfg.max_slice_regression
     drops: list[tuple[float, str, float, float]] = []
     for name in sorted(new):
@@ -208,11 +241,9 @@ def _slice_check(new: SliceTable, old: SliceTable, cfg: GateConfig) -> Check:
             a, b = new[name][value], old.get(name, {}).get(value)
             if b is None or a["n"] < cfg.min_slice_rows:
                 continue
-            if a.get("roc_auc") is None or b.get("roc_auc") is None:
+            if a.get(metric) is None or b.get(metric) is None:
                 continue
-            drops.append(
-                (_diff(b["roc_auc"], a["roc_auc"]), f"{name}={value}", a["roc_auc"], b["roc_auc"])
-            )
+            drops.append((_diff(b[metric], a[metric]), f"{name}={value}", a[metric], b[metric]))
     if not drops:
         return Check(
             "max_slice_regression",
@@ -226,10 +257,10 @@ def _slice_check(new: SliceTable, old: SliceTable, cfg: GateConfig) -> Check:
     beyond = [d for d in sorted(drops, key=lambda d: (-d[0], d[1])) if d[0] > bound]
     if beyond:
         listed = ", ".join(f"{label} ({a} vs {b})" for _, label, a, b in beyond)
-        detail = f"roc_auc drops more than {bound} in {len(beyond)} slice(s): {listed}"
+        detail = f"{metric} drops more than {bound} in {len(beyond)} slice(s): {listed}"
     else:
         detail = (
-            f"worst of {len(drops)} slice(s): {worst[1]} roc_auc {worst[2]} vs champion "
+            f"worst of {len(drops)} slice(s): {worst[1]} {metric} {worst[2]} vs champion "
             f"{worst[3]} (drop {worst[0]})"
         )
     return Check("max_slice_regression", not beyond, worst[2], worst[3], bound, detail)
@@ -245,8 +276,15 @@ def score(
     source: str,
 ) -> Scores:
     """A model's metrics and slice metrics on `test`, as the evaluate stage computes them."""
+    scores = predictions(model, test, schema)
+    if schema.regression:
+        y = test[label].to_numpy(dtype="float64")
+        return Scores(
+            metrics=regression_metrics(y, scores),
+            slices=regression_slice_metrics(test, y, scores, cfg.slices, source),
+            regression=True,
+        )
     y = test[label].to_numpy()
-    scores = positive_scores(model, test, schema)
     return Scores(
         metrics=score_metrics(y, scores, cfg.threshold),
         slices=slice_metrics(test, y, scores, cfg.slices, cfg.threshold, source=source),
@@ -332,10 +370,21 @@ def recorded_md5(lock: Mapping[str, Any], path: str) -> str | None:
 
 
 def score_champion(
-    champion: Champion, test: pd.DataFrame, label: str, cfg: EvaluateConfig, *, source: str
+    champion: Champion,
+    test: pd.DataFrame,
+    label: str,
+    cfg: EvaluateConfig,
+    *,
+    source: str,
+    task: str | None = None,
 ) -> Scores:
     """Score the champion on its own features; ValueError says why it cannot be."""
     who = f"champion '{champion.ref}' ({champion.commit[:12]})"
+    if task is not None and champion.schema.task != task:
+        raise ValueError(
+            f"{who} is a {champion.schema.task} model and the challenger a {task} one: "
+            "they cannot be judged on the same metrics"
+        )
     missing = [f for f in champion.schema.features if f not in test.columns]
     if missing:
         raise ValueError(
@@ -408,7 +457,7 @@ def run_gate(args: argparse.Namespace) -> tuple[dict[str, Any], Verdict]:
     if champion is not None:
         try:
             champion_scores = score_champion(
-                champion, test, schema.label, eval_cfg, source=str(args.test)
+                champion, test, schema.label, eval_cfg, source=str(args.test), task=schema.task
             )
         except ValueError as exc:
             problem = str(exc)

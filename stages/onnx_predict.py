@@ -7,7 +7,8 @@ contract, written by `stages.export` (and recorded in the graph's metadata):
   features (NaN = missing), `tensor(string)` for categorical ones. A string tensor cannot hold
   a null, so a missing category is passed as the training pipeline's fill value
   (`missing_category` in the metadata), exactly what its imputer would have put there.
-- output `probabilities`: `tensor(double)`, shape [None, 2], column 1 the positive class.
+- output `probabilities`: `tensor(double)`, shape [None, 2], column 1 the positive class; for a
+  regression (the feature schema's `task`), output `prediction`: `tensor(double)`, [None, 1].
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pandas as pd
 from stages.feature_schema import FeatureSchema
 
 OUTPUT = "probabilities"
+REGRESSION_OUTPUT = "prediction"
 POSITIVE_COLUMN = 1
 META_PREFIX = "evergreen."
 INPUT_TYPES = {"numeric": "tensor(double)", "categorical": "tensor(string)"}
@@ -74,8 +76,8 @@ class OnnxPredictor:
                 f"{self.source}: inputs do not match the feature schema (missing {missing}, "
                 f"unexpected {extra}, wrong type {[(c, inputs[c]) for c in typed]})"
             )
-        if OUTPUT not in {o.name for o in self.session.get_outputs()}:
-            raise ValueError(f"{self.source}: no '{OUTPUT}' output")
+        if self.output not in {o.name for o in self.session.get_outputs()}:
+            raise ValueError(f"{self.source}: no '{self.output}' output")
         if self.schema.categorical and self.missing_category is None:
             raise ValueError(
                 f"{self.source}: metadata lacks '{META_PREFIX}missing_category' "
@@ -114,8 +116,25 @@ class OnnxPredictor:
                 raise ValueError(f"frame: numeric feature '{col}' has a non-numeric value") from exc
         return frame.loc[:, numeric].apply(pd.to_numeric).to_numpy(dtype="float64", na_value=np.nan)
 
+    @property
+    def output(self) -> str:
+        """The graph output this schema's task reads."""
+        return REGRESSION_OUTPUT if self.schema.regression else OUTPUT
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """What the model outputs per row of `frame`: the positive-class probability, or a
+        regression's number; shape (n_rows,), float64."""
+        if not self.schema.regression:
+            return self.predict_proba(frame)
+        if len(frame) == 0:
+            return np.empty(0, dtype="float64")
+        (values,) = self.session.run([REGRESSION_OUTPUT], self.inputs(frame))
+        return np.asarray(values, dtype="float64").reshape(-1)
+
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         """Positive-class probability per row of `frame`, shape (n_rows,), float64."""
+        if self.schema.regression:
+            raise ValueError(f"{self.source}: a regression has no probabilities (use predict)")
         if len(frame) == 0:
             return np.empty(0, dtype="float64")
         (proba,) = self.session.run([OUTPUT], self.inputs(frame))

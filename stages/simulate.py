@@ -43,6 +43,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from stages.samples import SAMPLES
+
 FORMAT_VERSION = 1
 META_FILE = "_simulator/meta.json"
 STATE_FILE = "_simulator/state.npz"
@@ -947,13 +949,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--lake", help="lake folder or fsspec URL (default: params lake.path)")
     parser.add_argument(
+        "--dataset",
+        default="shop",
+        choices=("shop", *SAMPLES),
+        help="which example dataset's lake to write (conf/dataset/NAME.yaml; default shop)",
+    )
+    parser.add_argument(
         "--start", type=dt.date.fromisoformat, help="first day, YYYY-MM-DD (new lakes)"
     )
     parser.add_argument(
         "--days",
         type=_positive_int,
-        required=True,
-        help="with --start: simulate through day start+DAYS-1; without: append DAYS days",
+        help="with --start: simulate through day start+DAYS-1; without: append DAYS days "
+        "(required for the shop; the other datasets have a small default)",
     )
     parser.add_argument("--seed", type=int, help="random seed (default: params seed)")
     parser.add_argument("--customers", type=_positive_int, help="override initial_customers")
@@ -968,6 +976,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from stages.params import default_lake
 
+    if args.dataset != "shop":
+        return _write_sample(args)
+    if args.days is None:
+        parser.error("the following arguments are required: --days")
     try:
         faults = parse_faults(args.faults)
     except ValueError as err:
@@ -997,6 +1009,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"evergreen lake simulate: {err}", file=sys.stderr)
         return 2
     print(result.summary())
+    return 0
+
+
+def _write_sample(args: argparse.Namespace) -> int:
+    """`--dataset retail|bank|bikes`: that dataset's generated sample lake (stages/samples)."""
+    from stages.params import default_lake, load_params
+    from stages.samples import SampleLakeMismatch, write_sample
+
+    if args.faults != "none" or args.customers is not None:
+        print("evergreen lake simulate: --faults and --customers are the shop's", file=sys.stderr)
+        return 2
+    seed = args.seed if args.seed is not None else int(load_params(args.params).get("seed", 7))
+    lake = default_lake(args.lake, args.params)
+    try:
+        print(write_sample(args.dataset, lake, start=args.start, days=args.days, seed=seed))
+    except SampleLakeMismatch as err:
+        print(f"evergreen lake simulate: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -12,6 +12,10 @@ search space); every family is the same Pipeline, `build_preprocessor` then the 
 the stages after this one never need to know which family they hold. With `train.n_trials > 0`
 a seeded Optuna search over the model's `search_space` picks the hyperparameters with the best
 validation ROC AUC; every trial is a row of the trials table.
+
+A regression (the feature schema's `task`, from a `rows_regression` dataset) fits the regressor
+of the family instead (`REGRESSORS`: `ridge`, and the same hyperparameters of
+`hist_gradient_boosting` and `random_forest`) on the numeric target, and tunes on valid R².
 """
 
 from __future__ import annotations
@@ -29,10 +33,15 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.ensemble import (
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import log_loss, mean_absolute_error, r2_score, roc_auc_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
@@ -48,6 +57,16 @@ ESTIMATORS: dict[str, type[BaseEstimator]] = {
     "hist_gradient_boosting": HistGradientBoostingClassifier,
     "random_forest": RandomForestClassifier,
     "torch_mlp": TabularMLPClassifier,
+}
+# a regression's estimator of each family: hgb and rf take the same hyperparameters for both
+# kinds; logistic regression's twin is ridge regression with alpha = 1 / C (both are L2-penalised
+# linear models, C the inverse of the penalty), so the default `model=logreg` serves every kind;
+# `ridge` (conf/model/ridge.yaml) names alpha directly. The MLP has no regressor (yet).
+REGRESSORS: dict[str, type[BaseEstimator]] = {
+    "logistic_regression": Ridge,
+    "ridge": Ridge,
+    "hist_gradient_boosting": HistGradientBoostingRegressor,
+    "random_forest": RandomForestRegressor,
 }
 SEARCH_TYPES = ("float", "int", "categorical")
 # Missing categories become a category of their own, so "unknown" and "missing" stay apart.
@@ -208,7 +227,8 @@ def check_frame(
     """Raise ValueError naming `source` if `frame` cannot be trained on or scored.
 
     Checks: not empty, every schema feature (and the label when `label`) present, numeric
-    features numeric, the label 0/1 without nulls and, when `both_classes`, holding both.
+    features numeric, the label 0/1 without nulls and, when `both_classes`, holding both (a
+    regression's target: finite numbers).
     """
     if frame.empty:
         raise ValueError(f"{source}: no rows (expected at least one example)")
@@ -224,6 +244,10 @@ def check_frame(
     y = frame[schema.label]
     if y.isna().any():
         raise ValueError(f"{source}: label '{schema.label}' has {int(y.isna().sum())} null(s)")
+    if schema.regression:
+        if not pd.api.types.is_numeric_dtype(y) or not np.isfinite(y.to_numpy(float)).all():
+            raise ValueError(f"{source}: target '{schema.label}' must hold finite numbers")
+        return
     values = sorted(pd.unique(y).tolist())
     if not set(values) <= {0, 1}:
         raise ValueError(f"{source}: label '{schema.label}' must be 0/1, found {values[:10]}")
@@ -291,21 +315,29 @@ def _categorical(categories: str | list[list[str]]) -> Pipeline:
 
 
 def build_estimator(
-    model_cfg: ModelConfig, seed: int, hyperparameters: Mapping[str, Any] | None = None
+    model_cfg: ModelConfig,
+    seed: int,
+    hyperparameters: Mapping[str, Any] | None = None,
+    *,
+    regression: bool = False,
 ) -> BaseEstimator:
-    """The estimator named by `model_cfg.estimator`, seeded with `seed`.
+    """The estimator named by `model_cfg.estimator` (its regressor for a `regression`),
+    seeded with `seed`.
 
     `hyperparameters` replaces the config's own (a tuning trial's values).
     """
-    if model_cfg.estimator not in ESTIMATORS:
+    table, kind = (REGRESSORS, "a regression") if regression else (ESTIMATORS, "a classification")
+    if model_cfg.estimator not in table:
         raise ValueError(
-            f"model.estimator: unknown estimator {model_cfg.estimator!r} "
-            f"(allowed: {', '.join(ESTIMATORS)})"
+            f"model.estimator: {model_cfg.estimator!r} is no estimator for {kind} "
+            f"(allowed: {', '.join(table)}; choose one with model=<name>, conf/model/)"
         )
-    cls = ESTIMATORS[model_cfg.estimator]
+    cls = table[model_cfg.estimator]
     hyperparameters = dict(
         model_cfg.hyperparameters if hyperparameters is None else hyperparameters
     )
+    if regression and model_cfg.estimator == "logistic_regression" and "C" in hyperparameters:
+        hyperparameters["alpha"] = 1.0 / float(hyperparameters.pop("C"))
     if "random_state" in hyperparameters:
         raise ValueError(
             "model.hyperparameters.random_state: set the top-level `seed` param instead"
@@ -336,7 +368,7 @@ def train_model(
     """
     check_frame(train, schema, source="train frame")
     preprocess = build_preprocessor(schema)
-    estimator = build_estimator(model_cfg, seed, hyperparameters)
+    estimator = build_estimator(model_cfg, seed, hyperparameters, regression=schema.regression)
     limit = None if n_jobs is None or n_jobs < 1 else n_jobs
     # a fixed thread count keeps floating-point reductions in the same order run to run
     with threadpool_limits(limits=limit):
@@ -347,9 +379,9 @@ def train_model(
             check_frame(valid, schema, source="valid frame")
             fit_params["eval_set"] = (
                 preprocess.transform(feature_frame(valid, schema)),
-                valid[schema.label].to_numpy(dtype="int64"),
+                target(valid, schema),
             )
-        estimator.fit(x, train[schema.label].to_numpy(dtype="int64"), **fit_params)
+        estimator.fit(x, target(train, schema), **fit_params)
     return Pipeline([("preprocess", preprocess), ("estimator", estimator)])
 
 
@@ -384,7 +416,6 @@ def tune_model(
     kept model of the best trial is exactly what a refit with its parameters gives.
     """
     check_frame(valid, schema, source="valid frame")
-    y_valid = valid[schema.label].to_numpy(dtype="int64")
     base = dict(model_cfg.hyperparameters)
     space = model_cfg.search_space
     best: dict[str, Any] = {"score": -math.inf}
@@ -400,7 +431,7 @@ def tune_model(
             valid=valid,
             hyperparameters=hyperparameters,
         )
-        score = float(roc_auc_score(y_valid, positive_scores(model, valid, schema)))
+        score = validation_score(model, valid, schema)
         rows.append(
             {
                 "trial": number,
@@ -447,6 +478,27 @@ def _table_value(value: Any) -> Any:
     return _json(value) if isinstance(value, list | dict) else value
 
 
+def target(frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray:
+    """The label as the estimator fits it: 0/1 int64, or a regression's float64 target."""
+    return frame[schema.label].to_numpy(dtype="float64" if schema.regression else "int64")
+
+
+def predictions(model: Any, frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray:
+    """What the model outputs per row: the probability of label 1, or a regression's number."""
+    if schema.regression:
+        return np.asarray(model.predict(feature_frame(frame, schema)), dtype="float64")
+    return positive_scores(model, frame, schema)
+
+
+def validation_score(model: Any, valid: pd.DataFrame, schema: FeatureSchema) -> float:
+    """What tuning maximises: valid ROC AUC, or a regression's valid R² (the same order as
+    its RMSE, reversed)."""
+    scores = predictions(model, valid, schema)
+    if schema.regression:
+        return float(r2_score(target(valid, schema), scores))
+    return float(roc_auc_score(target(valid, schema), scores))
+
+
 def positive_scores(model: Any, frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray:
     """Predicted probability of label 1 for each row of `frame`."""
     classes = list(model.classes_)
@@ -463,11 +515,23 @@ def train_metrics(
     schema: FeatureSchema,
     tuning: TuneResult | None = None,
 ) -> dict[str, Any]:
-    """Split sizes and the validation split's ROC AUC and log loss; with `tuning`, the
-    hyperparameters kept, the best trial and its score."""
-    y_valid = valid[schema.label].to_numpy(dtype="int64")
-    scores = positive_scores(model, valid, schema)
-    metrics: dict[str, Any] = {
+    """Split sizes and the validation split's ROC AUC and log loss (a regression's MAE, RMSE
+    and R²); with `tuning`, the hyperparameters kept, the best trial and its score."""
+    y_valid = target(valid, schema)
+    scores = predictions(model, valid, schema)
+    if schema.regression:
+        metrics: dict[str, Any] = {
+            "train": {"rows": len(train), "target_mean": float(target(train, schema).mean())},
+            "valid": {
+                "rows": len(valid),
+                "target_mean": float(y_valid.mean()),
+                "mae": float(mean_absolute_error(y_valid, scores)),
+                "rmse": float(np.sqrt(np.mean((y_valid - scores) ** 2))),
+                "r2": float(r2_score(y_valid, scores)),
+            },
+        }
+        return round_floats(_with_tuning(metrics, tuning))
+    metrics = {
         "train": {
             "rows": len(train),
             "positives": int(train[schema.label].sum()),
@@ -479,6 +543,10 @@ def train_metrics(
             "log_loss": float(log_loss(y_valid, scores, labels=[0, 1])),
         },
     }
+    return round_floats(_with_tuning(metrics, tuning))
+
+
+def _with_tuning(metrics: dict[str, Any], tuning: TuneResult | None) -> dict[str, Any]:
     if tuning is not None:
         metrics["hyperparameters"] = tuning.hyperparameters
         metrics["tuning"] = {
@@ -486,7 +554,7 @@ def train_metrics(
             "best_trial": tuning.best_trial,
             "best_score": tuning.best_score,
         }
-    return round_floats(metrics)
+    return metrics
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -530,10 +598,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_metrics(args.metrics_out, metrics)
     if args.trials_out is not None:
         write_trials(tuning.trials, args.trials_out)
+    valid = metrics["valid"]
+    scored = (
+        f"r2={valid['r2']} rmse={valid['rmse']}"
+        if schema.regression
+        else f"roc_auc={valid['roc_auc']} log_loss={valid['log_loss']}"
+    )
     print(
         f"train: {model_cfg.name} ({model_cfg.estimator}) on {metrics['train']['rows']} rows, "
-        f"{tuning.n_trials} tuning trial(s), best #{tuning.best_trial}; "
-        f"valid roc_auc={metrics['valid']['roc_auc']} log_loss={metrics['valid']['log_loss']}"
+        f"{tuning.n_trials} tuning trial(s), best #{tuning.best_trial}; valid {scored}"
     )
     return 0
 

@@ -34,7 +34,14 @@ SCHEMA = FeatureSchema(
     categorical=("plan",),
     categories={"plan": ("basic", "premium")},
 )
-PLOTS = ("roc.json", "pr.json", "calibration.json", "confusion.csv", "importance.json")
+PLOTS = (
+    "roc.json",
+    "pr.json",
+    "calibration.json",
+    "confusion.csv",
+    "importance.json",
+    "residuals.json",  # a regression's; empty for a classification
+)
 
 
 def make_frame(n: int, seed: int) -> pd.DataFrame:
@@ -205,6 +212,7 @@ def test_main_writes_metrics_and_plots(stage_inputs: dict[str, Path], tmp_path: 
     assert metrics["roc_auc"] > 0.75
     assert metrics["n"] == 250
     assert sorted(p.name for p in plots.iterdir()) == sorted(PLOTS)
+    assert json.loads((plots / "residuals.json").read_text()) == {"residuals": []}
     roc = json.loads((plots / "roc.json").read_text())["roc"]
     assert set(roc[0]) == {"fpr", "tpr", "threshold"}
     pr = json.loads((plots / "pr.json").read_text())["pr"]

@@ -1,0 +1,192 @@
+"""features for the rows kinds (stages/rows.py): rows become examples, dated by period."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from stages.card import label_card
+from stages.feature_schema import load_schema
+from stages.features import main
+from tests.conftest import write_params
+
+START = dt.date(2026, 3, 2)
+LOANS = {
+    "name": "loans",
+    "tables": {
+        "applications": {
+            "key": "application_id",
+            "timestamp": "applied_at",
+            "columns": {
+                "application_id": {"type": "string", "nullable": False},
+                "applied_at": {"type": "timestamp", "nullable": False},
+                "amount": {"type": "float64"},
+                "region": {"type": "string", "allowed": ["north", "south"]},
+                "outcome": {"type": "string", "allowed": ["repaid", "default"]},
+            },
+        }
+    },
+    "task": {
+        "kind": "rows_classification",
+        "target": "outcome",
+        "labels": {"default": 1, "repaid": 0},
+        "period_days": 7,
+    },
+}
+
+
+def _history(days: int, *, pending_from: int | None = None) -> pd.DataFrame:
+    """Two applications a day; from day `pending_from` on the outcome is not known yet."""
+    rows = []
+    for d in range(days):
+        for i in range(2):
+            known = pending_from is None or d < pending_from
+            rows.append(
+                {
+                    "application_id": f"a{d:03d}{i}",
+                    "applied_at": pd.Timestamp(START + dt.timedelta(days=d))
+                    + pd.Timedelta(hours=9 + i),
+                    "amount": float(100 * d + i),
+                    "region": "north" if i else "south",
+                    "outcome": ("default" if (d + i) % 3 == 0 else "repaid") if known else None,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _run(tmp_path: Path, dataset: dict, history: pd.DataFrame, table: str = "applications"):
+    hist = tmp_path / "prepare"
+    hist.mkdir()
+    history.to_parquet(hist / f"{table}.parquet", index=False)
+    params = {"dataset": dataset, "features": {}}
+    params_file = write_params(params, tmp_path / "params.yaml")
+    out = tmp_path / "features"
+    code = main([str(hist), str(out), "--params", str(params_file)])
+    return code, out
+
+
+def test_rows_are_examples_dated_by_the_end_of_their_period(tmp_path: Path) -> None:
+    code, out = _run(tmp_path, LOANS, _history(16))
+    assert code == 0
+    snaps = pd.read_parquet(out / "snapshots.parquet")
+    assert len(snaps) == 32 and snaps["application_id"].is_unique
+    last = START + dt.timedelta(days=15)
+    # periods (L-7, L], (L-14, L-7], ... counted back from the last day L
+    expected = {d: last - dt.timedelta(days=7 * ((15 - d) // 7)) for d in range(16)}
+    for _, row in snaps.iterrows():
+        day = (row["applied_at"].date() - START).days
+        assert row["snapshot_date"].date() == expected[day]
+    assert sorted({d.date() for d in snaps["snapshot_date"]}) == [
+        START + dt.timedelta(days=1),
+        START + dt.timedelta(days=8),
+        last,
+    ]
+    mapped = snaps["outcome"].to_numpy()
+    history = _history(16).set_index("application_id").loc[snaps["application_id"]]
+    assert (mapped == (history["outcome"] == "default").astype(int).to_numpy()).all()
+    schema = load_schema(out / "feature_schema.json")
+    assert (schema.entity_key, schema.time, schema.label) == (
+        "application_id",
+        "snapshot_date",
+        "outcome",
+    )
+    assert schema.numeric == ("amount",) and schema.categorical == ("region",)
+    assert schema.categories == {"region": ("north", "south")} and schema.task == "classification"
+
+
+def test_without_pending_targets_the_latest_period_is_the_prediction_set(tmp_path: Path) -> None:
+    code, out = _run(tmp_path, LOANS, _history(16))
+    assert code == 0
+    predict = pd.read_parquet(out / "predict.parquet")
+    snaps = pd.read_parquet(out / "snapshots.parquet")
+    latest = snaps[snaps["snapshot_date"] == snaps["snapshot_date"].max()]
+    assert sorted(predict["application_id"]) == sorted(latest["application_id"])
+    assert "outcome" not in predict.columns
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["predict"] == {"date": "2026-03-17", "rows": 14, "source": "latest period"}
+    assert sum(s["rows"] for s in summary["snapshots"].values()) == 32
+
+
+def test_rows_with_a_null_target_are_the_prediction_set(tmp_path: Path) -> None:
+    code, out = _run(tmp_path, LOANS, _history(16, pending_from=13))
+    assert code == 0
+    snaps = pd.read_parquet(out / "snapshots.parquet")
+    predict = pd.read_parquet(out / "predict.parquet")
+    assert len(snaps) == 26 and len(predict) == 6
+    assert set(snaps["application_id"]).isdisjoint(predict["application_id"])
+    # periods end at the last day with a target; pending rows are dated at the newest day
+    assert snaps["snapshot_date"].max().date() == START + dt.timedelta(days=12)
+    assert set(predict["snapshot_date"].dt.date) == {START + dt.timedelta(days=15)}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["predict"]["source"] == "pending targets"
+
+
+def test_an_unmapped_target_value_names_the_file_key_and_value(tmp_path: Path, capsys) -> None:
+    dataset = copy.deepcopy(LOANS)
+    dataset["task"]["labels"] = {"default": 1}  # "repaid" left out
+    dataset["task"]["labels"]["repaid_late"] = 0
+    dataset["tables"]["applications"]["columns"]["outcome"]["allowed"] = [
+        "repaid",
+        "default",
+        "repaid_late",
+    ]
+    code, out = _run(tmp_path, dataset, _history(16))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "conf/dataset/loans.yaml task.labels" in err and "['repaid']" in err
+    assert not (out / "snapshots.parquet").exists()
+
+
+def test_a_regression_target_is_a_number_and_the_schema_says_regression(tmp_path: Path) -> None:
+    dataset = copy.deepcopy(LOANS)
+    dataset["tables"]["applications"]["columns"]["loss"] = {"type": "float64"}
+    dataset["task"] = {
+        "kind": "rows_regression",
+        "target": "loss",
+        "period_days": 7,
+        "features": {"numeric": ["amount"], "categorical": ["region"]},
+    }
+    history = _history(16).assign(loss=lambda f: f["amount"] / 10)
+    code, out = _run(tmp_path, dataset, history)
+    assert code == 0
+    snaps = pd.read_parquet(out / "snapshots.parquet")
+    assert snaps["loss"].dtype == "float64"
+    assert (snaps["loss"] == snaps["amount"] / 10).all()
+    assert load_schema(out / "feature_schema.json").task == "regression"
+    summary = json.loads((out / "summary.json").read_text())
+    first = summary["snapshots"]["2026-03-03 00:00:00"]
+    assert first == {"rows": 4, "target_mean": pytest.approx((0 + 1 + 100 + 101) / 40)}
+
+
+def test_excluded_features_leave_the_schema_and_unknown_ones_are_named(
+    tmp_path: Path, capsys
+) -> None:
+    hist = tmp_path / "prepare"
+    hist.mkdir()
+    _history(16).to_parquet(hist / "applications.parquet", index=False)
+    params = {"dataset": LOANS, "features": {"exclude": ["region"]}}
+    out = tmp_path / "f"
+    assert (
+        main([str(hist), str(out), "--params", str(write_params(params, tmp_path / "p.yaml"))]) == 0
+    )
+    assert load_schema(out / "feature_schema.json").categorical == ()
+    params["features"]["exclude"] = ["colour"]
+    code = main([str(hist), str(out), "--params", str(write_params(params, tmp_path / "p.yaml"))])
+    assert code == 2 and "features.exclude: ['colour']" in capsys.readouterr().err
+
+
+def test_label_card_follows_the_task_kind() -> None:
+    card = label_card({"dataset": LOANS})
+    assert card["name"] == "outcome" and card["kind"] == "rows_classification"
+    assert card["labels"] == {"default": 1, "repaid": 0}
+    assert card["definition"] == "outcome = 1 for a row whose outcome is default, else 0"
+    regression = copy.deepcopy(LOANS)
+    regression["task"] = {"kind": "rows_regression", "target": "loss"}
+    assert label_card({"dataset": regression})["kind"] == "rows_regression"
+    with pytest.raises(KeyError, match=r"dataset\.task lacks 'target'"):
+        label_card({"dataset": {"task": {"kind": "rows_regression"}}})
