@@ -11,8 +11,12 @@ LAKE ?= lake
 START ?= 2026-01-01
 DAYS ?= 120
 SEED ?= 7
+# `make demo DATASET=retail|bank|bikes`: that example's sample lake (its own start and length)
+# and params.yaml composed with dataset=<name> (+ OVERRIDES, e.g. OVERRIDES=model=hgb)
+DATASET ?= shop
+OVERRIDES ?=
 
-.PHONY: setup demo test lint serve clean
+.PHONY: setup demo test lint serve clean chromium
 
 setup: $(VENV)/.installed
 
@@ -25,15 +29,33 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: setup
+ifeq ($(DATASET)$(OVERRIDES),shop)
 	evergreen params --check
 	evergreen lake simulate --lake $(LAKE) --start $(START) --days $(DAYS) --seed $(SEED)
+else
+	evergreen params dataset=$(DATASET) $(OVERRIDES)
+	evergreen lake simulate --lake $(LAKE) $(if $(filter shop,$(DATASET)),--start $(START) --days $(DAYS),--dataset $(DATASET)) --seed $(SEED)
+endif
 	evergreen ingest --lake $(LAKE)
 	dvc repro
+	evergreen publish --lake $(LAKE)
 	dvc push
 	dvc metrics show --md metrics/evaluate.json metrics/train.json
+	@echo "insights report: $(CURDIR)/reports/report.html (Markdown twin: reports/report.md)"
 
-test: setup
+test: setup chromium
 	pytest
+
+# the report test renders reports/report.html in headless Chromium (Debian's package)
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "/usr/bin/chromium missing: install Debian's chromium package (apt-get install chromium, as root)" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
 
 lint: setup
 	ruff check .

@@ -17,6 +17,12 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("card",): ("stages.card", "build the model card; `card stamp` adds commit + gate verdict"),
     ("overrides",): ("stages.overrides", "validate config overrides or write them into conf/"),
     ("dispatch",): ("stages.dispatch", "run the retrain workflow on GitHub with overrides"),
+    ("publish",): ("stages.publish", "copy the batch predictions to <lake>/predictions/"),
+    ("monitor",): ("stages.monitor", "drift + realised performance; --dispatch retrains"),
+    ("report", "pr"): ("stages.pr_report", "the pull request's report: challenger vs champion"),
+    ("retrain",): ("stages.retrain", "ingest, reproduce, gate, report; push retrain/<date>"),
+    ("promote",): ("stages.promote", "verify the verdict, GTO tags, stamped card, build context"),
+    ("canary",): ("stages.canary", "check a server started from an image's build context"),
 }
 
 

@@ -6,7 +6,8 @@ data, and the latest date for prediction), the population is the entities with a
 (s, s + horizon]". The label's name, horizon_days and lookback_days are the dataset's (`label:` in
 conf/dataset/<name>.yaml). Entity attributes come from an entities table (the version as of s)
 or, for a dataset without one, from the entity's latest event up to s. Written as Ibis
-expressions, run on DuckDB.
+expressions, run on the configured engine (`stages/engine.py`: DuckDB by default, within its
+memory limit, or Spark) and streamed to the files, so memory does not grow with the data.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from pathlib import Path
 
 import ibis
 import ibis.expr.types as ir
-import pandas as pd
+import pyarrow as pa
 
-from stages.dataset import DatasetConfig, dataset_from_params
+from stages.dataset import CANCELLATION, PLAIN_EVENT, DatasetConfig, dataset_from_params
+from stages.engine import EngineConfig, collect, connect, read_parquet, write_parquet
 from stages.feature_schema import FeatureSchema, save_schema
-from stages.io import write_frame, write_json
+from stages.io import write_json
 from stages.params import load_params, section
 
 SNAPSHOT_COL = "snapshot_date"
@@ -93,11 +95,18 @@ def feature_names(dataset: DatasetConfig, cfg: FeaturesConfig) -> tuple[list[str
 
 def schema_features(dataset: DatasetConfig, cfg: FeaturesConfig) -> tuple[list[str], list[str]]:
     """The computed features minus `cfg.exclude`: (numeric, categorical) of the schema."""
-    numeric, categorical = feature_names(dataset, cfg)
+    return without_excluded(*feature_names(dataset, cfg), cfg, "computed features")
+
+
+def without_excluded(
+    numeric: list[str], categorical: list[str], cfg: FeaturesConfig, what: str
+) -> tuple[list[str], list[str]]:
+    """(numeric, categorical) minus `cfg.exclude`; ValueError names an unknown one (`what`
+    the features are) or an exclusion that leaves none."""
     unknown = sorted(set(cfg.exclude) - {*numeric, *categorical})
     if unknown:
         raise ValueError(
-            f"features.exclude: {unknown} are not computed features "
+            f"features.exclude: {unknown} are not {what} "
             f"(known: {', '.join([*numeric, *categorical])})"
         )
     numeric = [f for f in numeric if f not in cfg.exclude]
@@ -111,35 +120,61 @@ def _day_number(value: ir.Value) -> ir.IntegerValue:
     return value.cast("date").epoch_days()
 
 
+def _event_kind(table: ir.Table, dataset: DatasetConfig) -> ir.StringValue:
+    """Each event's type: its type column, or PLAIN_EVENT for a dataset without one; events the
+    cancellation marker flags (an invoice number starting with C) are CANCELLATION."""
+    if dataset.event_type_column is None:
+        kind = ibis.literal(PLAIN_EVENT)
+    else:
+        kind = table[dataset.event_type_column]
+    marker = dataset.cancel_marker
+    if marker is None:
+        return kind
+    flagged = table[marker.column].startswith(marker.prefix).fill_null(False)
+    return ibis.ifelse(flagged, ibis.literal(CANCELLATION), kind)
+
+
 def _event_aggregates(
     events: ir.Table, snaps: ir.Table, dataset: DatasetConfig, cfg: FeaturesConfig
 ) -> ir.Table:
     """Per (entity, snapshot): counts and amounts per window, recency, activity trend."""
     timestamp = dataset.events.timestamp
-    ev = events.mutate(_day=_day_number(events[timestamp]))
-    joined = ev.cross_join(snaps).filter(ev._day <= snaps._snap_day)
+    # per event, before the join multiplies the rows: its day, type and exact amount
+    derived = {"_day": _day_number(events[timestamp]), "_kind": _event_kind(events, dataset)}
+    if dataset.amount_types:
+        # decimal sums are exact, so the result does not depend on summation order
+        derived["_amount"] = events[dataset.amount_column].cast("decimal(18, 2)")
+    ev = events.mutate(**derived)
+    # Only the last `span` days before a snapshot can count: every aggregate looks at most that
+    # far back, and the population (activity in the lookback) always had its latest activity
+    # within it, so days_since_last_activity is the same. A band join, not the whole history
+    # per snapshot: ~3x fewer rows to aggregate on the demo's 120 days, more on a longer one.
+    span = max(*cfg.windows, dataset.label.lookback_days)
+    joined = ev.cross_join(snaps).filter(
+        (ev._day <= snaps._snap_day) & (ev._day > snaps._snap_day - span)
+    )
     age = joined._snap_day - joined._day  # 0 on the snapshot day itself
-    kind = joined[dataset.event_type_column]
+    kind = joined._kind
     is_activity = kind.isin(list(dataset.activity_types))
     aggs = {}
     for event_type, prefix in dataset.event_features.items():
         for w in cfg.windows:
             in_window = (kind == event_type) & (age < w)
-            aggs[f"{prefix}_{w}d"] = in_window.cast("int64").sum().cast("float64")
+            # COUNT ... FILTER: about twice as fast in DuckDB as a sum of 0/1, and the same
+            # number for every entity in the population (its activity rows are never null)
+            aggs[f"{prefix}_{w}d"] = joined._day.count(where=in_window).cast("float64")
             if event_type in dataset.amount_types:
-                # decimal sums are exact, so the result does not depend on summation order
-                value = joined[dataset.amount_column]
-                amount = ibis.ifelse(in_window, value, 0).cast("decimal(18, 2)")
+                amount = ibis.ifelse(in_window, joined._amount, 0)
                 aggs[f"{prefix}_amount_{w}d"] = amount.sum().cast("float64")
     short, long = min(cfg.windows), max(cfg.windows)
-    recent = (is_activity & (age < short)).cast("int64").sum()
-    base = (is_activity & (age < long)).cast("int64").sum()
+    recent = joined._day.count(where=is_activity & (age < short))
+    base = joined._day.count(where=is_activity & (age < long))
     aggs["activity_trend"] = (recent * long / short - base).cast("float64") / (base + 1)
     aggs["days_since_last_activity"] = (
         ibis.ifelse(is_activity, age, ibis.null()).min().cast("float64")
     )
     active = is_activity & (age < dataset.label.lookback_days)
-    aggs["_active"] = active.cast("int64").sum()
+    aggs["_active"] = joined._day.count(where=active)
     grouped = joined.group_by([dataset.entity_key, SNAPSHOT_COL, "_snap_day"]).aggregate(**aggs)
     return grouped.filter(grouped._active > 0).drop("_active")
 
@@ -149,7 +184,7 @@ def _labels(
 ) -> ir.Table:
     """(entity, snapshot) pairs with activity in (s, s + horizon]: the ones that did not churn."""
     timestamp = dataset.events.timestamp
-    ev = events.filter(events[dataset.event_type_column].isin(list(dataset.activity_types)))
+    ev = events.filter(_event_kind(events, dataset).isin(list(dataset.activity_types)))
     ev = ev.mutate(_day=_day_number(ev[timestamp]))
     joined = ev.cross_join(snaps).filter(
         (ev._day > snaps._snap_day) & (ev._day <= snaps._snap_day + dataset.label.horizon_days)
@@ -167,20 +202,23 @@ def _with_entity_attributes(
     key, ef = dataset.entity_key, dataset.entity_features
     source = dataset.attribute_table
     attrs = list(ef.attributes)
-    pairs = table.select(key, SNAPSHOT_COL, "_snap_day")
     # the source's own key breaks ties between rows with the same timestamp (two events in
     # the same second), so the chosen row does not depend on the engine's scan order
-    ents = versions.select(key, *attrs, _ts=versions[source.timestamp], _tie=versions[source.key])
-    joined = pairs.inner_join(ents, key)
-    joined = joined.filter(_day_number(joined._ts) <= joined._snap_day)
+    ents = versions.select(
+        _key=versions[key],
+        _ts=versions[source.timestamp],
+        _tie=versions[source.key],
+        _ts_day=_day_number(versions[source.timestamp]),
+        **{a: versions[a] for a in attrs},
+    )
+    # `table` is used once: joined to itself (its keys, then its rows), the engine computes
+    # the whole aggregation twice (DuckDB does not share a subquery used twice)
+    joined = table.left_join(ents, [table[key] == ents._key, ents._ts_day <= table._snap_day])
     order = [ibis.desc("_ts"), ibis.desc("_tie")]
     ranked = joined.mutate(
         _rank=ibis.row_number().over(group_by=[key, SNAPSHOT_COL], order_by=order)
     )
-    as_of = ranked.filter(ranked._rank == 0).select(key, SNAPSHOT_COL, *attrs)
-    table = table.left_join(as_of, [key, SNAPSHOT_COL]).drop(
-        f"{key}_right", f"{SNAPSHOT_COL}_right"
-    )
+    table = ranked.filter(ranked._rank == 0).drop("_rank", "_key", "_ts", "_tie", "_ts_day")
     if ef.signup_date:
         tenure = table._snap_day - _day_number(table[ef.signup_date])
         table = table.mutate(tenure_days=tenure.cast("float64")).drop(ef.signup_date)
@@ -220,14 +258,56 @@ def build_features(
     )
 
 
-def _date_range(events: ir.Table, timestamp: str) -> tuple[dt.date, dt.date]:
+def _date_range(con: ibis.BaseBackend, events: ir.Table, timestamp: str) -> tuple[dt.date, dt.date]:
     bounds = events.aggregate(
         first=events[timestamp].cast("date").min(), last=events[timestamp].cast("date").max()
-    ).to_pandas()
-    first, last = bounds["first"].iloc[0], bounds["last"].iloc[0]
-    if pd.isna(first):
+    )
+    row = collect(con, bounds).to_pylist()[0]
+    if row["first"] is None:
         raise ValueError("features: the events history is empty")
-    return pd.Timestamp(first).date(), pd.Timestamp(last).date()
+    return row["first"], row["last"]
+
+
+def frame_schema(expr: ir.Table) -> pa.Schema:
+    """The Arrow types of the stage's files: those they had when written from pandas (dates as
+    timestamp[s], strings as large_string, every column nullable), so split, train and the
+    model card read the same files whichever engine computed them."""
+    out = []
+    for f in expr.schema().to_pyarrow():
+        kind = f.type
+        if pa.types.is_date(kind):
+            kind = pa.timestamp("s")
+        elif pa.types.is_string(kind):
+            kind = pa.large_string()
+        out.append(pa.field(f.name, kind))
+    return pa.schema(out)
+
+
+def label_summary(con: ibis.BaseBackend, snapshots: ir.Table, label: str) -> dict[str, dict]:
+    """Rows and label rate per snapshot date, keyed as the pandas version wrote them."""
+    by_date = snapshots.group_by(SNAPSHOT_COL).aggregate(
+        rows=snapshots.count(), positives=snapshots[label].sum()
+    )
+    out = {}
+    for r in sorted(collect(con, by_date).to_pylist(), key=lambda r: r[SNAPSHOT_COL]):
+        day = r[SNAPSHOT_COL]
+        if not isinstance(day, dt.datetime):
+            day = dt.datetime.combine(day, dt.time())
+        # positives / rows is how pandas' mean of an int column computes it: one float division
+        out[str(day)] = {"rows": r["rows"], "label_rate": round(r["positives"] / r["rows"], 6)}
+    return out
+
+
+def read_history(
+    con: ibis.BaseBackend, history_dir: Path, dataset: DatasetConfig
+) -> tuple[ir.Table, ir.Table | None]:
+    """(events, the table entity attributes come from) of prepare's history, as `build_features`
+    takes them: an entities table's every version, the events themselves, or None."""
+    events = read_parquet(con, history_dir / f"{dataset.events.name}.parquet")
+    source = dataset.attribute_table
+    if source is not None and source.role == "entities":
+        return events, read_parquet(con, history_dir / f"{source.name}_versions.parquet")
+    return events, events if source is not None else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -241,19 +321,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         dataset = dataset_from_params(section(params, "dataset"))
         cfg = FeaturesConfig.from_params(section(params, "features"))
+        engine = EngineConfig.from_params(params.get("engine"))
     except ValueError as exc:  # a DatasetConfigError names the file and key
         print(f"features: {exc}", file=sys.stderr)
         return 2
+    if dataset.task.rows:
+        from stages.rows import write_rows  # it builds on this module's helpers
+
+        try:
+            return write_rows(args.history_dir, args.out_dir, dataset, cfg, engine)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"features: {exc}", file=sys.stderr)
+            return 2
     numeric, categorical = schema_features(dataset, cfg)
-    con = ibis.duckdb.connect()
+    con = connect(engine)
+    events, entities = read_history(con, args.history_dir, dataset)
     events_spec, source_spec = dataset.events, dataset.attribute_table
-    events = con.read_parquet(str(args.history_dir / f"{events_spec.name}.parquet"))
-    entities = None
-    if source_spec is not None and source_spec.role == "entities":
-        entities = con.read_parquet(str(args.history_dir / f"{source_spec.name}_versions.parquet"))
-    elif source_spec is not None:
-        entities = events
-    first, last = _date_range(events, events_spec.timestamp)
+    first, last = _date_range(con, events, events_spec.timestamp)
     horizon = dataset.label.horizon_days
     dates = snapshot_dates(first, last, cfg, horizon_days=horizon)
     if not dates:
@@ -261,10 +345,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"features: history {first}..{last} is too short for a labelled snapshot "
             f"(needs min_history_days={cfg.min_history_days} + label horizon_days={horizon})"
         )
-    snapshots = build_features(events, entities, dates, dataset, cfg, labelled=True).to_pandas()
-    predict = build_features(events, entities, [last], dataset, cfg, labelled=False).to_pandas()
-    write_frame(snapshots, args.out_dir / "snapshots.parquet")
-    write_frame(predict, args.out_dir / "predict.parquet")
+    snapshots = build_features(events, entities, dates, dataset, cfg, labelled=True)
+    predict = build_features(events, entities, [last], dataset, cfg, labelled=False)
+    n_snapshots = write_parquet(
+        con, snapshots, args.out_dir / "snapshots.parquet", frame_schema(snapshots)
+    )
+    n_predict = write_parquet(con, predict, args.out_dir / "predict.parquet", frame_schema(predict))
 
     categories = {}
     if source_spec:
@@ -281,18 +367,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         categories,
     )
     save_schema(schema, args.out_dir / "feature_schema.json")
-    by_date = snapshots.groupby(SNAPSHOT_COL)[dataset.label.name].agg(["size", "mean"])
+    # from the written file, not the expression: a second run of the whole query costs as much
+    written = read_parquet(con, args.out_dir / "snapshots.parquet")
     summary = {
-        "snapshots": {
-            str(d): {"rows": int(r["size"]), "label_rate": round(float(r["mean"]), 6)}
-            for d, r in by_date.iterrows()
-        },
-        "predict": {"date": str(last), "rows": len(predict)},
+        "snapshots": label_summary(con, written, dataset.label.name),
+        "predict": {"date": str(last), "rows": n_predict},
     }
     write_json(summary, args.out_dir / "summary.json")
     print(
-        f"features: {len(snapshots)} labelled rows over {len(dates)} snapshots "
-        f"({dates[0]}..{dates[-1]}), {len(predict)} to predict at {last}"
+        f"features: {n_snapshots} labelled rows over {len(dates)} snapshots "
+        f"({dates[0]}..{dates[-1]}), {n_predict} to predict at {last}"
     )
     return 0
 

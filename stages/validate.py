@@ -22,12 +22,15 @@ import pyarrow as pa_arrow
 import pyarrow.parquet as pq
 
 from stages.dataset import (
+    NULL_KEY_CHECK,
+    Calendar,
     ColumnSpec,
     DatasetConfig,
     DatasetConfigError,
     TableSpec,
     dataset_from_params,
     evaluate_expression,
+    surrogate_keys,
 )
 from stages.incremental import (
     MANIFEST,
@@ -88,12 +91,22 @@ class PartitionResult:
             return 0
         return len(self.quarantine[["source_file", "row"]].drop_duplicates())
 
+    @property
+    def rows_null_key(self) -> int:
+        """Quarantined rows whose entity key is null where the config expects some: counted
+        apart, and left out of `max_quarantine_fraction` (they are the data, not a fault)."""
+        if self.fault is not None or not len(self.quarantine):
+            return 0
+        null_key = self.quarantine[self.quarantine["check"] == NULL_KEY_CHECK]
+        return len(null_key[["source_file", "row"]].drop_duplicates())
+
     def summary(self) -> dict:
         checks = Counter(self.quarantine["check"]) if len(self.quarantine) else Counter()
         return {
             "rows_in": self.rows_in,
             "rows_valid": len(self.valid),
             "rows_quarantined": self.rows_quarantined,
+            "rows_null_key": self.rows_null_key,
             "fault": self.fault,
             "top_checks": dict(sorted(checks.items(), key=lambda kv: (-kv[1], kv[0]))[:5]),
         }
@@ -187,13 +200,15 @@ def _pandera_schema(table: TableSpec) -> pa.DataFrameSchema:
         if spec.unique:
             # the first of equal values stays valid; nulls are not duplicates of each other
             checks.append(pa.Check(lambda s: ~(s.duplicated() & s.notna()), name="unique"))
+        # an entity key declared nullable: its nulls are quarantined as NULL_KEY_CHECK instead
         columns[spec.name] = pa.Column(None, checks=checks, nullable=spec.nullable)
     return pa.DataFrameSchema(columns, strict=False)
 
 
-def _failures(frame: pd.DataFrame, table: TableSpec) -> pd.DataFrame:
-    """Row-level failures as (index, column, check, value) rows: type casts, derived columns,
-    then pandera. Types the columns of `frame` in place and adds the derived ones."""
+def _failures(frame: pd.DataFrame, table: TableSpec, partition: str = "") -> pd.DataFrame:
+    """Row-level failures as (index, column, check, value) rows: type casts, null entity keys,
+    derived columns, then pandera. Types the columns of `frame` in place and adds the derived
+    ones (a surrogate key hashes the row with its `partition`)."""
     records = []
     zone = "" if table.timezone == "UTC" else f" in {table.timezone}"
     for spec in table.raw_columns:
@@ -203,7 +218,16 @@ def _failures(frame: pd.DataFrame, table: TableSpec) -> pd.DataFrame:
             records.append((idx, spec.name, check, frame.at[idx, spec.name]))
         frame[spec.name] = typed
     uncastable = {(int(idx), column) for idx, column, _, _ in records}
+    key = table.entity_key
+    if key is not None and table.column(key).nullable:
+        for idx in frame.index[frame[key].isna()]:
+            if (int(idx), key) not in uncastable:
+                records.append((int(idx), key, NULL_KEY_CHECK, None))
     for spec in table.derived_columns:
+        if spec.surrogate:
+            raw = tuple(c.name for c in table.raw_columns)
+            frame[spec.name] = surrogate_keys(frame, raw, partition)
+            continue
         frame[spec.name] = evaluate_expression(spec.expr, frame)
     try:
         _pandera_schema(table).validate(frame, lazy=True)
@@ -323,7 +347,7 @@ def validate_partition(files: Sequence[Path], table: TableSpec, partition: str) 
     """
     try:
         frame = _read_partition(files, table)
-        failures = _failures(frame, table)
+        failures = _failures(frame, table, partition)
     except ValueError as exc:
         rows_in = sum(_row_count(f, table) for f in files)
         source = ",".join(f.name for f in files)
@@ -376,15 +400,20 @@ def arrow_schema(table: TableSpec) -> pa_arrow.Schema:
     return pa_arrow.schema(fields)
 
 
-def missing_days(partitions: Sequence[str]) -> list[str]:
-    """Calendar days between the first and last partition that have no partition."""
+def missing_days(partitions: Sequence[str], calendar: Calendar | None = None) -> list[str]:
+    """Days between the first and last partition that have no partition; with a `calendar`
+    (the dataset's), only the days it is open count."""
     if not partitions:
         return []
-    expected = pd.date_range(min(partitions), max(partitions), freq="D").strftime("%Y-%m-%d")
-    return sorted(set(expected) - set(partitions))
+    expected = pd.date_range(min(partitions), max(partitions), freq="D")
+    if calendar is not None:
+        expected = expected[[calendar.is_open(d.date()) for d in expected]]
+    return sorted(set(expected.strftime("%Y-%m-%d")) - set(partitions))
 
 
-def check_thresholds(results: Sequence[PartitionResult], cfg: ValidateConfig) -> list[str]:
+def check_thresholds(
+    results: Sequence[PartitionResult], cfg: ValidateConfig, calendar: Calendar | None = None
+) -> list[str]:
     """Every broken expectation, one line each naming the table and partition: rows not
     conserved, too many rows quarantined in a partition, too many faulty or missing days."""
     problems = []
@@ -394,7 +423,8 @@ def check_thresholds(results: Sequence[PartitionResult], cfg: ValidateConfig) ->
                 f"{r.table}/date={r.partition}: row counts not conserved ({r.rows_in} in, "
                 f"{len(r.valid)} valid, {r.rows_quarantined} quarantined)"
             )
-        fraction = r.rows_quarantined / r.rows_in if r.rows_in else 0.0
+        faulty_rows = r.rows_quarantined - r.rows_null_key
+        fraction = faulty_rows / r.rows_in if r.rows_in else 0.0
         if r.fault is None and fraction > cfg.max_quarantine_fraction:
             # by count, then name: the same line whether the summary is fresh or was recorded
             checks = sorted(r.summary()["top_checks"].items(), key=lambda kv: (-kv[1], kv[0]))
@@ -412,7 +442,7 @@ def check_thresholds(results: Sequence[PartitionResult], cfg: ValidateConfig) ->
                 f"{table}: {len(faulty)} of {len(mine)} partitions quarantined whole "
                 f"(max {cfg.max_faulty_fraction:.0%}): {listed}"
             )
-        missing = missing_days([r.partition for r in mine])
+        missing = missing_days([r.partition for r in mine], calendar)
         if len(missing) > cfg.max_missing_fraction * (len(mine) + len(missing)):
             problems.append(
                 f"{table}: {len(missing)} missing day(s) between its first and last partition "
@@ -443,6 +473,10 @@ class RecordedResult(PartitionResult):
     @property
     def rows_quarantined(self) -> int:
         return int(self.recorded["rows_quarantined"])
+
+    @property
+    def rows_null_key(self) -> int:
+        return int(self.recorded.get("rows_null_key", 0))
 
     def summary(self) -> dict:
         return dict(self.recorded)
@@ -601,7 +635,7 @@ def run_validate(
         entries[table][partition] = entry
     entries = {t: dict(sorted(parts.items())) for t, parts in entries.items()}
     _remove_unlisted(out_dir, entries)
-    write_json(summarize(entries)[1], out_dir / REPORT)
+    write_json(summarize(entries, dataset.calendar)[1], out_dir / REPORT)
     write_manifest(out_dir / MANIFEST, fingerprint_, {"partitions": entries}, cache)
     return ValidateRun(entries, plan, why if previous is None else "")
 
@@ -616,7 +650,9 @@ def results_of(entries: Mapping[str, Mapping[str, Mapping]]) -> list[PartitionRe
     ]
 
 
-def summarize(entries: Mapping[str, Mapping[str, Mapping]]) -> tuple[dict, dict]:
+def summarize(
+    entries: Mapping[str, Mapping[str, Mapping]], calendar: Calendar | None = None
+) -> tuple[dict, dict]:
     """(metrics, report) of every partition the manifest holds.
 
     metrics: overall totals at the top level, then per table its totals and a per-partition
@@ -628,11 +664,12 @@ def summarize(entries: Mapping[str, Mapping[str, Mapping]]) -> tuple[dict, dict]
     report = {}
     for table, parts in entries.items():
         summaries = {p: e["summary"] for p, e in parts.items()}
-        missing = missing_days(list(summaries))
+        missing = missing_days(list(summaries), calendar)
         m = {
             "partitions": len(summaries),
             "partitions_faulty": sum(s["fault"] is not None for s in summaries.values()),
             **{k: sum(int(s[k]) for s in summaries.values()) for k in TOTALS},
+            "rows_null_key": sum(int(s.get("rows_null_key", 0)) for s in summaries.values()),
             "missing_days": len(missing),
             "by_partition": {p: {k: int(s[k]) for k in TOTALS} for p, s in summaries.items()},
         }
@@ -689,7 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     remove_temp_siblings(args.metrics)
     fp = validate_fingerprint(dataset_params, validate_params)
     run = run_validate(args.landing_dir, args.out_dir, dataset, fp)
-    metrics, _ = summarize(run.entries)
+    metrics, _ = summarize(run.entries, dataset.calendar)
     write_json(metrics, args.metrics)
     print(
         f"validate: {len(run.plan.todo)} partition(s) validated, {len(run.plan.keep)} unchanged, "
@@ -701,7 +738,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"validate {name}: {m['partitions']} partitions, {m['rows_in']} rows in, "
             f"{m['rows_valid']} valid, {m['rows_quarantined']} quarantined"
         )
-    problems = conservation_problems(run.entries) + check_thresholds(results_of(run.entries), cfg)
+    problems = conservation_problems(run.entries) + check_thresholds(
+        results_of(run.entries), cfg, dataset.calendar
+    )
     if problems:
         print(ValidationFailed(problems), file=sys.stderr)
         return 1

@@ -100,6 +100,7 @@ def test_main_writes_partitions_quarantine_and_metrics(tmp_path, shop_params):
         "rows_in": 11,
         "rows_valid": 10,
         "rows_quarantined": 1,
+        "rows_null_key": 0,
         "missing_days": 0,
         "by_partition": {"2026-01-01": {"rows_in": 11, "rows_valid": 10, "rows_quarantined": 1}},
     }
