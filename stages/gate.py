@@ -326,6 +326,7 @@ def fetch_champion(
     ValueError when they are there but cannot be loaded."""
     import dvc.api
     from dvc.exceptions import DvcException
+    from dvc_data.index.index import DataIndexError
     from scmrepo.exceptions import SCMError
 
     commit = resolve_commit(ref, repo)
@@ -334,7 +335,9 @@ def fetch_champion(
         raw_model = _read(dvc.api, model_path, repo, commit, mode="rb")
         raw_schema = _read(dvc.api, schema_path, repo, commit, mode="r")
         raw_lock = _read(dvc.api, lock_path, repo, commit, mode="r")
-    except (DvcException, SCMError, OSError) as exc:
+    # DataIndexError: the ref records a directory output (the feature schema's) whose listing
+    # is in neither the cache nor the remote; dvc-data raises it outside DvcException
+    except (DvcException, DataIndexError, SCMError, OSError) as exc:
         raise NoChampion(
             f"no champion on {where}: its files are not recorded there, or are in neither the "
             f"DVC cache nor the remote ({type(exc).__name__}: {exc})"

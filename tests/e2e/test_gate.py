@@ -156,3 +156,24 @@ def test_a_champion_in_neither_cache_nor_remote_counts_as_none(
     assert report["champion"] is None
     assert "neither the DVC cache nor the remote" in report["champion_missing"]
     assert [c["name"] for c in report["checks"]] == ["min_roc_auc", "min_pr_auc", "max_brier"]
+
+
+def test_a_champion_whose_feature_listing_is_missing_counts_as_none(
+    repo: Path, first_run: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the model is in the cache, but the listing of the directory that holds the champion's
+    # feature schema is not (a clone whose cache never saw that version): dvc-data raises
+    # DataIndexDirError, which must read as "no champion", not crash the gate
+    lock = yaml.safe_load(sh(repo, "git", "show", "weak:dvc.lock"))
+    outs = lock["stages"]["features"]["outs"]
+    listing = next(o["md5"] for o in outs if o["path"] == "artifacts/features")
+    cached = repo / ".dvc/cache/files/md5" / listing[:2] / listing[2:]
+    aside = repo.parent / "listing-aside"
+    shutil.move(cached, aside)
+    try:
+        code, report = gate_here(repo, monkeypatch, "--ref", "weak")
+    finally:
+        shutil.move(aside, cached)
+    assert code == 0, report
+    assert report["champion"] is None
+    assert "DataIndexDirError" in report["champion_missing"]
