@@ -392,8 +392,9 @@ def write_importance(table: pd.DataFrame, plots_dir: str | Path) -> Path:
 
 
 def write_residuals(table: pd.DataFrame | None, plots_dir: str | Path) -> Path:
-    """`residuals.json` (predicted, actual, residual): a regression's residual scatter; an
-    empty list for a classification."""
+    """`residuals.json` (predicted, actual, residual): the residual scatter. For a
+    classification, predicted is the probability and actual the 0/1 label. (An empty list here
+    would make `dvc plots show` report an error for the file.)"""
     rows = [] if table is None else table.to_dict(orient="records")
     return write_metrics(Path(plots_dir) / "residuals.json", {"residuals": rows})
 
@@ -470,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.slices_out is not None:
         write_metrics(args.slices_out, by_slice)
     write_plots(tables, args.plots_dir)
-    write_residuals(None, args.plots_dir)
+    write_residuals(residual_table(y, scores), args.plots_dir)
     write_importance(importance, args.plots_dir)
     print(
         f"evaluate: {metrics['n']} rows, roc_auc={metrics['roc_auc']} "

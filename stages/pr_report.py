@@ -12,8 +12,8 @@ curves of both models.
 
 The tables and plots follow the task's kind, as the metric files do: a regression's test
 metrics are MAE, RMSE, R² and MAPE (lower is better for all but R²), its plot the residual
-scatter (`residuals.json`, actual - predicted by prediction); a plot file a kind writes empty
-(a regression's ROC, a classification's residuals) is left out.
+scatter (`residuals.json`, actual - predicted by prediction, which a classification also
+writes: label - probability); a plot file a kind writes empty (a regression's ROC) is left out.
 
 The curves are text charts inside the comment: no image leaves the runner, so nothing is put on
 a public third-party host (cml#291, cml#1377), the report workflow needs no write access to the
@@ -465,7 +465,7 @@ def plots_section(plots: Sequence[Plot], head: Side, base: Side | None) -> str:
             continue
         challenger = curve_points(new, plot.x, plot.y, head.where(plot.path))
         if not challenger:
-            # the other kind's plot (a regression's ROC, a classification's residuals)
+            # the other kind's plot (a regression's ROC)
             continue
         old = None if base is None else base.json(plot.path)
         champion = None if old is None else curve_points(old, plot.x, plot.y, base.where(plot.path))

@@ -40,7 +40,7 @@ PLOTS = (
     "calibration.json",
     "confusion.csv",
     "importance.json",
-    "residuals.json",  # a regression's; empty for a classification
+    "residuals.json",  # actual - predicted (for a classification, label - probability)
 )
 
 
@@ -212,7 +212,12 @@ def test_main_writes_metrics_and_plots(stage_inputs: dict[str, Path], tmp_path: 
     assert metrics["roc_auc"] > 0.75
     assert metrics["n"] == 250
     assert sorted(p.name for p in plots.iterdir()) == sorted(PLOTS)
-    assert json.loads((plots / "residuals.json").read_text()) == {"residuals": []}
+    residuals = pd.DataFrame(json.loads((plots / "residuals.json").read_text())["residuals"])
+    assert set(residuals["actual"]) == {0, 1} and len(residuals) == 250
+    assert np.allclose(
+        residuals["residual"], residuals["actual"] - residuals["predicted"], atol=2e-6
+    )
+    assert np.allclose(np.sort(residuals["predicted"]), np.sort(scores), atol=1e-6)
     roc = json.loads((plots / "roc.json").read_text())["roc"]
     assert set(roc[0]) == {"fpr", "tpr", "threshold"}
     pr = json.loads((plots / "pr.json").read_text())["pr"]
