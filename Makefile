@@ -43,8 +43,9 @@ endif
 	dvc metrics show --md metrics/evaluate.json metrics/train.json
 	@echo "insights report: $(CURDIR)/reports/report.html (Markdown twin: reports/report.md)"
 
+# two workers (the machine's cores); a test file's fixtures stay in one worker
 test: setup chromium
-	pytest
+	pytest -n 2 --dist loadfile
 
 # the report test renders reports/report.html in headless Chromium (Debian's package)
 chromium:

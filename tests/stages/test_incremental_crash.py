@@ -40,7 +40,13 @@ def _day(root: Path, d: int, bad: bool = False) -> None:
 
 
 def _wrote_since(out_dir: Path, since_ns: int) -> bool:
-    return any(p.stat(follow_symlinks=False).st_mtime_ns >= since_ns for p in out_dir.rglob("*"))
+    for path in out_dir.rglob("*"):
+        try:
+            if path.stat(follow_symlinks=False).st_mtime_ns >= since_ns:
+                return True
+        except FileNotFoundError:
+            return True  # a temporary file renamed or removed under us: the stage is writing
+    return False
 
 
 class Stage:

@@ -68,7 +68,7 @@ def test_retail_has_a_real_shops_calendar_guests_and_cancellations(tmp_path):
     assert _simulate("retail", lake) == 0
     lines = _table(lake, "invoices")
     days = pd.to_datetime(pd.Series(sorted(lines["_date"].unique())))
-    assert not (days.dt.weekday == 5).any()  # closed on Saturdays
+    assert not (days.dt.day_of_week == 5).any()  # closed on Saturdays
     assert not days.dt.strftime("%m-%d").isin(["12-24", "12-25", "12-31", "01-01"]).any()
     per_day = lines.groupby("_date").size()
     assert per_day.iloc[0] < per_day.median() / 3  # a small first partition
@@ -85,7 +85,7 @@ def test_bank_calls_are_on_weekdays_and_drift_strongly_between_years(tmp_path):
     lake = tmp_path / "lake"
     assert _simulate("bank", lake) == 0
     calls = _table(lake, "calls")
-    assert (pd.to_datetime(calls["_date"]).dt.weekday < 5).all()
+    assert (pd.to_datetime(calls["_date"]).dt.day_of_week < 5).all()
     year = calls["call_time"].dt.year
     rate = (calls["y"] == "yes").groupby(year).mean()
     assert len(rate) == 2 and rate.iloc[1] > 1.5 * rate.iloc[0]
