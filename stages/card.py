@@ -29,7 +29,6 @@ import argparse
 import hashlib
 import json
 import platform
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from importlib import metadata
@@ -40,6 +39,7 @@ import pandas as pd
 import yaml
 
 from stages.feature_schema import FeatureSchema, load_schema
+from stages.gitref import commit_of
 from stages.io import read_frame, round_floats, write_metrics
 from stages.params import PARAMS_FILE, load_params, section
 
@@ -295,16 +295,10 @@ def stamp_card(card: Mapping[str, Any], gate: Mapping[str, Any], commit: str) ->
 
 
 def head_commit(repo: Path) -> str:
-    done = subprocess.run(
-        ["git", "rev-parse", "--verify", "HEAD"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise ValueError(f"{repo.resolve()}: no git commit at HEAD ({done.stderr.strip()})")
-    return done.stdout.strip()
+    commit = commit_of("HEAD", repo)
+    if commit is None:
+        raise ValueError(f"{repo.resolve()}: no git commit at HEAD")
+    return commit
 
 
 def stamp(args: argparse.Namespace) -> int:

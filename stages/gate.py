@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -44,6 +43,7 @@ from stages.evaluate import (
     slice_metrics,
 )
 from stages.feature_schema import FeatureSchema, load_schema
+from stages.gitref import commit_of
 from stages.io import read_frame, round_floats, write_metrics
 from stages.model_io import load_model
 from stages.params import PARAMS_FILE, load_params, section
@@ -306,16 +306,10 @@ class Champion:
 
 def resolve_commit(ref: str, repo: Path) -> str:
     """The commit sha `ref` points to, or NoChampion naming the ref."""
-    done = subprocess.run(
-        ["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
+    commit = commit_of(ref, repo)
+    if commit is None:
         raise NoChampion(f"git ref '{ref}' not found in {repo.resolve()}")
-    return done.stdout.strip()
+    return commit
 
 
 def fetch_champion(

@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from stages.gate import recorded_md5
+from stages.gitref import commit_of
 from stages.io import write_bytes_atomic
 
 MARKER = "<!-- evergreen-report -->"
@@ -66,12 +67,6 @@ class ReportError(ValueError):
 
 def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False)
-
-
-def resolve_base(repo: Path, ref: str) -> str | None:
-    """The commit `ref` names, or None when there is none (a first run: no champion yet)."""
-    done = _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 @dataclass(frozen=True)
@@ -500,7 +495,8 @@ def build_report(repo: Path, base_ref: str, paths: Paths = Paths()) -> str:
         raise ReportError(
             f"{paths.evaluate}: the challenger's test metrics are missing (run `dvc repro`)"
         )
-    commit = resolve_base(repo, base_ref)
+    # None: a first run, no champion yet
+    commit = commit_of(base_ref, repo)
     base = None if commit is None else Side(repo, commit)
     champion = None if base is None else base.json(paths.evaluate)
 

@@ -31,6 +31,7 @@ import yaml
 
 from stages.card import file_md5
 from stages.gate import recorded_md5
+from stages.gitref import commit_of
 from stages.io import write_json
 
 GATE = "metrics/gate.json"
@@ -166,7 +167,9 @@ def promote(args: argparse.Namespace) -> Release:
         committed(repo, LOCK, as_json=False),
         committed(repo, CARD, as_json=True),
     )
-    commit = _run(["git", "rev-parse", "--verify", "HEAD"], repo).strip()
+    commit = commit_of("HEAD", repo)
+    if commit is None:
+        raise RuntimeError(f"{repo.resolve()}: no git commit at HEAD")
     if args.pull:
         _run(["dvc", "pull", ONNX], repo)
     pulled = repo / ONNX
