@@ -10,18 +10,22 @@ and write their outputs through `write_parquet`, so the files do not depend on t
 from __future__ import annotations
 
 import os
+import pickle
+import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ibis
-import ibis.expr.types as ir
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages.io import PARQUET_OPTIONS, tmp_for
+
+if TYPE_CHECKING:  # Ibis costs validate, which only distributes work, a fifth of a second
+    import ibis
+    import ibis.expr.types as ir
 
 ENGINES = ("duckdb", "pyspark")
 # Rows per parquet row group: what the writer holds in memory (~30 MB for the 28 columns of the
@@ -75,8 +79,10 @@ def _known(where: str, raw: Mapping[str, Any], kind: type) -> None:
 
 def connect(cfg: EngineConfig) -> ibis.BaseBackend:
     """An Ibis backend for `cfg`: DuckDB with its limits applied, or a Spark session."""
+    import ibis
+
     if cfg.name == "pyspark":
-        return _spark(cfg.spark)
+        return ibis.pyspark.connect(spark_session(cfg.spark))
     settings: dict[str, Any] = {}
     if cfg.memory_limit is not None:
         settings["memory_limit"] = cfg.memory_limit
@@ -88,9 +94,14 @@ def connect(cfg: EngineConfig) -> ibis.BaseBackend:
     return ibis.duckdb.connect(**settings)
 
 
-def _spark(cfg: SparkConfig) -> ibis.BaseBackend:
+def spark_session(cfg: SparkConfig) -> Any:
+    """The Spark session `cfg` describes (the running one, when the process has one)."""
     from pyspark.sql import SparkSession  # only a Spark run pays for importing it
 
+    if not cfg.remote and (cfg.master or "").startswith("local"):
+        # local workers run Python functions (validate's checks): this interpreter, with this
+        # environment's packages, not whichever `python3` comes first on PATH
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(cfg.app_name)
     if cfg.remote:
         builder = builder.remote(cfg.remote)
@@ -98,8 +109,66 @@ def _spark(cfg: SparkConfig) -> ibis.BaseBackend:
         builder = builder.master(cfg.master)
     for key, value in cfg.conf.items():
         builder = builder.config(key, str(value).lower() if isinstance(value, bool) else value)
-    session = builder.getOrCreate()
-    return ibis.pyspark.connect(session)
+    return builder.getOrCreate()
+
+
+def map_tasks(cfg: EngineConfig, fn: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+    """`fn(item)` for each item, in order: here on DuckDB; on Spark, one Spark task per item on
+    the executors, each result streamed back to this process.
+
+    `fn` and the items travel pickled, so they must be importable functions and plain data; an
+    exception `fn` raises on an executor is raised here as itself, as it would be in-process.
+    """
+    if cfg.name != "pyspark":
+        yield from map(fn, items)
+        return
+    if not items:
+        return
+    session = spark_session(cfg.spark)
+    # a few Spark partitions per core, each a range of ids: each is one job for the iterator
+    # below (~0.2 s apiece locally), and what this process holds at a time is one partition's
+    # results. The items travel with the function (a few hundred bytes each).
+    slices = min(len(items), 4 * _parallelism(session))
+    ids = session.range(0, len(items), 1, numPartitions=slices)
+    results = ids.mapInPandas(_run_pickled(fn, list(items)), "id long, ok boolean, result binary")
+    waiting: dict[int, tuple[bool, bytes]] = {}
+    done = 0
+    for row in results.toLocalIterator(prefetchPartitions=True):
+        waiting[row["id"]] = (row["ok"], row["result"])
+        while done in waiting:  # partitions are id ranges in order: little waits here
+            ok, payload = waiting.pop(done)
+            value = pickle.loads(payload)
+            if not ok:
+                raise value
+            yield value
+            done += 1
+    if done != len(items):
+        raise RuntimeError(f"Spark returned {done} of {len(items)} task results")
+
+
+def _parallelism(session: Any) -> int:
+    try:
+        return int(session.sparkContext.defaultParallelism)
+    except Exception:  # Spark Connect has no SparkContext to ask; its servers' usual default
+        return 8
+
+
+def _run_pickled(fn: Callable[[Any], Any], items: list[Any]) -> Callable[[Iterator[Any]], Any]:
+    def run(frames: Iterator[Any]) -> Iterator[Any]:
+        import pandas as pd
+
+        for frame in frames:
+            oks, results = [], []
+            for i in frame["id"]:
+                try:
+                    ok, value = True, fn(items[i])
+                except Exception as exc:  # raised again in the driver, where it is reported
+                    ok, value = False, exc
+                oks.append(ok)
+                results.append(pickle.dumps(value))
+            yield pd.DataFrame({"id": frame["id"], "ok": oks, "result": results})
+
+    return run
 
 
 def is_spark(con: ibis.BaseBackend) -> bool:
@@ -115,6 +184,8 @@ def read_parquet(con: ibis.BaseBackend, paths: str | Path | Sequence[str | Path]
     if is_spark(con):
         # one DataFrame over every file (Ibis's read_parquet takes one path)
         frame = con._session.read.parquet(*[str(p) for p in many])
+        import ibis
+
         name = ibis.util.gen_name("read_parquet")
         frame.createOrReplaceTempView(name)
         return con.table(name)

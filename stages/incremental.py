@@ -126,17 +126,35 @@ def read_manifest(path: Path, expected_fingerprint: str) -> tuple[dict[str, Any]
     return manifest, ""
 
 
-def write_manifest(
-    path: Path, fingerprint_: str, body: Mapping[str, Any], cache: StatCache
-) -> None:
+def write_manifest(path: Path, fingerprint_: str, body: Mapping[str, Any]) -> None:
     """Write the manifest last: it commits every output written before it.
 
     Keys keep the order the stage built them in (deterministic), not sorted: a summary read
     back must equal the fresh one, order of its top failing checks included.
     """
     manifest = {"format": MANIFEST_FORMAT, "fingerprint": fingerprint_, **body}
-    manifest["stat_cache"] = cache.to_json()
     write_bytes_atomic((json.dumps(manifest, indent=1) + "\n").encode(), path)
+
+
+def stat_cache_path(out_dir: Path) -> Path:
+    """Beside the output directory, not in it: sizes, mtimes and inodes differ from machine to
+    machine, and DVC would hash them into the output (and git into dvc.lock)."""
+    return out_dir.parent / f".{out_dir.name}.stat-cache.json"
+
+
+def load_stat_cache(out_dir: Path) -> StatCache:
+    """The previous run's stat cache; an unreadable one is no cache (every file is hashed)."""
+    path = stat_cache_path(out_dir)
+    remove_temp_siblings(path)
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return StatCache()
+    return StatCache(entries if isinstance(entries, dict) else None)
+
+
+def save_stat_cache(out_dir: Path, cache: StatCache) -> None:
+    write_bytes_atomic((json.dumps(cache.to_json()) + "\n").encode(), stat_cache_path(out_dir))
 
 
 def remove_temp_files(*roots: Path) -> list[Path]:

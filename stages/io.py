@@ -8,12 +8,14 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:  # pandas costs prepare and features, which never use it, 0.2-0.3 s to import
+    import pandas as pd
 
 # metrics are rounded to this many digits: last-bit BLAS differences stay out of the files
 DIGITS = 6
@@ -64,10 +66,17 @@ def write_table(table: pa.Table, path: str | Path) -> Path:
     return path
 
 
-def write_frame(df: pd.DataFrame, path: str | Path, schema: pa.Schema | None = None) -> Path:
+def frame_parquet(df: pd.DataFrame, schema: pa.Schema | None = None) -> bytes:
+    """A frame as deterministic parquet bytes (what `write_frame` writes)."""
     table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
+    sink = pa.BufferOutputStream()
     # pandas metadata embeds index/dtype details that vary with how the frame was built
-    return write_table(table.replace_schema_metadata(None), path)
+    pq.write_table(table.replace_schema_metadata(None), sink, **PARQUET_OPTIONS)
+    return sink.getvalue().to_pybytes()
+
+
+def write_frame(df: pd.DataFrame, path: str | Path, schema: pa.Schema | None = None) -> Path:
+    return write_bytes_atomic(frame_parquet(df, schema), path)
 
 
 def list_partitions(table_dir: str | Path, key: str = "date") -> dict[str, list[Path]]:
@@ -124,4 +133,6 @@ def read_frame(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: parquet file not found")
+    import pandas as pd
+
     return pd.read_parquet(path)

@@ -34,8 +34,10 @@ from stages.incremental import (
     ROW_COL,
     StatCache,
     fingerprint,
+    load_stat_cache,
     read_manifest,
     remove_temp_files,
+    save_stat_cache,
     write_manifest,
 )
 from stages.io import PARTITION_RE, write_json
@@ -179,7 +181,7 @@ def run_prepare(
     docstring), writing the histories, then `counts.json`, then the manifest, last."""
     remove_temp_files(out_dir)
     previous, why = read_manifest(out_dir / MANIFEST, fingerprint_)
-    cache = StatCache((previous or {}).get("stat_cache"))
+    cache = load_stat_cache(out_dir)
     con = None  # an engine costs ~1 s (DuckDB) to ~10 s (Spark) to start: only when needed
     entries: dict[str, dict] = {}
     plans: dict[str, MergePlan] = {}
@@ -212,7 +214,8 @@ def run_prepare(
             stray.unlink()
     counts = {name: n for e in entries.values() for name, n in e["rows"].items()}
     write_json(dict(sorted(counts.items())), out_dir / COUNTS)
-    write_manifest(out_dir / MANIFEST, fingerprint_, {"tables": entries}, cache)
+    write_manifest(out_dir / MANIFEST, fingerprint_, {"tables": entries})
+    save_stat_cache(out_dir, cache)
     return PrepareRun(entries, plans, why if previous is None else "")
 
 

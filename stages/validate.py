@@ -14,6 +14,7 @@ import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +33,7 @@ from stages.dataset import (
     evaluate_expression,
     surrogate_keys,
 )
+from stages.engine import EngineConfig, map_tasks
 from stages.incremental import (
     MANIFEST,
     MANIFEST_FORMAT,
@@ -40,12 +42,14 @@ from stages.incremental import (
     StatCache,
     content_hash,
     fingerprint,
+    load_stat_cache,
     read_manifest,
     remove_temp_files,
     remove_temp_siblings,
+    save_stat_cache,
     write_manifest,
 )
-from stages.io import ARROW_TYPES, list_partitions, write_frame, write_json
+from stages.io import ARROW_TYPES, frame_parquet, list_partitions, write_bytes_atomic, write_json
 from stages.params import load_params, section
 
 QUARANTINE_SCHEMA = pa_arrow.schema(
@@ -456,7 +460,7 @@ def check_thresholds(
 
 # The modules whose code decides validate's outputs (dvc.yaml lists them as the stage's deps):
 # an edit to any of them rebuilds every partition rather than mix old and new outputs.
-CODE_FILES = ("validate.py", "dataset.py", "io.py", "incremental.py")
+CODE_FILES = ("validate.py", "dataset.py", "io.py", "incremental.py", "engine.py")
 LIBRARIES = ("numpy", "pandas", "pandera", "pyarrow")
 REPORT = "report.json"
 QUARANTINE_DIR = "quarantine"
@@ -554,25 +558,42 @@ def _intact(entry: Mapping, out_dir: Path, cache: StatCache) -> bool:
     return True
 
 
-def _validate_one(
-    files: Sequence[Path], table: TableSpec, partition: str, out_dir: Path, cache: StatCache
-) -> dict:
-    """Validate one partition and write its outputs; returns its manifest entry (no source)."""
-    result = validate_partition(files, table, partition)
-    valid_rel, quarantine_rel = _output_paths(table.name, partition)
-    write_frame(result.valid, out_dir / valid_rel, arrow_schema(table))
-    written = [valid_rel]
+@dataclass(frozen=True)
+class ValidatedPartition:
+    """One partition's outcome as it travels from a worker: its summary and its files."""
+
+    summary: dict
+    files: dict[str, bytes]  # path relative to the output directory -> parquet bytes
+    quarantine_records: int
+
+
+def validate_task(
+    specs: Mapping[str, TableSpec], task: tuple[str, str, tuple[Path, ...]]
+) -> ValidatedPartition:
+    """Validate one (table, partition, files) task; pure, so any engine's worker can run it."""
+    name, partition, files = task
+    result = validate_partition(files, specs[name], partition)
+    valid_rel, quarantine_rel = _output_paths(name, partition)
+    out = {valid_rel: frame_parquet(result.valid, arrow_schema(specs[name]))}
     if len(result.quarantine):
-        write_frame(result.quarantine, out_dir / quarantine_rel, QUARANTINE_SCHEMA)
-        written.append(quarantine_rel)
-    outputs = {rel: cache.stamp(out_dir / rel, f"out/{rel}") for rel in written}
+        out[quarantine_rel] = frame_parquet(result.quarantine, QUARANTINE_SCHEMA)
+    # through JSON, so a summary reads the same fresh and from the manifest
+    summary = json.loads(json.dumps(result.summary(), default=str))
+    return ValidatedPartition(summary, out, len(result.quarantine))
+
+
+def _commit(done: ValidatedPartition, out_dir: Path, cache: StatCache) -> dict:
+    """Write one validated partition's files; returns its manifest entry (no source)."""
+    for rel, data in done.files.items():
+        write_bytes_atomic(data, out_dir / rel)
+    outputs = {rel: cache.stamp(out_dir / rel, f"out/{rel}") for rel in done.files}
+    valid_rel = next(iter(done.files))
     return {
         "outputs": {rel: s.to_json() for rel, s in outputs.items() if s is not None},
-        # through JSON, so a summary reads the same fresh and from the manifest
-        "summary": json.loads(json.dumps(result.summary(), default=str)),
+        "summary": done.summary,
         "written": {
             "valid_rows": pq.ParquetFile(out_dir / valid_rel).metadata.num_rows,
-            "quarantine_records": len(result.quarantine),
+            "quarantine_records": done.quarantine_records,
         },
     }
 
@@ -607,14 +628,23 @@ def _landed(
 
 
 def run_validate(
-    landing_dir: Path, out_dir: Path, dataset: DatasetConfig, fingerprint_: str
+    landing_dir: Path,
+    out_dir: Path,
+    dataset: DatasetConfig,
+    fingerprint_: str,
+    engine: EngineConfig | None = None,
 ) -> ValidateRun:
     """Validate the partitions new or changed since the last run, keep the others, remove the
     outputs of those no longer landed; write the report, then the manifest, last. A manifest
-    of other code or params (another fingerprint) is ignored: every partition is validated."""
+    of other code or params (another fingerprint) is ignored: every partition is validated.
+
+    On `engine.name: pyspark` the partitions are validated by Spark tasks, each running the
+    same checks on its partition; the files they produce are written here, byte for byte the
+    ones an in-process run writes.
+    """
     remove_temp_files(out_dir)
     previous, why = read_manifest(out_dir / MANIFEST, fingerprint_)
-    cache = StatCache((previous or {}).get("stat_cache"))
+    cache = load_stat_cache(out_dir)
     old = (previous or {}).get("partitions", {})
     files, stamps = _landed(landing_dir, dataset, cache)
     sources = {t: {p: content_hash(s) for p, s in parts.items()} for t, parts in stamps.items()}
@@ -628,15 +658,18 @@ def run_validate(
     entries: dict[str, dict[str, dict]] = {t.name: {} for t in dataset.tables}
     for table, partition in plan.keep:
         entries[table][partition] = old[table][partition]
-    for table, partition in plan.todo:
-        entry = _validate_one(files[table][partition], specs[table], partition, out_dir, cache)
+    tasks = [(t, p, tuple(files[t][p])) for t, p in plan.todo]
+    results = map_tasks(engine or EngineConfig(), partial(validate_task, specs), tasks)
+    for (table, partition, _), validated in zip(tasks, results, strict=True):
+        entry = _commit(validated, out_dir, cache)
         entry["source"] = sources[table][partition]
         entry["files"] = {n: s.to_json() for n, s in stamps[table][partition].items()}
         entries[table][partition] = entry
     entries = {t: dict(sorted(parts.items())) for t, parts in entries.items()}
     _remove_unlisted(out_dir, entries)
     write_json(summarize(entries, dataset.calendar)[1], out_dir / REPORT)
-    write_manifest(out_dir / MANIFEST, fingerprint_, {"partitions": entries}, cache)
+    write_manifest(out_dir / MANIFEST, fingerprint_, {"partitions": entries})
+    save_stat_cache(out_dir, cache)
     return ValidateRun(entries, plan, why if previous is None else "")
 
 
@@ -720,12 +753,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"validate: {exc}", file=sys.stderr)
         return 2
     cfg = ValidateConfig(**validate_params)
+    try:
+        engine = EngineConfig.from_params(params.get("engine"))
+    except ValueError as exc:
+        print(f"validate: {exc}", file=sys.stderr)
+        return 2
     if not args.landing_dir.is_dir():
         print(f"validate: {args.landing_dir} not found (run `evergreen ingest`)", file=sys.stderr)
         return 2
     remove_temp_siblings(args.metrics)
     fp = validate_fingerprint(dataset_params, validate_params)
-    run = run_validate(args.landing_dir, args.out_dir, dataset, fp)
+    run = run_validate(args.landing_dir, args.out_dir, dataset, fp, engine)
     metrics, _ = summarize(run.entries, dataset.calendar)
     write_json(metrics, args.metrics)
     print(

@@ -154,16 +154,11 @@ class Stages:
         assert self.prepare() == 0
 
     def files(self) -> dict[str, bytes]:
-        """Every output file's bytes (a manifest without its stat cache)."""
+        """Every output file's bytes, manifests included (stat caches live beside them)."""
         out = {}
         for path in sorted(self.base.rglob("*")):
-            if path.is_file():
-                data = path.read_bytes()
-                if path.name == "manifest.json":
-                    manifest = json.loads(data)
-                    manifest.pop("stat_cache")
-                    data = json.dumps(manifest, sort_keys=True).encode()
-                out[path.relative_to(self.base).as_posix()] = data
+            if path.is_file() and not path.name.endswith(".stat-cache.json"):
+                out[path.relative_to(self.base).as_posix()] = path.read_bytes()
         return out
 
 

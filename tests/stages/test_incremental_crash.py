@@ -14,7 +14,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from stages.incremental import MANIFEST
 from tests.conftest import customers_frame, events_frame, write_params, write_partition
 
 pytestmark = pytest.mark.slow
@@ -81,16 +80,11 @@ class Stage:
 
 
 def _files(*dirs: Path) -> dict[str, bytes]:
-    """Every file's bytes (a manifest without its stat cache)."""
+    """Every file's bytes, manifests included (stat caches live beside the directories)."""
     out = {}
     for base in dirs:
         for path in sorted(p for p in base.rglob("*") if p.is_file()):
-            data = path.read_bytes()
-            if path.name == MANIFEST:
-                manifest = json.loads(data)
-                manifest.pop("stat_cache")
-                data = json.dumps(manifest, sort_keys=True).encode()
-            out[f"{base.name}/{path.relative_to(base).as_posix()}"] = data
+            out[f"{base.name}/{path.relative_to(base).as_posix()}"] = path.read_bytes()
     return out
 
 

@@ -5,7 +5,6 @@ byte (DESIGN.md, principle 2)."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -118,13 +117,8 @@ class Lake:
 def _outputs(base: Path) -> dict[str, bytes]:
     out = {}
     for path in sorted(base.rglob("*")):
-        if path.is_file():
-            data = path.read_bytes()
-            if path.name == "manifest.json":
-                manifest = json.loads(data)
-                manifest.pop("stat_cache")
-                data = json.dumps(manifest, sort_keys=True).encode()
-            out[path.relative_to(base).as_posix()] = data
+        if path.is_file() and not path.name.endswith(".stat-cache.json"):
+            out[path.relative_to(base).as_posix()] = path.read_bytes()
     return out
 
 

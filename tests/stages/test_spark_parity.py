@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from stages import features, prepare, validate
-from stages.engine import EngineConfig, connect
+from stages.engine import EngineConfig, connect, map_tasks
 from stages.simulate import main as simulate_main
 from tests.conftest import write_params
 
@@ -118,6 +118,56 @@ def test_spark_reads_what_validation_counted(spark_session, validated):
         assert {p: n for p, n in rows.items() if p not in whole} == {
             p: n for p, n in expected.items() if p not in whole
         }
+
+
+def _parquet_files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*.parquet")}
+
+
+def _validate(lake_params: dict, root: Path, engine: dict | None, landing: Path) -> int:
+    params = _params(lake_params, root / "params.yaml", engine)
+    return validate.main(
+        [str(landing), str(root / "out"), str(root / "v.json"), "--params", str(params)]
+    )
+
+
+def test_validate_on_spark_writes_the_same_files(spark_session, validated, lake_params, tmp_path):
+    """Spark's tasks run the checks on the faulty lake: the same valid and quarantine files,
+    byte for byte, the same metrics, report and manifest entries as the in-process run."""
+    landing = validated.parent / "lake" / "landing"
+    assert _validate(lake_params, tmp_path, SPARK, landing) == 0
+    out = tmp_path / "out"
+    assert _parquet_files(out) == _parquet_files(validated)
+    assert (tmp_path / "v.json").read_text() == (validated.parent / "v.json").read_text()
+    assert (out / "report.json").read_text() == (validated / "report.json").read_text()
+    entries = [
+        json.loads((d / "manifest.json").read_text())["partitions"] for d in (out, validated)
+    ]
+    assert entries[0] == entries[1]
+
+
+def test_validate_on_spark_fails_as_in_process(
+    spark_session, validated, lake_params, tmp_path, capsys
+):
+    """Bad rows over the threshold fail the stage on Spark too, with the same report."""
+    strict = {
+        **lake_params,
+        "validate": {**lake_params["validate"], "max_quarantine_fraction": 0.0},
+    }
+    landing = validated.parent / "lake" / "landing"
+    errors = []
+    for name, engine in (("duckdb", None), ("pyspark", SPARK)):
+        (tmp_path / name).mkdir()
+        assert _validate(strict, tmp_path / name, engine, landing) == 1
+        errors.append(capsys.readouterr().err)
+    assert "quarantined" in errors[0] and errors[0] == errors[1]
+
+
+def test_spark_tasks_return_in_order_and_raise_as_themselves(spark_session):
+    cfg = EngineConfig.from_params(SPARK)
+    assert list(map_tasks(cfg, int, ["3", "1", "2"])) == [3, 1, 2]
+    with pytest.raises(ValueError, match="invalid literal for int"):
+        list(map_tasks(cfg, int, ["1", "x"]))
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 
 from stages.dataset import dataset_from_params
+from stages.incremental import stat_cache_path
 from stages.validate import main, missing_days, validate_partition
 from tests.conftest import customers_frame, events_frame, write_params, write_partition
 
@@ -140,3 +143,22 @@ def test_main_without_ingested_data_exits_2(tmp_path, shop_params, capsys):
         ]
     )
     assert rc == 2 and "evergreen ingest" in capsys.readouterr().err
+
+
+def test_outputs_do_not_depend_on_the_machine(tmp_path, shop_params):
+    """The manifest DVC hashes holds no inode or mtime: the same landing copied elsewhere (new
+    inodes, new mtimes) validates to the very same bytes; the stat cache lives beside it."""
+    params = write_params(shop_params, tmp_path / "params.yaml")
+    _tiny_lake(tmp_path / "a", bad_rows=1)
+    shutil.copytree(tmp_path / "a", tmp_path / "b", copy_function=shutil.copy)
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path / name / "validated"
+        landing = str(tmp_path / name / "landing")
+        assert (
+            main([landing, str(out), str(tmp_path / f"{name}.json"), "--params", str(params)]) == 0
+        )
+        outs.append({p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()})
+        assert json.loads(stat_cache_path(out).read_text()) == {}  # just written: too fresh
+    assert outs[0] == outs[1]
+    assert "stat_cache" not in json.loads(outs[0][Path("manifest.json")])
