@@ -19,10 +19,12 @@ import re
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas costs prepare and features, which never use it, 0.2-0.3 s to import
+    import pandas as pd
 
 COLUMN_TYPES = ("int64", "float64", "string", "bool", "date", "timestamp")
 NUMERIC_TYPES = ("int64", "float64")
@@ -314,6 +316,7 @@ def evaluate_expression(text: str, frame: pd.DataFrame) -> pd.Series:
 
     A null operand, or a non-finite result (division by zero), gives a null value.
     """
+    import pandas as pd
 
     def walk(node: ast.expr) -> np.ndarray | float:
         if isinstance(node, ast.Constant):
@@ -336,6 +339,8 @@ def surrogate_keys(frame: pd.DataFrame, columns: tuple[str, ...], partition: str
     """A key for rows that have none: 16 hex digits of a hash of the partition and the row's
     typed values. Deterministic across runs and engines that type alike; identical rows of one
     partition share it, so prepare keeps one of them (a re-sent row, not a new example)."""
+    import pandas as pd
+
     content = frame.loc[:, list(columns)].astype("string")
     content["_partition"] = partition
     hashed = pd.util.hash_pandas_object(content, index=False).to_numpy(dtype="uint64")
