@@ -1,7 +1,8 @@
 """Benchmark: prepare + features at 1x, 10x and 100x the demo data, on DuckDB and on Spark.
 
 For each scale the simulated shop lake (`evergreen lake simulate`, 120 days, seed 7) gets
-`initial_customers` and `signups_per_day` times the scale, is validated once (untimed), then
+`initial_customers` and `signups_per_day` times the scale, is validated (in-process, and at
+the --spark-scales also as Spark tasks, whose files are compared byte for byte), then
   duckdb   `python -m stages.prepare` and `python -m stages.features`, engine duckdb with the
            memory limit given (default: params.yaml's engine.memory_limit);
   pyspark  the same two commands with `engine.name: pyspark`, Spark in local mode (2 cores),
@@ -138,6 +139,10 @@ def agree(pandas_dir: Path, engine_dir: Path) -> str:
     return f"outputs agree (max |diff| {worst:.1e})"
 
 
+def _parquet_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*.parquet")}
+
+
 def same_files(a: Path, b: Path) -> str:
     names = [f"prepare/{n}.parquet" for n in HISTORY_KEYS]
     names += ["features/snapshots.parquet", "features/predict.parquet"]
@@ -167,12 +172,22 @@ def run_scale(
         "--params", params,
     )  # fmt: skip
     events = sum(pq.read_metadata(f).num_rows for f in (validated / "events").glob("*"))
-    print(f"x{scale}: {events} validated events (validate {v.seconds:.1f} s)", flush=True)
+    line = f"x{scale}: {events} validated events (validate {v.seconds:.1f} s"
+    spark = write_params(base, case / "spark.yaml", scale, {"name": "pyspark"})
+    if scale in args.spark_scales:  # the same validation as Spark tasks: the same files?
+        on_spark = case / "validated-spark"
+        vs = measure(
+            PY, "-m", "stages.validate", lake / "landing", on_spark, case / "vs.json",
+            "--params", spark,
+        )  # fmt: skip
+        same = _parquet_bytes(on_spark) == _parquet_bytes(validated)
+        line += f"; on Spark {vs.seconds:.1f} s, {vs.peak_mb:.0f} MB, "
+        line += "byte-identical files" if same else "FILES DIFFER"
+    print(line + ")", flush=True)
     runs: dict[str, tuple[Timed, Timed | None]] = {
         "duckdb": stages(validated, case / "duckdb", params, args.repeats)
     }
     if scale in args.spark_scales:
-        spark = write_params(base, case / "spark.yaml", scale, {"name": "pyspark"})
         runs["pyspark"] = stages(validated, case / "pyspark", spark, 1)
         notes.append(f"x{scale} pyspark: {same_files(case / 'duckdb', case / 'pyspark')}")
     if scale in args.pandas_scales:
