@@ -786,4 +786,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # run the module under its own name, not as __main__: Spark's tasks find `validate_task`
+    # and `ValidatedPartition` by the module name they were pickled with
+    from stages.validate import main as validate_main
+
+    raise SystemExit(validate_main())

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -126,17 +128,20 @@ def _parquet_files(root: Path) -> dict[str, bytes]:
 
 def _validate(lake_params: dict, root: Path, engine: dict | None, landing: Path) -> int:
     params = _params(lake_params, root / "params.yaml", engine)
-    return validate.main(
-        [str(landing), str(root / "out"), str(root / "v.json"), "--params", str(params)]
-    )
+    args = [str(landing), str(root / "out"), str(root / "v.json"), "--params", str(params)]
+    return validate.main(args)
 
 
-def test_validate_on_spark_writes_the_same_files(spark_session, validated, lake_params, tmp_path):
+def test_validate_on_spark_writes_the_same_files(validated, lake_params, tmp_path):
     """Spark's tasks run the checks on the faulty lake: the same valid and quarantine files,
-    byte for byte, the same metrics, report and manifest entries as the in-process run."""
+    byte for byte, the same metrics, report and manifest entries as the in-process run. Run
+    as dvc.yaml runs it (`python -m`, its own Spark session): the tasks must find the module."""
     landing = validated.parent / "lake" / "landing"
-    assert _validate(lake_params, tmp_path, SPARK, landing) == 0
+    params = _params(lake_params, tmp_path / "params.yaml", SPARK)
     out = tmp_path / "out"
+    cmd = ["-m", "stages.validate", landing, out, tmp_path / "v.json", "--params", params]
+    done = subprocess.run([sys.executable, *map(str, cmd)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
     assert _parquet_files(out) == _parquet_files(validated)
     assert (tmp_path / "v.json").read_text() == (validated.parent / "v.json").read_text()
     assert (out / "report.json").read_text() == (validated / "report.json").read_text()
