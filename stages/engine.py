@@ -182,10 +182,10 @@ def read_parquet(con: ibis.BaseBackend, paths: str | Path | Sequence[str | Path]
     if not many:
         raise FileNotFoundError("no parquet file to read")
     if is_spark(con):
-        # one DataFrame over every file (Ibis's read_parquet takes one path)
-        frame = con._session.read.parquet(*[str(p) for p in many])
         import ibis
 
+        # one DataFrame over every file (Ibis's read_parquet takes one path)
+        frame = con._session.read.parquet(*[str(p) for p in many])
         name = ibis.util.gen_name("read_parquet")
         frame.createOrReplaceTempView(name)
         return con.table(name)

@@ -564,7 +564,6 @@ class ValidatedPartition:
 
     summary: dict
     files: dict[str, bytes]  # path relative to the output directory -> parquet bytes
-    quarantine_records: int
 
 
 def validate_task(
@@ -579,21 +578,25 @@ def validate_task(
         out[quarantine_rel] = frame_parquet(result.quarantine, QUARANTINE_SCHEMA)
     # through JSON, so a summary reads the same fresh and from the manifest
     summary = json.loads(json.dumps(result.summary(), default=str))
-    return ValidatedPartition(summary, out, len(result.quarantine))
+    return ValidatedPartition(summary, out)
 
 
-def _commit(done: ValidatedPartition, out_dir: Path, cache: StatCache) -> dict:
-    """Write one validated partition's files; returns its manifest entry (no source)."""
+def _commit(
+    done: ValidatedPartition, table: str, partition: str, out_dir: Path, cache: StatCache
+) -> dict:
+    """Write one validated partition's files; returns its manifest entry (no source), with
+    the rows its files hold as read back from disk."""
     for rel, data in done.files.items():
         write_bytes_atomic(data, out_dir / rel)
     outputs = {rel: cache.stamp(out_dir / rel, f"out/{rel}") for rel in done.files}
-    valid_rel = next(iter(done.files))
+    rows = {rel: pq.ParquetFile(out_dir / rel).metadata.num_rows for rel in done.files}
+    valid_rel, quarantine_rel = _output_paths(table, partition)
     return {
         "outputs": {rel: s.to_json() for rel, s in outputs.items() if s is not None},
         "summary": done.summary,
         "written": {
-            "valid_rows": pq.ParquetFile(out_dir / valid_rel).metadata.num_rows,
-            "quarantine_records": done.quarantine_records,
+            "valid_rows": rows[valid_rel],
+            "quarantine_records": rows.get(quarantine_rel, 0),
         },
     }
 
@@ -661,7 +664,7 @@ def run_validate(
     tasks = [(t, p, tuple(files[t][p])) for t, p in plan.todo]
     results = map_tasks(engine or EngineConfig(), partial(validate_task, specs), tasks)
     for (table, partition, _), validated in zip(tasks, results, strict=True):
-        entry = _commit(validated, out_dir, cache)
+        entry = _commit(validated, table, partition, out_dir, cache)
         entry["source"] = sources[table][partition]
         entry["files"] = {n: s.to_json() for n, s in stamps[table][partition].items()}
         entries[table][partition] = entry
