@@ -149,8 +149,8 @@ def one_million_rows(work: Path) -> tuple[float, float]:
 import time
 from pathlib import Path
 import numpy as np, pandas as pd, yaml
-from stages.dataset import dataset_from_params
-from stages.validate import validate_partition
+from stages.lib.dataset import dataset_from_params
+from stages.lib.validation import validate_partition
 n = 1_000_000
 rng = np.random.default_rng(7)
 frame = pd.DataFrame({{

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.dataset import DatasetConfig, dataset_from_params
-from stages.features import SNAPSHOT_COL, FeaturesConfig, feature_names, snapshot_dates
-from stages.incremental import PARTITION_COL, ROW_COL
-from stages.params import load_params, section
-from stages.prepare import history_keys
+from stages.lib.dataset import DatasetConfig, dataset_from_params
+from stages.lib.incremental import PARTITION_COL, ROW_COL
+from stages.lib.merge import history_keys
+from stages.lib.params import load_params, section
+from stages.lib.predictions import SNAPSHOT_COL
+from stages.lib.snapshots import FeaturesConfig, feature_names, snapshot_dates
 
 
 def merge(validated: Path, dataset: DatasetConfig) -> dict[str, pd.DataFrame]:

@@ -7,7 +7,7 @@ Builds the train/valid/test splits the way `dvc repro` does (simulate -> validat
 -> features -> split, in a temporary folder), then for each family in conf/model/: one fit
 with the config's hyperparameters (no tuning trials: the time of one trial), its test ROC AUC,
 and the median latency of scoring a pandas frame of 1 and of 64 rows natively
-(`positive_scores` on the skops Pipeline) and with `OnnxPredictor` on the exported graph,
+(`positive_proba` on the skops Pipeline) and with `OnnxPredictor` on the exported graph,
 single-threaded both, printed with their ratio.
 """
 
@@ -26,12 +26,13 @@ import yaml
 from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
-from stages import features, prepare, simulate, split, validate
-from stages.export import export_onnx
-from stages.feature_schema import FeatureSchema, load_schema
-from stages.onnx_predict import OnnxPredictor
-from stages.params import compose_params
-from stages.train import ModelConfig, positive_scores, train_model
+from stages import features, prepare, split, validate
+from stages.contract.feature_schema import FeatureSchema, load_schema
+from stages.contract.onnx_predict import OnnxPredictor
+from stages.lib.onnx_export import export_onnx
+from stages.lib.params import compose_params
+from stages.lib.training import ModelConfig, positive_proba, train_model
+from stages.sim import shop as simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("logreg", "hgb", "rf", "mlp")
@@ -95,13 +96,13 @@ def bench_family(
     model = train_model(frames["train"], schema, cfg, seed, valid=frames["valid"])
     fit_s = time.perf_counter() - start
     test = frames["test"]
-    auc = roc_auc_score(test[schema.label], positive_scores(model, test, schema))
+    auc = roc_auc_score(test[schema.label], positive_proba(model, test, schema))
     predictor = OnnxPredictor(export_onnx(model, schema).SerializeToString(), schema, threads=1)
     row: dict[str, float] = {"fit_s": fit_s, "test_roc_auc": auc}
     with threadpool_limits(limits=1):
         for n in (1, 64):
             batch = test.head(n)
-            native = median_us(lambda b=batch: positive_scores(model, b, schema), repeats)
+            native = median_us(lambda b=batch: positive_proba(model, b, schema), repeats)
             onnx = median_us(lambda b=batch: predictor.predict_proba(b), repeats)
             row[f"native_{n}_us"], row[f"native_{n}_cpu_us"] = native
             row[f"onnx_{n}_us"], row[f"onnx_{n}_cpu_us"] = onnx

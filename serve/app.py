@@ -37,7 +37,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -50,7 +50,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from serve.model import Feed, ServedModel, concat, load_served_model
+from serve.model import Feed, ServedModel, concat, load_served_model, preflight
 from serve.schema import ApiModels, WireBatch, api_models, client_errors
 from serve.settings import (
     DEFAULT_SETTINGS,
@@ -97,7 +97,7 @@ def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-class ChurnAPI(ls.LitAPI):
+class PredictAPI(ls.LitAPI):
     """Scores requests with the champion (and the shadow, when configured); see module doc.
 
     Requests arrive already validated (as WireBatch); with `max_batch_size` > 1 LitServe hands
@@ -237,18 +237,18 @@ class ChurnAPI(ls.LitAPI):
         return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
 
-def _plain_api() -> ChurnAPI:
+def _plain_api() -> PredictAPI:
     # pickle then restores the instance's __dict__ (the 3rd item of __reduce__)
-    return ChurnAPI.__new__(ChurnAPI)
+    return PredictAPI.__new__(PredictAPI)
 
 
-def routed_api(models: ApiModels) -> type[ChurnAPI]:
-    """A ChurnAPI whose /predict route validates with the card's generated models.
+def routed_api(models: ApiModels) -> type[PredictAPI]:
+    """A PredictAPI whose /predict route validates with the card's generated models.
 
     LitServe builds the route from the annotations of `decode_request` (here a FastAPI
     dependency that reads the body and validates it into a WireBatch, in the API server) and
     `encode_response` (the response model, for the OpenAPI document). Workers need neither:
-    an instance pickles as a plain ChurnAPI.
+    an instance pickles as a plain PredictAPI.
     """
 
     async def validated_body(request: Request) -> WireBatch:
@@ -263,7 +263,7 @@ def routed_api(models: ApiModels) -> type[ChurnAPI]:
     request_type = Annotated[WireBatch, Depends(validated_body)]
     response_type = models.response
 
-    class RoutedChurnAPI(ChurnAPI):
+    class RoutedPredictAPI(PredictAPI):
         def decode_request(self, request: request_type) -> WireBatch:  # type: ignore[valid-type]
             return super().decode_request(request)
 
@@ -273,7 +273,7 @@ def routed_api(models: ApiModels) -> type[ChurnAPI]:
         def __reduce__(self) -> tuple[Any, ...]:
             return (_plain_api, (), self.__dict__)
 
-    return RoutedChurnAPI
+    return RoutedPredictAPI
 
 
 class InfoResponse(BaseModel):
@@ -295,7 +295,7 @@ def describe(
 ) -> dict[str, Any]:
     """The static part of GET /info (the log counters are added per request)."""
     card = champion.card
-    data = card.get("data") or {}
+    data = card.data
     return {
         "model": champion.identity(),
         "data": {
@@ -304,9 +304,9 @@ def describe(
             "train_snapshot_dates": data.get("train_snapshot_dates"),
         },
         "git_commit": champion.git_commit,
-        "gate": card.get("gate") if isinstance(card.get("gate"), Mapping) else None,
+        "gate": card.gate,
         # test and validation metrics (the per-slice ones stay in the card)
-        "metrics": {k: v for k, v in (card.get("metrics") or {}).items() if k in ("test", "valid")},
+        "metrics": {k: v for k, v in card.metrics.items() if k in ("test", "valid")},
         "features": champion.schema.describe(),
         "shadow": None if shadow is None else shadow.identity(),
         "predictions_log": {
@@ -454,19 +454,6 @@ def build_server(
     return server
 
 
-def preflight(settings: ServeSettings) -> tuple[ServedModel, ServedModel | None]:
-    """Load the champion (and shadow) once here, so a bad file fails before any worker starts
-    and the routes can be typed by the card."""
-    champion = load_served_model(
-        settings.model, settings.card, range_margin=settings.range_margin, name=settings.model_name
-    )
-    shadow = None
-    if settings.shadow_model is not None and settings.shadow_card is not None:
-        shadow = load_served_model(settings.shadow_model, settings.shadow_card, range_margin=None)
-        shadow.feed_from(champion.schema)
-    return champion, shadow
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evergreen serve", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -516,12 +503,7 @@ def interrupt_on(signums: Sequence[int]) -> dict[int, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until SIGINT or SIGTERM. Returns 2 when the settings, model or card are unusable,
     1 when a worker fails to start."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["build-context"]:
-        from serve.context import main as context_main
-
-        return context_main(args_list[1:])
-    args = build_parser().parse_args(args_list)
+    args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "settings"}
     # Inference workers are spawned and inherit this: one OpenMP thread each keeps several
     # workers from oversubscribing the cores (onnxruntime gets its own thread count).
@@ -555,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # Run through the imported module so the LitAPI pickled to spawned workers is
-    # `serve.app.ChurnAPI`, not `__main__.ChurnAPI`.
+    # `serve.app.PredictAPI`, not `__main__.PredictAPI`.
     from serve import app
 
     raise SystemExit(app.main())

@@ -8,7 +8,7 @@ DIR holds exactly what the image needs, checked before it is written:
 
     Dockerfile, requirements.txt     serve/Dockerfile, serve/requirements.txt
     app/serve/*.py                   the server package
-    app/stages/<3 modules>           the only stages modules it imports (no training code)
+    app/stages/contract/*.py         the contract it imports (no training code)
     model/model.onnx                 the champion, and its stamped card model/model_card.json
     model/shadow.onnx, shadow_card.json   when a shadow model is configured
     model/serve.yaml                 the settings, with the model paths above and host 0.0.0.0
@@ -31,25 +31,32 @@ from typing import Any
 import yaml
 
 import serve
-import stages
+import stages.contract
+from serve.model import preflight
 from serve.settings import DEFAULT_SETTINGS, SETTINGS_ENV, SettingsError, load_settings
+from stages.contract.card import ModelCard
 
-STAGES_MODULES = ("__init__.py", "feature_schema.py", "onnx_predict.py")
+# the only project code serve/ imports: the contract (a test enforces it), with its packages
+CONTRACT_DIR = Path(stages.contract.__file__).resolve().parent
+STAGES_MODULES = (
+    "__init__.py",
+    *(f"contract/{p.name}" for p in sorted(CONTRACT_DIR.glob("*.py"))),
+)
 IMAGE_SETTINGS = "serve.yaml"
 IMAGE_HOST = "0.0.0.0"
 # where a local prediction log goes in the image (the Dockerfile makes it writable)
 IMAGE_LOG_DIR = "/app/logs/predictions"
 
 
-def check_stamped(card: dict[str, Any], source: str) -> None:
+def check_stamped(card: ModelCard) -> None:
     """A card fit for an image: it names its commit and the gate blessed its model."""
-    if not card.get("git_commit") or not isinstance(card.get("gate"), dict):
+    if not card.git_commit or card.gate is None:
         raise ValueError(
-            f"{source}: the card is not stamped (no git_commit or gate): run "
+            f"{card.source}: the card is not stamped (no git_commit or gate): run "
             "`evergreen card stamp --out CARD` and pass --card CARD (or --allow-unstamped)"
         )
-    if card["gate"].get("blessed") is not True:
-        raise ValueError(f"{source}: the gate did not bless this model; it is not served")
+    if card.blessed is not True:
+        raise ValueError(f"{card.source}: the gate did not bless this model; it is not served")
 
 
 def image_settings(settings: dict[str, Any], *, shadow: bool) -> dict[str, Any]:
@@ -75,25 +82,23 @@ def build_context(
     allow_unstamped: bool = False,
 ) -> Path:
     """Check the model, card and settings, then write the build context to `out` (new)."""
-    from serve.app import preflight
-
     settings = load_settings(settings_path, env, overrides)
     champion, shadow = preflight(settings)
     if not allow_unstamped:
-        check_stamped(dict(champion.card), str(settings.card))
+        check_stamped(champion.card)
     if out.exists():
         raise ValueError(f"{out}: already exists; build contexts are written to a new folder")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     here = Path(serve.__file__).resolve().parent
     (tmp / "app/serve").mkdir(parents=True)
-    (tmp / "app/stages").mkdir(parents=True)
+    (tmp / "app/stages/contract").mkdir(parents=True)
     (tmp / "model").mkdir()
     shutil.copyfile(here / "Dockerfile", tmp / "Dockerfile")
     shutil.copyfile(here / "requirements.txt", tmp / "requirements.txt")
     for module in sorted(here.glob("*.py")):
         shutil.copyfile(module, tmp / "app/serve" / module.name)
-    stages_dir = Path(stages.__file__).resolve().parent
+    stages_dir = CONTRACT_DIR.parent
     for name in STAGES_MODULES:
         shutil.copyfile(stages_dir / name, tmp / "app/stages" / name)
     shutil.copyfile(settings.model, tmp / "model/model.onnx")

@@ -1,14 +1,13 @@
 """A served model: an ONNX graph with its model card, and how a request becomes its input.
 
 Nothing here imports scikit-learn, torch, DVC or a pickle loader: the graph runs on
-onnxruntime (stages/onnx_predict.py) and the card is JSON.
+onnxruntime (stages/contract/onnx_predict.py) and the card is JSON.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,20 +15,9 @@ from typing import Any
 import numpy as np
 
 from serve.schema import ServingSchema, WireBatch, schema_from_card
-from stages.onnx_predict import POSITIVE_COLUMN, OnnxPredictor
-
-
-def read_card(path: Path) -> dict[str, Any]:
-    """The model card JSON; FileNotFoundError/ValueError name the file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: model card not found (`dvc repro` writes it)")
-    try:
-        card = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: model card is not valid JSON ({exc})") from exc
-    if not isinstance(card, dict):
-        raise ValueError(f"{path}: model card must be a JSON object")
-    return card
+from serve.settings import ServeSettings
+from stages.contract.card import ModelCard
+from stages.contract.onnx_predict import POSITIVE_COLUMN, OnnxPredictor
 
 
 @dataclass(frozen=True)
@@ -61,17 +49,17 @@ class ServedModel:
 
     name: str
     version: str
-    card: Mapping[str, Any]
+    card: ModelCard
     schema: ServingSchema
     predictor: OnnxPredictor
 
     @property
     def data_version(self) -> str | None:
-        return (self.card.get("data") or {}).get("landing_md5")
+        return self.card.data_version
 
     @property
     def git_commit(self) -> str | None:
-        return self.card.get("git_commit")
+        return self.card.git_commit
 
     def feed_from(self, request_schema: ServingSchema) -> Feed:
         """How to feed this model from requests validated against `request_schema` (the
@@ -101,16 +89,14 @@ class ServedModel:
 
     def identity(self) -> dict[str, Any]:
         """Name, version and what the card says about where the model came from."""
-        model = self.card.get("model") or {}
-        gate = self.card.get("gate")
         return {
             "name": self.name,
             "version": self.version,
-            "estimator": model.get("estimator"),
-            "trained_model_md5": model.get("md5"),
+            "estimator": self.card.estimator,
+            "trained_model_md5": self.card.model_md5,
             "data_version": self.data_version,
             "git_commit": self.git_commit,
-            "blessed": gate.get("blessed") if isinstance(gate, Mapping) else None,
+            "blessed": self.card.blessed,
         }
 
 
@@ -128,7 +114,7 @@ def load_served_model(
     it describes (`onnx.md5`), a different file is refused. The graph's inputs must be the
     card's features (OnnxPredictor checks them). Errors name the file and what is wrong.
     """
-    card = read_card(card_path)
+    card = ModelCard.read(card_path)
     try:
         schema = schema_from_card(card, range_margin=range_margin)
     except ValueError as exc:
@@ -137,19 +123,13 @@ def load_served_model(
         raise FileNotFoundError(f"{model_path}: ONNX model not found (`dvc repro` exports it)")
     graph = model_path.read_bytes()
     version = hashlib.md5(graph).hexdigest()
-    described = (card.get("onnx") or {}).get("md5")
-    if described is not None and described != version:
-        raise ValueError(
-            f"{card_path}: the card describes ONNX graph {described}, but {model_path} is "
-            f"{version}: serve the graph and card of the same `dvc repro`"
-        )
+    card.check_onnx(version, model_path)
     try:
         predictor = OnnxPredictor(graph, schema.feature_schema(), threads=threads)
     except ValueError as exc:
         raise ValueError(f"{model_path}: {exc}") from exc
-    card_name = (card.get("model") or {}).get("name")
     return ServedModel(
-        name=name or (str(card_name) if card_name else model_path.stem),
+        name=name or card.name or model_path.stem,
         version=version,
         card=card,
         schema=schema,
@@ -170,3 +150,16 @@ def concat(wires: Sequence[WireBatch]) -> WireBatch:
         ],
         received=min(w.received for w in wires),
     )
+
+
+def preflight(settings: ServeSettings) -> tuple[ServedModel, ServedModel | None]:
+    """Load the champion (and shadow) once here, so a bad file fails before any worker starts
+    and the routes can be typed by the card."""
+    champion = load_served_model(
+        settings.model, settings.card, range_margin=settings.range_margin, name=settings.model_name
+    )
+    shadow = None
+    if settings.shadow_model is not None and settings.shadow_card is not None:
+        shadow = load_served_model(settings.shadow_model, settings.shadow_card, range_margin=None)
+        shadow.feed_from(champion.schema)
+    return champion, shadow

@@ -1,6 +1,6 @@
 """The server's request and response models, generated from the model card's feature schema.
 
-The card (stages/card.py) gives every feature its type, the allowed values of a categorical and
+The card (stages/lib/cards.py) gives every feature its type, the allowed values of a categorical and
 the range a numeric feature took in training. From it we build pydantic models that the API
 server process checks (a dependency of the /predict route), before a request reaches a worker:
 
@@ -39,7 +39,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from stages.feature_schema import FeatureSchema
+from stages.contract.card import ModelCard
+from stages.contract.feature_schema import FeatureSchema
 
 MAX_KEY_LENGTH = 256
 # the tags of the two request shapes in the documented union (the OpenAPI body); pydantic puts
@@ -153,12 +154,16 @@ def _entries(features: Mapping[str, Any], kind: str) -> list[Mapping[str, Any]]:
     return entries
 
 
-def schema_from_card(card: Mapping[str, Any], *, range_margin: float | None) -> ServingSchema:
-    """The serving schema of a model card (stages/card.py's format); ValueError names the key."""
-    features = card.get("features")
-    if not isinstance(features, Mapping):
+def schema_from_card(
+    card: ModelCard | Mapping[str, Any], *, range_margin: float | None
+) -> ServingSchema:
+    """The serving schema of a model card (stages/lib/cards.py writes it); ValueError names
+    the key."""
+    card = card if isinstance(card, ModelCard) else ModelCard(card)
+    features = card.features
+    if features is None:
         raise ValueError("model card: no 'features' section")
-    label = (card.get("label") or {}).get("name")
+    label = card.label_name
     for key, value in (
         ("features.entity_key", features.get("entity_key")),
         ("features.time", features.get("time")),

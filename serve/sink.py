@@ -32,10 +32,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from serve.schema import ServingSchema, WireBatch
+from stages.contract.prediction_log import log_schema, open_destination
 
 log = logging.getLogger("evergreen.serve")
 
@@ -87,59 +87,6 @@ class LogEntry:
         return len(self.wire)
 
 
-def open_destination(path: str) -> tuple[pafs.FileSystem, str, bool]:
-    """(filesystem, base path, is_local) for a local folder or an `s3://bucket/prefix`."""
-    if path.startswith("s3://"):
-        fs, base = pafs.FileSystem.from_uri(path)
-        return fs, base.rstrip("/"), False
-    if "://" in path:
-        raise ValueError(
-            f"predictions_path {path!r}: expected a local folder or s3://bucket/prefix"
-        )
-    return pafs.LocalFileSystem(), os.path.abspath(path), True
-
-
-def log_schema(schema: ServingSchema) -> pa.Schema:
-    """The columns of a prediction log file."""
-    features = pa.struct(
-        [pa.field(f.name, pa.float64()) for f in schema.numeric]
-        + [pa.field(f.name, pa.string()) for f in schema.categorical]
-    )
-    return pa.schema(
-        [
-            ("request_id", pa.string()),
-            ("row", pa.int32()),
-            ("time", pa.timestamp("ms", tz="UTC")),
-            ("latency_ms", pa.float64()),
-            ("model_name", pa.string()),
-            ("model_version", pa.string()),
-            ("data_version", pa.string()),
-            ("git_commit", pa.string()),
-            # as text: a key may be an integer in one request and a string in another
-            (schema.entity_key, pa.string()),
-            ("features", features),
-            *_output_fields(schema),
-        ]
-    )
-
-
-def _output_fields(schema: ServingSchema) -> list[tuple[str, pa.DataType]]:
-    """What the models said: a classification's score and decision, or a regression's
-    prediction (it has no decision to log)."""
-    if schema.regression:
-        return [
-            ("prediction", pa.float64()),
-            ("shadow_model_version", pa.string()),
-            ("shadow_prediction", pa.float64()),
-        ]
-    return [
-        ("score", pa.float64()),
-        ("decision", pa.bool_()),
-        ("shadow_model_version", pa.string()),
-        ("shadow_score", pa.float64()),
-    ]
-
-
 def log_table(
     entries: list[LogEntry], schema: ServingSchema, meta: Mapping[str, str | None]
 ) -> pa.Table:
@@ -189,7 +136,15 @@ def log_table(
         decisions = np.concatenate([e.decisions for e in entries])
         columns.update(score=pa.array(outputs), decision=pa.array(decisions))
         columns.update(shadow_score=shadow_outputs)
-    return pa.Table.from_pydict(columns, schema=log_schema(schema))
+    return pa.Table.from_pydict(
+        columns,
+        schema=log_schema(
+            schema.entity_key,
+            [f.name for f in schema.numeric],
+            [f.name for f in schema.categorical],
+            regression=schema.regression,
+        ),
+    )
 
 
 def _json_default(value: Any) -> Any:

@@ -1,247 +1,36 @@
-"""The `card` stage: the model card the server ships with, and `evergreen card stamp`.
-
-    python -m stages.card build --model models/model.skops \\
-        --schema artifacts/features/feature_schema.json --train artifacts/split/train.parquet \\
-        --metrics metrics/evaluate.json --slices metrics/slices.json \\
-        --train-metrics metrics/train.json --lock dvc.lock --data data/landing \\
-        --data-stage validate --out models/model_card.json [--onnx models/model.onnx]
-    evergreen card stamp --card models/model_card.json --gate metrics/gate.json --out CARD
-
-The card holds what a reader of a served prediction needs: the feature schema (types, allowed
-values, the ranges seen in training), the label's definition, the data version, the model and
-its params (as configured, and as fitted after tuning), its validation and test metrics (overall
-and per slice), library versions and the md5 of the model file and of its ONNX export.
-
-The data version is the md5 DVC recorded for the landing zone in `dvc.lock`, in the entry of
-the stage that reads it (`--data-stage`): DVC writes a stage's lock entry as soon as that stage
-has run, before the stages downstream of it, so it is the hash of the data this model came from;
-`dvc checkout` of that commit restores exactly that data. The card stage itself depends on the
-landing zone, so a new day of data reruns it even where the model came out unchanged.
-
-What the card leaves out on purpose: the git commit (HEAD is no dependency of any stage, so a
-commit written into a DVC output is stale by the next commit) and the gate verdict (it depends
-on another git ref, see stages/gate.py). `card stamp` adds both to a copy at promotion time.
-"""
+"""Stage `card`: write the model card (stages/lib/cards.py says what it holds and why)."""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import platform
 import sys
-from collections.abc import Mapping, Sequence
-from importlib import metadata
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import pandas as pd
 import yaml
 
-from stages.feature_schema import FeatureSchema, load_schema
-from stages.gitref import commit_of
-from stages.io import read_frame, round_floats, write_metrics
-from stages.params import PARAMS_FILE, load_params, section
-
-# distributions whose versions the card records, where installed
-LIBRARIES = (
-    "scikit-learn",
-    "skops",
-    "numpy",
-    "pandas",
-    "pyarrow",
-    "scipy",
-    "torch",
-    "onnx",
-    "onnxruntime",
-    "skl2onnx",
-    "dvc",
-)
+from stages.contract.card import file_md5
+from stages.contract.feature_schema import load_schema
+from stages.lib.cards import build_card, data_version
+from stages.lib.io import read_frame, read_json, write_metrics
+from stages.lib.params import PARAMS_FILE, load_params
 
 
-def file_md5(path: Path) -> str:
-    """What DVC 3 records as a file's md5: the md5 of its bytes."""
-    digest = hashlib.md5()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def feature_card(schema: FeatureSchema, train: pd.DataFrame) -> dict[str, Any]:
-    """Each feature's type, with the allowed values of categoricals and the range of numerics
-    observed in the training split (what the model saw)."""
-    missing = [c for c in schema.features if c not in train.columns]
-    if missing:
-        raise ValueError(f"training split: missing column(s) {missing} listed by the schema")
-    numeric = []
-    for name in schema.numeric:
-        values = pd.to_numeric(train[name], errors="raise").astype("float64")
-        present = values.dropna()
-        numeric.append(
-            {
-                "name": name,
-                "type": "float64",
-                "min": float(present.min()) if len(present) else None,
-                "max": float(present.max()) if len(present) else None,
-                "missing_fraction": float(values.isna().mean()) if len(values) else 0.0,
-            }
-        )
-    categorical = []
-    for name in schema.categorical:
-        column = train[name]
-        allowed = schema.categories.get(name)
-        categorical.append(
-            {
-                "name": name,
-                "type": "string",
-                "allowed": list(allowed) if allowed else None,
-                "observed": sorted(str(v) for v in column.dropna().unique()),
-                "missing_fraction": float(column.isna().mean()) if len(column) else 0.0,
-            }
-        )
-    return {
-        "entity_key": schema.entity_key,
-        "time": schema.time,
-        "task": schema.task,
-        "order": list(schema.features),
-        "numeric": numeric,
-        "categorical": categorical,
-    }
-
-
-def label_card(params: Mapping[str, Any]) -> dict[str, Any]:
-    """What the label means, by the dataset's task kind: for entity churn its `label` section
-    (name, horizon_days, lookback_days) and the event types that count as activity; for a rows
-    kind the target column (and its classes' mapping to 0/1)."""
-    dataset = section(params, "dataset")
-    task = dataset.get("task") or {}
-    kind = task.get("kind", "entity_churn")
-    if kind != "entity_churn":
-        return _rows_label_card(task, kind)
-    label = section(params, "dataset.label")
-    name = label.get("name")
-    missing = [k for k in ("name", "horizon_days", "lookback_days") if label.get(k) is None]
-    if missing:
-        raise KeyError(f"params: dataset.label lacks {missing}")
-    horizon, lookback = int(label["horizon_days"]), int(label["lookback_days"])
-    activity = [str(t) for t in section(params, "dataset.activity_types")]
-    return {
-        **{str(k): v for k, v in label.items()},
-        "activity_types": activity,
-        "definition": (
-            f"{name} = 1 for an entity active (any of {', '.join(activity)}) in the {lookback} "
-            f"days up to the snapshot date that has no such activity in the {horizon} days "
-            "after it"
-        ),
-    }
-
-
-def _rows_label_card(task: Mapping[str, Any], kind: str) -> dict[str, Any]:
-    target = task.get("target")
-    if not target:
-        raise KeyError(f"params: dataset.task lacks 'target' (task.kind {kind})")
-    period = int(task.get("period_days", 7))
-    labels = task.get("labels")
-    out: dict[str, Any] = {"name": str(target), "kind": kind, "period_days": period}
-    if kind == "rows_regression":
-        out["definition"] = (
-            f"{target}: the number recorded with each row, predicted from its features"
-        )
-    elif labels:
-        out["labels"] = {str(k): int(v) for k, v in labels.items()}
-        ones = sorted(str(k) for k, v in labels.items() if int(v) == 1)
-        out["definition"] = f"{target} = 1 for a row whose {target} is {' or '.join(ones)}, else 0"
-    else:
-        out["definition"] = f"{target}: the 0/1 outcome recorded with each row"
-    return out
-
-
-def data_version(lock: Mapping[str, Any], data_path: str, stage: str) -> str:
-    """The md5 DVC recorded for `data_path` as a dependency of `stage` in dvc.lock."""
-    entry = (lock.get("stages") or {}).get(stage)
-    if entry is None:
-        raise ValueError(f"dvc.lock: no entry for stage '{stage}' (run `dvc repro` first)")
-    for dep in entry.get("deps") or ():
-        if dep.get("path") == data_path and dep.get("md5"):
-            return str(dep["md5"])
-    raise ValueError(f"dvc.lock: stage '{stage}' records no md5 for dependency '{data_path}'")
-
-
-def library_versions() -> dict[str, str]:
-    """Python and the installed versions of LIBRARIES."""
-    versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def build_card(
-    *,
-    schema: FeatureSchema,
-    train: pd.DataFrame,
-    params: Mapping[str, Any],
-    metrics: Mapping[str, Any],
-    slices: Mapping[str, Any],
-    model_file: str,
-    model_md5: str,
-    landing_md5: str,
-    data_source: str,
-    train_metrics: Mapping[str, Any] | None = None,
-    onnx: Mapping[str, str] | None = None,
-    libraries: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """The model card as a JSON-ready mapping (no git commit, no gate verdict).
-
-    `train_metrics` (the train stage's metrics file) adds the hyperparameters the model was
-    fitted with, which tuning may have chosen over the configured ones, the tuning summary and
-    the validation metrics.
-    """
-    model_params = section(params, "model")
-    dates = sorted(str(pd.Timestamp(d).date()) for d in train[schema.time].dropna().unique())
-    card: dict[str, Any] = {
-        "model": {
-            "name": model_params.get("name"),
-            "estimator": model_params.get("estimator"),
-            "params": {k: v for k, v in model_params.items() if k not in ("name", "estimator")},
-            "seed": section(params, "seed"),
-            "file": model_file,
-            "md5": model_md5,
-        },
-        "features": feature_card(schema, train),
-        "label": label_card(params),
-        "data": {
-            "landing_md5": landing_md5,
-            "source": data_source,
-            "train_rows": len(train),
-            "train_snapshot_dates": dates,
-        },
-        "metrics": {"test": dict(metrics), "slices": dict(slices)},
-        "libraries": dict(library_versions() if libraries is None else libraries),
-    }
-    fitted = train_metrics or {}
-    for key, where, name in (
-        ("hyperparameters", "model", "fitted_hyperparameters"),
-        ("tuning", "model", "tuning"),
-        ("valid", "metrics", "valid"),
-    ):
-        if key in fitted:
-            card[where][name] = fitted[key]
-    if onnx is not None:
-        card["onnx"] = dict(onnx)
-    return round_floats(card)
-
-
-def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+def build_parser() -> argparse.ArgumentParser:
+    b = argparse.ArgumentParser(prog="python -m stages.card", description=__doc__.splitlines()[0])
+    b.add_argument("--model", type=Path, required=True, help="model file (.skops)")
+    b.add_argument("--onnx", type=Path, help="the exported ONNX graph, when there is one")
+    b.add_argument("--schema", type=Path, required=True, help="feature_schema.json")
+    b.add_argument("--train", type=Path, required=True, help="training split parquet")
+    b.add_argument("--metrics", type=Path, required=True, help="evaluate's metrics JSON")
+    b.add_argument("--slices", type=Path, required=True, help="evaluate's slice metrics JSON")
+    b.add_argument("--train-metrics", type=Path, help="train's metrics JSON (fitted params)")
+    b.add_argument("--lock", type=Path, required=True, help="dvc.lock")
+    b.add_argument("--data", required=True, help="the data dependency, as dvc.lock names it")
+    b.add_argument("--data-stage", required=True, help="the stage whose lock entry records it")
+    b.add_argument("--out", type=Path, required=True, help="model card JSON to write")
+    b.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="params.yaml")
+    return b
 
 
 def build(args: argparse.Namespace) -> int:
@@ -260,11 +49,11 @@ def build(args: argparse.Namespace) -> int:
         schema=load_schema(args.schema),
         train=read_frame(args.train),
         params=params,
-        metrics=_read_json(args.metrics, "test metrics"),
-        slices=_read_json(args.slices, "slice metrics"),
+        metrics=read_json(args.metrics, "test metrics"),
+        slices=read_json(args.slices, "slice metrics"),
         train_metrics=None
         if args.train_metrics is None
-        else _read_json(args.train_metrics, "train metrics"),
+        else read_json(args.train_metrics, "train metrics"),
         model_file=args.model.as_posix(),
         model_md5=file_md5(args.model),
         landing_md5=data_version(lock, args.data, args.data_stage),
@@ -279,72 +68,10 @@ def build(args: argparse.Namespace) -> int:
     return 0
 
 
-def stamp_card(card: Mapping[str, Any], gate: Mapping[str, Any], commit: str) -> dict[str, Any]:
-    """A copy of `card` with the git commit and the gate verdict, refused when the gate
-    judged another model file than the card describes."""
-    card_md5 = (card.get("model") or {}).get("md5")
-    gate_md5 = (gate.get("challenger") or {}).get("model_md5")
-    if "blessed" not in gate or gate_md5 is None:
-        raise ValueError("gate report: lacks 'blessed' or 'challenger.model_md5'")
-    if card_md5 != gate_md5:
-        raise ValueError(
-            f"the gate judged model {gate_md5} but the card describes {card_md5}: "
-            "rerun `dvc repro` and `evergreen gate` on the same workspace"
-        )
-    return {**card, "git_commit": commit, "gate": dict(gate)}
-
-
-def head_commit(repo: Path) -> str:
-    commit = commit_of("HEAD", repo)
-    if commit is None:
-        raise ValueError(f"{repo.resolve()}: no git commit at HEAD")
-    return commit
-
-
-def stamp(args: argparse.Namespace) -> int:
-    stamped = stamp_card(
-        _read_json(args.card, "model card"),
-        _read_json(args.gate, "gate report"),
-        head_commit(args.repo),
-    )
-    write_metrics(args.out, stamped)
-    verdict = "blessed" if stamped["gate"]["blessed"] else "NOT blessed"
-    print(f"card: stamped {stamped['git_commit'][:12]} ({verdict}) -> {args.out}")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="evergreen card", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    b = commands.add_parser("build", help="write the model card (the dvc.yaml stage)")
-    b.add_argument("--model", type=Path, required=True, help="model file (.skops)")
-    b.add_argument("--onnx", type=Path, help="the exported ONNX graph, when there is one")
-    b.add_argument("--schema", type=Path, required=True, help="feature_schema.json")
-    b.add_argument("--train", type=Path, required=True, help="training split parquet")
-    b.add_argument("--metrics", type=Path, required=True, help="evaluate's metrics JSON")
-    b.add_argument("--slices", type=Path, required=True, help="evaluate's slice metrics JSON")
-    b.add_argument("--train-metrics", type=Path, help="train's metrics JSON (fitted params)")
-    b.add_argument("--lock", type=Path, required=True, help="dvc.lock")
-    b.add_argument("--data", required=True, help="the data dependency, as dvc.lock names it")
-    b.add_argument("--data-stage", required=True, help="the stage whose lock entry records it")
-    b.add_argument("--out", type=Path, required=True, help="model card JSON to write")
-    b.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="params.yaml")
-    b.set_defaults(func=build)
-
-    s = commands.add_parser("stamp", help="copy the card with the git commit and gate verdict")
-    s.add_argument("--card", type=Path, default=Path("models/model_card.json"))
-    s.add_argument("--gate", type=Path, default=Path("metrics/gate.json"))
-    s.add_argument("--out", type=Path, required=True, help="stamped card to write")
-    s.add_argument("--repo", type=Path, default=Path("."), help="git repository for HEAD")
-    s.set_defaults(func=stamp)
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        return build(args)
     except (FileNotFoundError, ValueError) as exc:
         print(f"card: {exc}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.params import compose_params
+from stages.lib.params import compose_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

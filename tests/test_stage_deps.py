@@ -2,9 +2,10 @@
 
 A stage that imports a module it does not list is not rerun when that module changes, and DVC
 then serves outputs computed by the old code as up to date. The rule is checked on the import
-graph (function-level imports included): a stage's `stages/*.py` deps are exactly the modules
-its command module reaches, except `stages/params.py`, which only reads params.yaml, whose
-content every stage tracks under `params:`.
+graph (function-level imports included, tests/test_layout.py reads it): a stage's `stages/`
+deps are exactly the modules its command module reaches, except `stages/lib/params.py`, which
+only reads params.yaml, whose content every stage tracks under `params:`, and the packages'
+`__init__.py` files, which hold docstrings only.
 """
 
 from __future__ import annotations
@@ -15,33 +16,22 @@ import re
 import yaml
 
 from tests.conftest import ROOT
+from tests.test_layout import graph
 
-EXEMPT = {"stages/params.py"}
-
-
-def local_imports(module: str) -> set[str]:
-    tree = ast.parse((ROOT / f"{module.replace('.', '/')}.py").read_text())
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("stages"):
-            if node.module == "stages":
-                found |= {f"stages.{alias.name}" for alias in node.names}
-            else:
-                found.add(node.module)
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("stages.")}
-    return {m for m in found if (ROOT / f"{m.replace('.', '/')}.py").exists()}
+EXEMPT = {"stages/lib/params.py"}
 
 
 def reachable(module: str) -> set[str]:
+    edges = graph()
     seen: set[str] = set()
     todo = [module]
     while todo:
         current = todo.pop()
         if current not in seen:
             seen.add(current)
-            todo.extend(local_imports(current))
-    return {f"{m.replace('.', '/')}.py" for m in seen} - EXEMPT
+            todo.extend(edges.get(current, ()))
+    files = {f"{m.replace('.', '/')}.py" for m in seen if not m.endswith("__init__")}
+    return files - EXEMPT
 
 
 def test_each_stage_depends_on_exactly_the_code_it_imports():
@@ -53,7 +43,13 @@ def test_each_stage_depends_on_exactly_the_code_it_imports():
         assert listed == reachable(module), name
 
 
+def test_the_library_package_inits_hold_no_code():
+    # an __init__ runs with every module of its package, yet is no dep of any stage
+    for init in ("stages/__init__.py", "stages/lib/__init__.py", "stages/contract/__init__.py"):
+        body = ast.parse((ROOT / init).read_text()).body
+        assert len(body) <= 1 and all(isinstance(n, ast.Expr) for n in body), init
+
+
 def test_the_import_walk_sees_function_level_imports():
-    # monitor imports the dispatch module only inside --dispatch: still code it can run
-    assert "stages/dispatch.py" in reachable("stages.monitor")
-    assert "stages/params.py" not in reachable("stages.validate")
+    assert "stages/lib/params.py" not in reachable("stages.validate")
+    assert "stages/lib/validation.py" in reachable("stages.validate")

@@ -26,7 +26,7 @@ import litserve as ls
 import numpy as np
 import pandas as pd
 
-from stages.feature_schema import FeatureSchema, load_schema
+from stages.contract.feature_schema import FeatureSchema, load_schema
 
 
 def frame_of(records: list[dict[str, Any]], schema: FeatureSchema) -> pd.DataFrame:
@@ -49,7 +49,7 @@ def fastapi_sklearn(model_path: str, schema_path: str, port: int) -> None:
     from fastapi import FastAPI
     from pydantic import BaseModel
 
-    from stages.model_io import load_model
+    from stages.lib.model_io import load_model
 
     schema = load_schema(schema_path)
     model = load_model(model_path)
@@ -75,7 +75,7 @@ class DefaultOnnxAPI(ls.LitAPI):
         self.model_path, self.schema_path = model_path, schema_path
 
     def setup(self, device: str) -> None:
-        from stages.onnx_predict import OnnxPredictor
+        from stages.contract.onnx_predict import OnnxPredictor
 
         self.schema = load_schema(self.schema_path)
         self.predictor = OnnxPredictor(self.model_path, self.schema)
@@ -100,7 +100,7 @@ def litserve_default_onnx(model_path: str, schema_path: str, port: int) -> None:
 
 def raw_app_factory() -> Any:
     """The bare ASGI app (uvicorn --factory), configured by RAW_MODEL and RAW_SCHEMA."""
-    from stages.onnx_predict import OnnxPredictor
+    from stages.contract.onnx_predict import OnnxPredictor
 
     schema = load_schema(os.environ["RAW_MODEL_SCHEMA"])
     predictor = OnnxPredictor(os.environ["RAW_MODEL"], schema)

@@ -97,11 +97,12 @@ def synthetic_frame(n: int, seed: int) -> pd.DataFrame:
 
 def build_model(directory: Path) -> dict[str, Path]:
     """Fit, save, export and describe the model; returns the files the servers need."""
-    from stages.card import build_card, file_md5
-    from stages.export import export_onnx
-    from stages.feature_schema import FeatureSchema, save_schema
-    from stages.model_io import save_model
-    from stages.train import ModelConfig, train_model
+    from stages.contract.card import file_md5
+    from stages.contract.feature_schema import FeatureSchema, save_schema
+    from stages.lib.cards import build_card
+    from stages.lib.model_io import save_model
+    from stages.lib.onnx_export import export_onnx
+    from stages.lib.training import ModelConfig, train_model
 
     schema = FeatureSchema(
         entity_key="customer_id",

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.card import file_md5
-from stages.card import main as card_main
-from stages.gate import main as gate_main
-from stages.params import compose_params
+from stages.cli.card import main as stamp_main
+from stages.cli.gate import main as gate_main
+from stages.contract.card import file_md5
+from stages.lib.params import compose_params
 from tests.e2e.helpers import init_repo, ran_stages, run, sh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -136,7 +136,7 @@ def test_an_equal_challenger_is_blessed_unless_an_improvement_is_required(
 
     # a stamped card for the serving image: this commit and the verdict on this model
     stamped = repo / "build/model_card.json"
-    assert card_main(["stamp", "--out", str(stamped)]) == 0
+    assert stamp_main(["--out", str(stamped)]) == 0
     card = json.loads(stamped.read_text())
     assert card["git_commit"] == sh(repo, "git", "rev-parse", "HEAD").strip()
     assert card["gate"] == report

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.gate import recorded_md5
+from stages.cli.gate import recorded_md5
 from tests.e2e.helpers import init_repo, run, sh
 from tests.server_process import free_port
 from tests.stages.test_ingest import s3_endpoint  # noqa: F401 (a real moto S3 server)

@@ -12,8 +12,8 @@ import pytest
 import requests
 import yaml
 
-from stages.feature_schema import load_schema
-from stages.model_io import load_model
+from stages.contract.feature_schema import load_schema
+from stages.lib.model_io import load_model
 from tests.e2e.helpers import e2e_env, init_repo, ran_stages, sh
 from tests.server_process import free_port, running_server
 

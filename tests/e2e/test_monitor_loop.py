@@ -18,13 +18,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stages.params import compose_params
+from stages.lib.params import compose_params
 from tests.e2e.helpers import e2e_env, init_repo, ran_stages, run, sh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 DRIFT_DAY = 64  # the model is trained on days 0..59, the regime changes on day 64
-SINGLE = ("validate", "profile", "prepare", "features", "predict", "monitor", "report")
+SINGLE = ("validate", "profiles", "prepare", "features", "predict", "monitor", "report")
 CHROMIUM = Path("/usr/bin/chromium")
 
 

@@ -22,12 +22,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.feature_schema import load_schema
-from stages.params import compose_params
+from stages.contract.feature_schema import load_schema
+from stages.lib.params import compose_params
 
 ROOT = Path(__file__).resolve().parents[2]
 DATASET = ROOT / "tests/data/plays.yaml"
-STAGES = ("validate", "profile", "prepare", "features", "split", "drift", "train", "evaluate")
+STAGES = ("validate", "profiles", "prepare", "features", "split", "drift", "train", "evaluate")
 START = dt.date(2026, 1, 5)
 DAYS = 24
 PARIS = dt.timedelta(hours=1)  # Paris is UTC+1 in January
@@ -190,9 +190,10 @@ def test_the_model_trains_evaluates_and_drift_is_measured(ran) -> None:
 
 
 def test_predict_monitor_and_report_need_no_dataset_code(ran) -> None:
-    from stages.card import build_card, file_md5
-    from stages.io import read_frame, write_metrics
-    from stages.params import load_params
+    from stages.contract.card import file_md5
+    from stages.lib.cards import build_card
+    from stages.lib.io import read_frame, write_metrics
+    from stages.lib.params import load_params
 
     repo, _ = ran
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]

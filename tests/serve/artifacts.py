@@ -14,10 +14,11 @@ import pandas as pd
 import yaml
 from sklearn.pipeline import Pipeline
 
-from stages.card import build_card, stamp_card
-from stages.export import export_onnx
-from stages.feature_schema import FeatureSchema
-from stages.train import ModelConfig, train_model
+from stages.contract.card import ModelCard
+from stages.contract.feature_schema import FeatureSchema
+from stages.lib.cards import build_card
+from stages.lib.onnx_export import export_onnx
+from stages.lib.training import ModelConfig, train_model
 
 SCHEMA = FeatureSchema(
     entity_key="customer_id",
@@ -109,7 +110,7 @@ def write_model(
     )
     if stamped:
         gate = {**GATE, "challenger": {"model_md5": card["model"]["md5"]}}
-        card = stamp_card(card, gate, "c0ffee" * 6 + "beef")
+        card = ModelCard(card).stamped(gate, "c0ffee" * 6 + "beef")
     path = directory / f"{name}_card.json"
     path.write_text(json.dumps(card, indent=2))
     return Artifacts(pipe=pipe, onnx=onnx, card=path, card_json=card, version=version)

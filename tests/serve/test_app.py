@@ -132,7 +132,7 @@ def post(server: Server, body: object, **kwargs: Any) -> requests.Response:
 
 def test_the_image_python_has_only_serving_packages(image_server: Server) -> None:
     probe = (
-        "import importlib.util as u, serve.app, stages.onnx_predict; "
+        "import importlib.util as u, serve.app, stages.contract.onnx_predict; "
         "print(serve.app.__file__); "
         "print([m for m in ('sklearn', 'torch', 'dvc', 'skops', 'hydra') if u.find_spec(m)])"
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve.app import ChurnAPI, interrupt_on
+from serve.app import PredictAPI, interrupt_on
 from serve.schema import api_models
 from serve.settings import load_settings
 from serve.sink import Counters
@@ -97,7 +97,7 @@ def test_the_api_scores_batches_and_survives_a_failing_shadow(
         predictions_path=str(tmp_path / "logs"),
     )
     counters = Counters()
-    api = ChurnAPI(load_settings(path, {}), key=None, counters=counters)
+    api = PredictAPI(load_settings(path, {}), key=None, counters=counters)
     previous = signal.getsignal(signal.SIGTERM)
     try:
         api.setup("cpu")  # in this process, as a LitServe worker would (it sets SIGTERM)

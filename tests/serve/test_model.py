@@ -12,7 +12,7 @@ import pytest
 
 from serve.model import concat, load_served_model
 from serve.schema import api_models, schema_from_card
-from stages.onnx_predict import OnnxPredictor
+from stages.contract.onnx_predict import OnnxPredictor
 from tests.serve.artifacts import SCHEMA, Artifacts, write_model
 
 

@@ -15,7 +15,8 @@ import pyarrow.dataset as ds
 import pytest
 
 from serve.schema import CategoricalFeature, NumericFeature, ServingSchema, WireBatch
-from serve.sink import Counters, LogEntry, PredictionSink, SinkConfig, open_destination
+from serve.sink import Counters, LogEntry, PredictionSink, SinkConfig
+from stages.contract.prediction_log import open_destination
 from tests.stages.test_ingest import s3_endpoint  # noqa: F401 (a real moto S3 server)
 
 SCHEMA = ServingSchema(

@@ -12,8 +12,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.card import build_card, data_version, file_md5, main, stamp_card
-from stages.feature_schema import FeatureSchema, save_schema
+from stages.card import main
+from stages.cli.card import main as stamp_main
+from stages.contract.card import ModelCard, file_md5
+from stages.contract.feature_schema import FeatureSchema, save_schema
+from stages.lib.cards import build_card, data_version
 
 SCHEMA = FeatureSchema(
     entity_key="customer_id",
@@ -132,7 +135,7 @@ def card_inputs(tmp_path: Path) -> dict[str, Path]:
 
 
 def build_argv(paths: dict[str, Path], out: Path) -> list[str]:
-    argv = ["build"]
+    argv: list[str] = []
     for key in ("model", "schema", "train", "metrics", "slices", "lock", "params"):
         argv += [f"--{key}", str(paths[key])]
     return [*argv, "--data", "data/landing", "--data-stage", "validate", "--out", str(out)]
@@ -238,9 +241,9 @@ def test_stamp_adds_the_commit_and_the_gate_verdict(tmp_path: Path) -> None:
     gate = {"blessed": True, "challenger": {"model_md5": "abc"}, "checks": []}
     (tmp_path / "card.json").write_text(json.dumps(card))
     (tmp_path / "gate.json").write_text(json.dumps(gate))
-    argv = ["stamp", "--card", str(tmp_path / "card.json"), "--gate", str(tmp_path / "gate.json")]
+    argv = ["--card", str(tmp_path / "card.json"), "--gate", str(tmp_path / "gate.json")]
     out = tmp_path / "build" / "model_card.json"
-    assert main([*argv, "--out", str(out), "--repo", str(tmp_path)]) == 0
+    assert stamp_main([*argv, "--out", str(out), "--repo", str(tmp_path)]) == 0
     stamped = json.loads(out.read_text())
     assert stamped["git_commit"] == git(tmp_path, "rev-parse", "HEAD")
     assert stamped["gate"] == gate
@@ -251,11 +254,11 @@ def test_stamp_adds_the_commit_and_the_gate_verdict(tmp_path: Path) -> None:
 
 def test_stamp_refuses_a_gate_verdict_on_another_model() -> None:
     with pytest.raises(ValueError, match=r"gate judged model def but the card describes abc"):
-        stamp_card(
-            {"model": {"md5": "abc"}}, {"blessed": True, "challenger": {"model_md5": "def"}}, "c"
+        ModelCard({"model": {"md5": "abc"}}).stamped(
+            {"blessed": True, "challenger": {"model_md5": "def"}}, "c"
         )
     with pytest.raises(ValueError, match=r"lacks 'blessed'"):
-        stamp_card({"model": {"md5": "abc"}}, {"challenger": {"model_md5": "abc"}}, "c")
+        ModelCard({"model": {"md5": "abc"}}).stamped({"challenger": {"model_md5": "abc"}}, "c")
 
 
 def test_stamp_outside_a_git_commit_exits_2(
@@ -266,7 +269,7 @@ def test_stamp_outside_a_git_commit_exits_2(
     (tmp_path / "gate.json").write_text(
         json.dumps({"blessed": False, "challenger": {"model_md5": "abc"}})
     )
-    argv = ["stamp", "--card", str(tmp_path / "card.json"), "--gate", str(tmp_path / "gate.json")]
-    assert main([*argv, "--out", str(tmp_path / "o.json"), "--repo", str(tmp_path)]) == 2
+    argv = ["--card", str(tmp_path / "card.json"), "--gate", str(tmp_path / "gate.json")]
+    assert stamp_main([*argv, "--out", str(tmp_path / "o.json"), "--repo", str(tmp_path)]) == 2
     assert "no git commit at HEAD" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()

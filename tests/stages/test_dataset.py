@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.dataset import (
+from stages.lib.dataset import (
     DatasetConfigError,
     dataset_from_params,
     evaluate_expression,
@@ -128,7 +128,7 @@ def test_expressions_evaluate_with_nulls_and_division_by_zero_as_null():
     assert evaluate_expression("-q + 10", frame).tolist()[3] == 6.0
 
 
-@pytest.mark.parametrize("stage", ["validate", "prepare", "features", "profile"])
+@pytest.mark.parametrize("stage", ["validate", "prepare", "features", "profiles"])
 def test_stages_report_a_bad_dataset_in_one_line_and_exit_2(tmp_path, shop_params, stage, capsys):
     params = copy.deepcopy(shop_params)
     params["dataset"]["tables"]["events"]["columns"]["amount"]["type"] = "money"

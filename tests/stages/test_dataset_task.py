@@ -12,14 +12,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.dataset import (
+from stages.lib.dataset import (
     NULL_KEY_CHECK,
     DatasetConfigError,
     dataset_from_params,
     surrogate_keys,
 )
-from stages.params import compose_params
-from stages.validate import ValidateConfig, check_thresholds, main, missing_days, validate_partition
+from stages.lib.params import compose_params
+from stages.lib.validation import ValidateConfig, check_thresholds, missing_days, validate_partition
+from stages.validate import main
 from tests.conftest import write_params
 
 ROOT = Path(__file__).resolve().parents[2]

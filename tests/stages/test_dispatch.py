@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from stages.dispatch import main
+from stages.cli.dispatch import main
 from tests.conftest import ROOT
 
 

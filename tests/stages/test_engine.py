@@ -5,8 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages import engine
-from stages.engine import EngineConfig, connect, write_parquet
+from stages.lib import engine
+from stages.lib.engine import EngineConfig, connect, write_parquet
 
 
 def test_config_from_params_and_its_errors():

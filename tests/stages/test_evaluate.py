@@ -10,21 +10,21 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from stages.evaluate import (
+from stages.contract.feature_schema import FeatureSchema, save_schema
+from stages.evaluate import main
+from stages.lib.evaluation import (
     OUT_OF_RANGE,
     EvaluateConfig,
     SliceSpec,
     calibration_table,
     evaluate_model,
     feature_importance,
-    main,
     slice_labels,
     slice_metrics,
     thin,
 )
-from stages.feature_schema import FeatureSchema, save_schema
-from stages.model_io import load_model, save_model
-from stages.train import ModelConfig, train_model
+from stages.lib.model_io import load_model, save_model
+from stages.lib.training import ModelConfig, train_model
 
 SCHEMA = FeatureSchema(
     entity_key="customer_id",

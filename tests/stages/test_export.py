@@ -12,21 +12,22 @@ from onnx import numpy_helper
 from sklearn.pipeline import Pipeline
 
 import stages.export as export
-from stages.export import (
+from stages.contract.feature_schema import save_schema
+from stages.contract.onnx_predict import OnnxPredictor
+from stages.export import main
+from stages.lib.model_io import save_model
+from stages.lib.onnx_export import (
+    UNSEEN_CATEGORY,
     ExportConfig,
     Parity,
     ParityError,
     check_parity,
     edge_cases,
     export_onnx,
-    main,
     parity,
     verify_parity,
 )
-from stages.feature_schema import save_schema
-from stages.model_io import save_model
-from stages.onnx_predict import OnnxPredictor
-from stages.train import MISSING_CATEGORY, positive_scores, train_model
+from stages.lib.training import MISSING_CATEGORY, positive_proba, train_model
 from tests.stages.test_train import MODELS, SCHEMA, make_frame
 
 
@@ -60,7 +61,7 @@ def test_onnx_matches_native_with_nulls_and_unknown_categories(models, family: s
     model = models[family]
     graph = export_onnx(model, SCHEMA)
     rows = pd.concat([make_frame(200, seed=4), awkward_rows()], ignore_index=True)
-    native = positive_scores(model, rows, SCHEMA)
+    native = positive_proba(model, rows, SCHEMA)
     exported = OnnxPredictor(graph.SerializeToString(), SCHEMA).predict_proba(rows)
     assert exported.dtype == np.float64 and exported.shape == native.shape
     # float32 inside the trees' and the MLP's ops; the preprocessing and logreg are double
@@ -128,7 +129,7 @@ def test_edge_cases_cover_each_feature_missing_and_unseen() -> None:
     # one block per feature missing, one per categorical unseen, one all missing
     assert len(rows) == 3 * (len(SCHEMA.features) + len(SCHEMA.categorical) + 1)
     assert rows["tenure"].isna().sum() == 3 + 3
-    assert (rows["plan"] == export.UNSEEN_CATEGORY).sum() == 3
+    assert (rows["plan"] == UNSEEN_CATEGORY).sum() == 3
 
 
 def test_unsupported_preprocessing_is_named(models) -> None:
@@ -176,7 +177,7 @@ def test_main_writes_graph_and_parity_metrics(tmp_path: Path, models) -> None:
     test = pd.read_parquet(tmp_path / "test.parquet")
     np.testing.assert_allclose(
         OnnxPredictor(graph, SCHEMA).predict_proba(test),
-        positive_scores(model, test, SCHEMA),
+        positive_proba(model, test, SCHEMA),
         rtol=0,
         atol=1e-6,
     )

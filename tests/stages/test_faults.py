@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from stages import simulate as sim
+from stages.cli.simulate import main as simulate_main
 from stages.prepare import main as prepare_main
+from stages.sim import shop as sim
 from stages.validate import main as validate_main
 from tests.conftest import write_params
 
@@ -45,7 +46,7 @@ DAY = {
 
 
 def _simulate(lake: Path, params: Path, *args: str) -> None:
-    assert sim.main(["--lake", str(lake), "--params", str(params), *args]) == 0
+    assert simulate_main(["--lake", str(lake), "--params", str(params), *args]) == 0
 
 
 def _landed(lake: Path, table: str) -> pd.DataFrame:
@@ -137,7 +138,7 @@ def test_faults_option_parses_all_none_and_lists(tmp_path: Path, capsys) -> None
     assert sim.parse_faults("none") == frozenset()
     assert sim.parse_faults("all") == frozenset(sim.FAULTS)
     assert sim.parse_faults("nulls, late") == {"nulls", "late"}
-    rc = sim.main(["--lake", str(tmp_path / "l"), "--start", "2026-01-01", "--days", "1",
+    rc = simulate_main(["--lake", str(tmp_path / "l"), "--start", "2026-01-01", "--days", "1",
                    "--faults", "nulls,gremlins"])  # fmt: skip
     assert rc == 2 and "gremlins" in capsys.readouterr().err
     assert not (tmp_path / "l").exists()

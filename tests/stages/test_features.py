@@ -8,13 +8,13 @@ import ibis
 import pandas as pd
 import pytest
 
-from stages.dataset import dataset_from_params
-from stages.feature_schema import load_schema
-from stages.features import (
+from stages.contract.feature_schema import load_schema
+from stages.features import main
+from stages.lib.dataset import dataset_from_params
+from stages.lib.snapshots import (
     FeaturesConfig,
     build_features,
     feature_names,
-    main,
     schema_features,
     snapshot_dates,
 )

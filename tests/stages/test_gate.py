@@ -9,9 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.evaluate import EvaluateConfig, SliceSpec
-from stages.feature_schema import FeatureSchema, save_schema
-from stages.gate import (
+from stages.cli.gate import (
     Champion,
     GateConfig,
     Scores,
@@ -21,8 +19,10 @@ from stages.gate import (
     score,
     score_champion,
 )
-from stages.model_io import load_model, save_model
-from stages.train import ModelConfig, train_model
+from stages.contract.feature_schema import FeatureSchema, save_schema
+from stages.lib.evaluation import EvaluateConfig, SliceSpec
+from stages.lib.model_io import load_model, save_model
+from stages.lib.training import ModelConfig, train_model
 from tests.stages.test_evaluate import SCHEMA, make_frame
 
 CFG = GateConfig(

@@ -13,14 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from stages import incremental
-from stages.incremental import StatCache, content_hash, remove_temp_files
-from stages.prepare import CODE_FILES as PREPARE_CODE
+from stages.lib import incremental
+from stages.lib.incremental import StatCache, content_hash, remove_temp_files
+from stages.lib.merge import CODE_FILES as PREPARE_CODE
+from stages.lib.merge import plan_merge
+from stages.lib.validation import CODE_FILES as VALIDATE_CODE
+from stages.lib.validation import plan_partitions
 from stages.prepare import main as prepare_main
-from stages.prepare import plan_merge
-from stages.validate import CODE_FILES as VALIDATE_CODE
 from stages.validate import main as validate_main
-from stages.validate import plan_partitions
 from tests.conftest import customers_frame, events_frame, write_params, write_partition
 
 ROOT = Path(__file__).resolve().parents[2]

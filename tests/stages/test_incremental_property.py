@@ -14,10 +14,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stages.dataset import dataset_from_params
-from stages.io import list_partitions
-from stages.prepare import prepare_fingerprint, run_prepare
-from stages.validate import (
+from stages.lib.dataset import dataset_from_params
+from stages.lib.io import list_partitions
+from stages.lib.merge import prepare_fingerprint, run_prepare
+from stages.lib.validation import (
     ValidateConfig,
     check_thresholds,
     results_of,

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from stages.ingest import (
+from stages.cli.ingest import (
     MANIFEST,
     IngestPlan,
     ObjectInfo,

@@ -8,9 +8,9 @@ import pytest
 import skops.io as sio
 import torch
 
-from stages.feature_schema import FeatureSchema
-from stages.mlp import TabularMLPClassifier
-from stages.model_io import load_model, save_model
+from stages.contract.feature_schema import FeatureSchema
+from stages.lib.mlp import TabularMLPClassifier
+from stages.lib.model_io import load_model, save_model
 
 SMALL = {"hidden_sizes": [16, 8], "epochs": 20, "batch_size": 64, "learning_rate": 0.01}
 
@@ -95,7 +95,7 @@ def test_no_torch_objects_on_the_estimator_and_skops_round_trip(tmp_path) -> Non
 
     assert "torch" not in modules(vars(mlp))
     path = save_model(mlp, tmp_path / "mlp.skops")
-    assert sio.get_untrusted_types(file=path) == ["stages.mlp.TabularMLPClassifier"]
+    assert sio.get_untrusted_types(file=path) == ["stages.lib.mlp.TabularMLPClassifier"]
     loaded = load_model(path)
     np.testing.assert_array_equal(loaded.predict_proba(x), mlp.predict_proba(x))
     assert save_model(loaded, tmp_path / "again.skops").read_bytes() == path.read_bytes()
@@ -105,7 +105,9 @@ def test_model_io_trusts_exactly_the_mlp_class_not_the_stages_package(tmp_path) 
     path = tmp_path / "other.skops"
     schema = FeatureSchema("id", "t", "y", ("a",), ())
     sio.dump({"schema": schema}, path)
-    with pytest.raises(ValueError, match=r"untrusted types.*stages\.feature_schema"):
+    with pytest.raises(
+        ValueError, match=r"no model family produces.*stages\.contract\.feature_schema"
+    ):
         load_model(path)
 
 
@@ -138,6 +140,6 @@ def test_bad_inputs_are_named() -> None:
 
 
 def test_importing_the_module_does_not_import_torch() -> None:
-    code = "import sys, stages.mlp; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, stages.lib.mlp; assert 'torch' not in sys.modules, 'torch imported'"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

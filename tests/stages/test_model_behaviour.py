@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.export import export_onnx
-from stages.feature_schema import FeatureSchema
-from stages.onnx_predict import OnnxPredictor
-from stages.train import positive_scores, train_model
+from stages.contract.feature_schema import FeatureSchema
+from stages.contract.onnx_predict import OnnxPredictor
+from stages.lib.onnx_export import export_onnx
+from stages.lib.training import positive_proba, train_model
 from tests.stages.test_train import MODELS
 
 SHOP = FeatureSchema(
@@ -58,8 +58,8 @@ def shop_models():
 @pytest.mark.parametrize("family", sorted(MODELS))
 def test_more_recent_activity_lowers_the_churn_score(shop_models, family: str) -> None:
     probe = shop_frame(100, seed=3)
-    recent = positive_scores(shop_models[family], probe.assign(days_since_last_activity=1.0), SHOP)
-    stale = positive_scores(shop_models[family], probe.assign(days_since_last_activity=21.0), SHOP)
+    recent = positive_proba(shop_models[family], probe.assign(days_since_last_activity=1.0), SHOP)
+    stale = positive_proba(shop_models[family], probe.assign(days_since_last_activity=21.0), SHOP)
     assert np.mean(recent < stale) >= 0.9
     assert np.mean(stale - recent) > 0.1
 
@@ -67,8 +67,8 @@ def test_more_recent_activity_lowers_the_churn_score(shop_models, family: str) -
 @pytest.mark.parametrize("family", sorted(MODELS))
 def test_more_tickets_raise_the_churn_score(shop_models, family: str) -> None:
     probe = shop_frame(100, seed=4)
-    none = positive_scores(shop_models[family], probe.assign(tickets_28d=0.0), SHOP)
-    many = positive_scores(shop_models[family], probe.assign(tickets_28d=3.0), SHOP)
+    none = positive_proba(shop_models[family], probe.assign(tickets_28d=0.0), SHOP)
+    many = positive_proba(shop_models[family], probe.assign(tickets_28d=3.0), SHOP)
     assert np.mean(none <= many) >= 0.9
 
 
@@ -77,8 +77,8 @@ def test_scores_ignore_the_customer_id_natively_and_in_onnx(shop_models, family:
     model = shop_models[family]
     probe = shop_frame(60, seed=5)
     relabelled = probe.assign(customer_id=probe["customer_id"][::-1].to_numpy() * 7)
-    native = positive_scores(model, probe, SHOP)
-    np.testing.assert_array_equal(positive_scores(model, relabelled, SHOP), native)
+    native = positive_proba(model, probe, SHOP)
+    np.testing.assert_array_equal(positive_proba(model, relabelled, SHOP), native)
     predictor = OnnxPredictor(export_onnx(model, SHOP).SerializeToString(), SHOP)
     np.testing.assert_array_equal(
         predictor.predict_proba(relabelled), predictor.predict_proba(probe)

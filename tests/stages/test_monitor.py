@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.monitor import (
+from stages.cli.monitor import stage_argv
+from stages.contract.prediction_log import read_logged
+from stages.lib.monitoring import (
     MonitorConfig,
     data_drift_reasons,
     monitor,
-    read_served_scores,
     realised_performance,
-    stage_argv,
     upsert_history,
 )
 from tests.conftest import ROOT
@@ -145,8 +145,8 @@ def test_prediction_drift_and_performance_flip_the_verdict() -> None:
 
 
 def test_served_logs_absent_are_reported_and_present_ones_read(tmp_path: Path) -> None:
-    assert read_served_scores(None, 7)[1]["status"] == "absent"
-    scores, info = read_served_scores(str(tmp_path / "logs"), 7)
+    assert read_logged(None, 7)[1]["status"] == "absent"
+    scores, info = read_logged(str(tmp_path / "logs"), 7)
     assert scores is None and info["detail"] == "no prediction log folder"
     logs = tmp_path / "logs"
     for day, values in (("2026-03-01", [0.1, 0.2]), ("2026-03-02", [0.3]), ("2026-03-03", [0.9])):
@@ -155,7 +155,7 @@ def test_served_logs_absent_are_reported_and_present_ones_read(tmp_path: Path) -
     lines = "\n".join(json.dumps({"score": v}) for v in (0.4, 0.5))
     (logs / "date=2026-03-03" / "part-2.jsonl").write_text(lines + "\n")
     (logs / "date=2026-03-03" / ".part-3.parquet.tmp").write_bytes(b"half a file")
-    scores, info = read_served_scores(str(logs), 2)
+    scores, info = read_logged(str(logs), 2)
     assert info["days"] == ["2026-03-02", "2026-03-03"] and info["rows"] == 4
     assert sorted(scores.tolist()) == [0.3, 0.4, 0.5, 0.9]
 
@@ -183,7 +183,7 @@ def test_unknown_monitor_params_are_named() -> None:
 
 
 def test_a_regressions_realised_performance_and_residual_drift() -> None:
-    from stages.monitor import history_row, performance_reasons, realised_regression
+    from stages.lib.monitoring import history_row, performance_reasons, realised_regression
 
     rng = np.random.default_rng(0)
     n = 400
@@ -230,8 +230,8 @@ def test_a_regressions_realised_performance_and_residual_drift() -> None:
 def test_a_rows_tasks_targets_arrive_by_key_from_prepares_history(
     tmp_path: Path, shop_params
 ) -> None:
-    from stages.dataset import dataset_from_params
-    from stages.monitor import arrived_targets, live_performance
+    from stages.lib.dataset import dataset_from_params
+    from stages.lib.monitoring import arrived_targets, live_performance
 
     raw = yaml.safe_load((ROOT / "conf/dataset/bank.yaml").read_text())
     dataset = dataset_from_params(raw)

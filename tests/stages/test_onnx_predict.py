@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.export import export_onnx
-from stages.onnx_predict import OnnxPredictor
-from stages.train import positive_scores, train_model
+from stages.contract.onnx_predict import OnnxPredictor
+from stages.lib.onnx_export import export_onnx
+from stages.lib.training import positive_proba, train_model
 from tests.stages.test_train import MODELS, SCHEMA, make_frame
 
 
@@ -27,7 +27,7 @@ def test_scores_from_a_file_match_the_model(tmp_path, model_and_graph) -> None:
     frame = make_frame(30, seed=2)
     predictor = OnnxPredictor(path, SCHEMA)
     np.testing.assert_allclose(
-        predictor.predict_proba(frame), positive_scores(model, frame, SCHEMA), atol=1e-12
+        predictor.predict_proba(frame), positive_proba(model, frame, SCHEMA), atol=1e-12
     )
     assert predictor.describe()["estimator"] == "LogisticRegression"
     assert predictor.describe()["numeric"] == list(SCHEMA.numeric)
@@ -56,7 +56,7 @@ def test_json_like_records_with_nulls(model_and_graph) -> None:
         dtype=object,
     )
     scores = OnnxPredictor(graph, SCHEMA).predict_proba(records)
-    native = positive_scores(model, records.astype({"tenure": float, "noise": float}), SCHEMA)
+    native = positive_proba(model, records.astype({"tenure": float, "noise": float}), SCHEMA)
     np.testing.assert_allclose(scores, native, atol=1e-12)
 
 
@@ -87,7 +87,7 @@ def test_graph_and_schema_must_agree(tmp_path, model_and_graph) -> None:
 
 def test_imports_neither_sklearn_nor_torch() -> None:
     code = (
-        "import sys, stages.onnx_predict; "
+        "import sys, stages.contract.onnx_predict; "
         "bad = [m for m in ('sklearn', 'torch', 'skl2onnx') if m in sys.modules]; "
         "assert not bad, bad"
     )

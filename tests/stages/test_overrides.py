@@ -5,8 +5,8 @@ import shutil
 import pytest
 import yaml
 
-from stages.overrides import OverrideError, apply_overrides, main, parse_overrides
-from stages.params import compose_params
+from stages.cli.overrides import OverrideError, apply_overrides, main, parse_overrides
+from stages.lib.params import compose_params
 from tests.conftest import ROOT
 
 

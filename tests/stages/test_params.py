@@ -4,7 +4,8 @@ import pytest
 import yaml
 
 from stages.cli import main as cli_main
-from stages.params import compose_params, default_lake, main, section
+from stages.cli.params import main
+from stages.lib.params import compose_params, default_lake, section
 from tests.conftest import ROOT
 
 

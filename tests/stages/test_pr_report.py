@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.pr_report import curve_plots, main, params_diff, text_chart
+from stages.cli.pr_report import curve_plots, main, params_diff, text_chart
 
 ROOT = Path(__file__).resolve().parents[2]
 # the committed demo state (not the workspace, which other work may be rewriting)

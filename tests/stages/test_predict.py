@@ -1,17 +1,19 @@
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from stages.card import file_md5
-from stages.export import export_onnx
-from stages.feature_schema import save_schema
-from stages.onnx_predict import OnnxPredictor
-from stages.predict import main, model_identity, score_frame
-from stages.train import train_model
+from stages.contract.card import ModelCard, file_md5
+from stages.contract.feature_schema import save_schema
+from stages.contract.onnx_predict import OnnxPredictor
+from stages.lib.onnx_export import export_onnx
+from stages.lib.scoring import model_identity, score_frame
+from stages.lib.training import train_model
+from stages.predict import main
 from tests.conftest import write_params
 from tests.stages.test_train import MODELS, SCHEMA, make_frame
 
@@ -37,13 +39,17 @@ def test_scores_are_the_onnx_models_and_decisions_use_the_threshold(graph) -> No
         score_frame(frame.drop(columns="snapshot_date"), predictor, SCHEMA, 0.5, IDENTITY)
 
 
-def test_a_card_of_another_model_is_refused() -> None:
-    card = {"model": {"name": "logreg"}, "onnx": {"md5": "111"}, "data": {"landing_md5": "d"}}
-    assert model_identity(card, "111", card_path="card.json")["model_version"] == "111"
-    with pytest.raises(ValueError, match=r"card\.json: describes ONNX model 111"):
-        model_identity(card, "222", card_path="card.json")
+def test_a_card_of_another_model_is_refused(tmp_path: Path) -> None:
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"graph")
+    md5 = hashlib.md5(b"graph").hexdigest()
+    doc = {"model": {"name": "logreg"}, "onnx": {"md5": md5}, "data": {"landing_md5": "d"}}
+    assert model_identity(ModelCard(doc, "card.json"), onnx)["model_version"] == md5
+    other = ModelCard({**doc, "onnx": {"md5": "111"}}, "card.json")
+    with pytest.raises(ValueError, match=r"card\.json: the card describes ONNX graph 111"):
+        model_identity(other, onnx)
     with pytest.raises(ValueError, match=r"lacks data\.landing_md5"):
-        model_identity({"onnx": {"md5": "111"}}, "111", card_path="card.json")
+        model_identity(ModelCard({"onnx": {"md5": md5}}, "card.json"), onnx)
 
 
 def test_main_writes_predictions_and_reference_scores(
@@ -80,7 +86,7 @@ def test_main_writes_predictions_and_reference_scores(
 
 
 def test_a_regression_predicts_a_number_with_no_decision() -> None:
-    from stages.predict import reference_scores
+    from stages.lib.scoring import reference_scores
     from tests.stages.test_regression import SCHEMA as REG_SCHEMA
     from tests.stages.test_regression import make_frame as reg_frame
 

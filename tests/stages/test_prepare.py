@@ -6,7 +6,8 @@ import ibis
 import pandas as pd
 import pyarrow.parquet as pq
 
-from stages.prepare import main, upsert
+from stages.lib.merge import upsert
+from stages.prepare import main
 from stages.validate import main as validate_main
 from tests.conftest import customers_frame, events_frame, write_params, write_partition
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.canary import canary_record
-from stages.canary import main as canary_main
-from stages.promote import PromotionRefused, check_verdict, register
-from stages.promote import main as promote_main
+from stages.cli.canary import canary_record
+from stages.cli.canary import main as canary_main
+from stages.cli.promote import PromotionRefused, check_verdict, register
+from stages.cli.promote import main as promote_main
+from stages.contract.card import ModelCard
 from tests.stages.test_pr_report import git
 
 MODEL, ONNX = "a" * 32, "b" * 32
@@ -131,7 +132,7 @@ def test_the_canary_record_fits_the_card_schema() -> None:
             {"name": "country", "allowed": None, "observed": ["DE", "FR"]},
         ],
     }
-    assert canary_record({"features": features}) == {
+    assert canary_record(ModelCard({"features": features})) == {
         "customer_id": 1,
         "orders": 2.0,
         "x": None,

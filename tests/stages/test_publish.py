@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stages.publish import main, publish, read_published
+from stages.cli.publish import main, publish
+from stages.lib.predictions import read_published
 from tests.stages.test_ingest import bucket, s3_endpoint  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,7 +108,7 @@ KILLED_WRITER = textwrap.dedent(
         return len(data)
 
     pathlib.Path.write_bytes = slow
-    from stages.publish import main
+    from stages.cli.publish import main
     sys.exit(main(sys.argv[1:]))
     """
 )

@@ -5,11 +5,10 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
-from stages.dataset import EntityFeatures, dataset_from_params
-from stages.export import export_onnx
-from stages.feature_schema import FeatureSchema
-from stages.onnx_predict import OnnxPredictor
-from stages.report import (
+from stages.contract.feature_schema import FeatureSchema
+from stages.contract.onnx_predict import OnnxPredictor
+from stages.lib.dataset import EntityFeatures, dataset_from_params
+from stages.lib.insights import (
     ReportConfig,
     Section,
     Table,
@@ -20,7 +19,8 @@ from stages.report import (
     risk_by_segment,
     typical_row,
 )
-from stages.train import train_model
+from stages.lib.onnx_export import export_onnx
+from stages.lib.training import train_model
 from tests.stages.test_train import MODELS, SCHEMA, make_frame
 
 
@@ -100,7 +100,7 @@ def test_pages_hold_every_section_and_embed_their_figures() -> None:
 
 
 def test_a_regressions_page_shows_predictions_and_residuals_and_nothing_of_churn() -> None:
-    from stages.report import prediction_by_segment, regression_report, trend_table
+    from stages.lib.insights import prediction_by_segment, regression_report, trend_table
     from tests.stages.test_regression import SCHEMA as REG_SCHEMA
     from tests.stages.test_regression import make_frame as reg_frame
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stages.card import label_card
-from stages.feature_schema import load_schema
+from stages.contract.feature_schema import load_schema
 from stages.features import main
+from stages.lib.cards import label_card
 from tests.conftest import write_params
 
 START = dt.date(2026, 3, 2)

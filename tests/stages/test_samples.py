@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from stages import features, prepare, validate
-from stages.params import compose_params
-from stages.simulate import main as simulate_main
+from stages.cli.simulate import main as simulate_main
+from stages.lib.params import compose_params
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from stages import simulate as sim
+from stages.cli.simulate import main as simulate_main
+from stages.sim import shop as sim
 
 START = "2026-01-01"
 KNOBS = {
@@ -33,7 +34,7 @@ def _params(tmp_path: Path, **knobs: float) -> Path:
 
 
 def _run(lake: Path | str, params: Path, *args: str) -> int:
-    return sim.main(["--lake", str(lake), "--params", str(params), *args])
+    return simulate_main(["--lake", str(lake), "--params", str(params), *args])
 
 
 def _files(lake: Path) -> dict[str, bytes]:
@@ -295,7 +296,7 @@ def test_main_with_defaults_and_customers_override(
 ) -> None:
     lake = tmp_path / "lake"
     missing = tmp_path / "no-params.yaml"
-    code = sim.main(
+    code = simulate_main(
         [
             "--lake",
             str(lake),

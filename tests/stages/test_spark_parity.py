@@ -19,8 +19,9 @@ import pytest
 import yaml
 
 from stages import features, prepare, validate
-from stages.engine import EngineConfig, connect, map_tasks
-from stages.simulate import main as simulate_main
+from stages.cli.simulate import main as simulate_main
+from stages.lib import dataset, merge
+from stages.lib.engine import EngineConfig, connect, map_tasks
 from tests.conftest import write_params
 
 pytestmark = pytest.mark.spark
@@ -216,11 +217,11 @@ def test_incremental_prepare_on_spark_equals_a_duckdb_rebuild(
         if (validated / table).is_dir():
             for f in sorted((validated / table).glob("date=*.parquet"))[-3:]:
                 shutil.copy(f, partial / table / f.name)
-    run = prepare.run_prepare(
+    run = merge.run_prepare(
         partial,
         out,
-        prepare.dataset_from_params(lake_params["dataset"]),
-        prepare.prepare_fingerprint(lake_params["dataset"]["tables"]),
+        dataset.dataset_from_params(lake_params["dataset"]),
+        merge.prepare_fingerprint(lake_params["dataset"]["tables"]),
         EngineConfig.from_params(SPARK),
     )
     assert {p.mode for p in run.plans.values()} == {"append"}

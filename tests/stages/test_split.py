@@ -6,7 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from stages.split import SplitConfig, main, split_snapshots
+from stages.lib.splitting import SplitConfig, split_snapshots
+from stages.split import main
 from tests.conftest import write_params
 
 

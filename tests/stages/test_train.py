@@ -9,9 +9,9 @@ import pytest
 import yaml
 from sklearn.metrics import log_loss, roc_auc_score
 
-from stages.feature_schema import FeatureSchema, save_schema
-from stages.model_io import load_model
-from stages.train import (
+from stages.contract.feature_schema import FeatureSchema, save_schema
+from stages.lib.model_io import load_model
+from stages.lib.training import (
     ESTIMATORS,
     MISSING_CATEGORY,
     REGRESSORS,
@@ -21,11 +21,11 @@ from stages.train import (
     build_estimator,
     build_preprocessor,
     check_frame,
-    main,
-    positive_scores,
+    positive_proba,
     train_model,
     tune_model,
 )
+from stages.train import main
 
 CONF_MODELS = Path(__file__).resolve().parents[2] / "conf" / "model"
 SCHEMA = FeatureSchema(
@@ -125,7 +125,7 @@ def run_main(
 def test_train_model_learns_signal(estimator: str) -> None:
     model = train_model(make_frame(300, seed=1), SCHEMA, MODELS[estimator], seed=7)
     valid = make_frame(300, seed=2)
-    scores = positive_scores(model, valid, SCHEMA)
+    scores = positive_proba(model, valid, SCHEMA)
     assert scores.shape == (300,)
     assert np.all((scores >= 0) & (scores <= 1))
     assert roc_auc_score(valid["churn"], scores) > 0.75
@@ -142,7 +142,7 @@ def test_unknown_and_missing_categories_do_not_crash(estimator: str) -> None:
     valid.loc[10, "plan"] = None
     valid.loc[11, "country"] = pd.NA
     valid.loc[12, "tenure"] = np.nan
-    scores = positive_scores(model, valid, SCHEMA)
+    scores = positive_proba(model, valid, SCHEMA)
     assert np.all(np.isfinite(scores))
 
 
@@ -227,7 +227,7 @@ def test_tuning_is_deterministic_and_starts_from_the_config() -> None:
     pd.testing.assert_frame_equal(a.trials, b.trials)
     assert a.hyperparameters == b.hyperparameters and a.best_trial == b.best_trial
     np.testing.assert_array_equal(
-        positive_scores(a.model, test, SCHEMA), positive_scores(b.model, test, SCHEMA)
+        positive_proba(a.model, test, SCHEMA), positive_proba(b.model, test, SCHEMA)
     )
     assert list(a.trials.columns) == ["trial", "score", "C"]
     assert a.trials["trial"].tolist() == [0, 1, 2, 3] and a.n_trials == 4
@@ -248,9 +248,9 @@ def test_tuned_model_is_what_a_refit_of_the_best_params_gives() -> None:
     tuned = tune_model(train, valid, SCHEMA, cfg, seed=7, n_trials=3)
     refit = train_model(train, SCHEMA, cfg, 7, valid=valid, hyperparameters=tuned.hyperparameters)
     np.testing.assert_array_equal(
-        positive_scores(tuned.model, valid, SCHEMA), positive_scores(refit, valid, SCHEMA)
+        positive_proba(tuned.model, valid, SCHEMA), positive_proba(refit, valid, SCHEMA)
     )
-    assert roc_auc_score(valid["churn"], positive_scores(refit, valid, SCHEMA)) == (
+    assert roc_auc_score(valid["churn"], positive_proba(refit, valid, SCHEMA)) == (
         pytest.approx(tuned.best_score)
     )
 
@@ -264,7 +264,7 @@ def test_zero_trials_fits_the_config_only() -> None:
     assert tuned.trials[["trial", "C"]].to_dict(orient="records") == [{"trial": 0, "C": 0.5}]
     plain = train_model(train, SCHEMA, cfg, 7)
     np.testing.assert_array_equal(
-        positive_scores(tuned.model, valid, SCHEMA), positive_scores(plain, valid, SCHEMA)
+        positive_proba(tuned.model, valid, SCHEMA), positive_proba(plain, valid, SCHEMA)
     )
 
 
@@ -374,8 +374,8 @@ def test_main_is_deterministic(tmp_path: Path, estimator: str) -> None:
     assert metrics_a.read_bytes() == metrics_b.read_bytes()
     test = make_frame(100, seed=5)
     np.testing.assert_array_equal(
-        positive_scores(load_model(model_a), test, SCHEMA),
-        positive_scores(load_model(model_b), test, SCHEMA),
+        positive_proba(load_model(model_a), test, SCHEMA),
+        positive_proba(load_model(model_b), test, SCHEMA),
     )
 
 
@@ -383,8 +383,8 @@ def test_seed_changes_hgb_model(tmp_path: Path) -> None:
     # guards the determinism test against a model that ignores its seed entirely
     cfg = ModelConfig("hgb", "hist_gradient_boosting", {"max_iter": 30, "max_features": 0.5})
     frame, test = make_frame(300, seed=1), make_frame(50, seed=5)
-    a = positive_scores(train_model(frame, SCHEMA, cfg, seed=1), test, SCHEMA)
-    b = positive_scores(train_model(frame, SCHEMA, cfg, seed=2), test, SCHEMA)
+    a = positive_proba(train_model(frame, SCHEMA, cfg, seed=1), test, SCHEMA)
+    b = positive_proba(train_model(frame, SCHEMA, cfg, seed=2), test, SCHEMA)
     assert not np.array_equal(a, b)
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from stages.dataset import dataset_from_params
-from stages.incremental import stat_cache_path
-from stages.validate import main, missing_days, validate_partition
+from stages.lib.dataset import dataset_from_params
+from stages.lib.incremental import stat_cache_path
+from stages.lib.validation import missing_days, validate_partition
+from stages.validate import main
 from tests.conftest import customers_frame, events_frame, write_params, write_partition
 
 

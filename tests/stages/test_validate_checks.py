@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from stages.dataset import dataset_from_params
-from stages.validate import (
+from stages.lib.dataset import dataset_from_params
+from stages.lib.validation import (
     PartitionResult,
     ValidateConfig,
     check_thresholds,

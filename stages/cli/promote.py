@@ -1,0 +1,233 @@
+"""`evergreen promote`: what the promote workflow does after a merge into main, up to the image.
+
+    evergreen promote [--name churn] [--stage prod] [--remote origin] [--out build]
+
+1. verify the gate verdict recorded for HEAD (the merge commit): `metrics/gate.json` committed
+   there is blessed and judged the model `dvc.lock` records (`models/model.skops` md5), which is
+   also the one the committed model card describes; the ONNX file pulled matches dvc.lock;
+2. register the version and assign the stage with GTO: git tags `churn@vX.Y.Z` (the first is
+   v0.1.0, each promotion bumps the minor version) and `churn#prod#N`, pushed to `--remote`;
+   a rerun on a commit already registered reuses its version;
+3. stamp the card (commit + verdict) and write the image's build context to `OUT/serve`, and
+   `OUT/release.json` (name, version, tags, commit, model version) for the image labels.
+
+The workflow then builds the image from `OUT/serve`, checks it with `evergreen canary` and
+pushes it. Nothing is tagged unless every check of step 1 passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from serve.context import main as context_main
+from stages.cli.card import main as stamp_main
+from stages.cli.gate import recorded_md5
+from stages.contract.card import ModelCard, file_md5
+from stages.lib.gitref import commit_of
+from stages.lib.io import write_json
+
+GATE = "metrics/gate.json"
+CARD = "models/model_card.json"
+LOCK = "dvc.lock"
+MODEL = "models/model.skops"
+ONNX = "models/model.onnx"
+FIRST_VERSION = "v0.1.0"
+
+
+class PromotionRefused(ValueError):
+    """The commit's recorded verdict does not allow promotion; the message says why."""
+
+
+def check_verdict(
+    gate: Mapping[str, Any] | None, lock: Mapping[str, Any] | None, card: Mapping[str, Any] | None
+) -> tuple[str, str]:
+    """(model md5, ONNX md5) when the committed verdict blesses the committed model; else
+    PromotionRefused naming the file and what did not match."""
+    if gate is None:
+        raise PromotionRefused(f"{GATE} is not committed: run `evergreen gate` on the branch")
+    if lock is None:
+        raise PromotionRefused(f"{LOCK} is not committed: nothing was reproduced")
+    if card is None:
+        raise PromotionRefused(f"{CARD} is not committed: run `dvc repro`")
+    if gate.get("blessed") is not True:
+        failed = [c.get("name") for c in gate.get("checks") or () if not c.get("passed")]
+        raise PromotionRefused(f"{GATE}: the gate did not bless this model (failed: {failed})")
+    judged = (gate.get("challenger") or {}).get("model_md5")
+    model = recorded_md5(lock, MODEL)
+    described = ModelCard(card, CARD)
+    if not judged or judged != model:
+        raise PromotionRefused(
+            f"{GATE} judged model {judged} but {LOCK} records {MODEL} {model}: the verdict is "
+            "stale; rerun `evergreen gate` on the branch and commit metrics/gate.json"
+        )
+    if described.model_md5 != model:
+        raise PromotionRefused(
+            f"{CARD} describes model {described.model_md5} but {LOCK} records {MODEL} {model}"
+        )
+    onnx = recorded_md5(lock, ONNX)
+    if not onnx or described.onnx_md5 != onnx:
+        raise PromotionRefused(
+            f"{CARD} describes ONNX {described.onnx_md5} but {LOCK} records {ONNX} {onnx}"
+        )
+    return model, onnx
+
+
+def _run(cmd: Sequence[str], cwd: Path) -> str:
+    print("+ " + " ".join(cmd), flush=True)
+    done = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(cmd)} exited {done.returncode}: {(done.stderr or done.stdout).strip()}"
+        )
+    return done.stdout
+
+
+def committed(repo: Path, path: str, *, as_json: bool) -> Any:
+    """`path` as committed at HEAD (None when absent); refuses a workspace copy that differs,
+    since the card stamp and the build context read the workspace."""
+    done = subprocess.run(
+        ["git", "show", f"HEAD:{path}"], cwd=repo, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        return None
+    local = repo / path
+    if local.is_file() and local.read_text() != done.stdout:
+        raise PromotionRefused(
+            f"{path}: the workspace copy differs from HEAD's; commit or reset it"
+        )
+    try:
+        return json.loads(done.stdout) if as_json else yaml.safe_load(done.stdout)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise PromotionRefused(f"{path} at HEAD: unreadable ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    version: str
+    stage: str
+    tags: tuple[str, ...]
+    commit: str
+    model_md5: str
+    onnx_md5: str
+
+
+def _tags_at(repo: Path, commit: str, pattern: str) -> list[str]:
+    out = _run(["git", "tag", "--points-at", commit, "--list", pattern], repo)
+    return sorted(out.split())
+
+
+def register(repo: Path, name: str, stage: str, commit: str) -> tuple[str, list[str]]:
+    """GTO: the version registered at `commit` (registering the next one if there is none) and
+    the stage assigned to it; returns (version, tags at the commit for this artifact)."""
+    import gto.api
+    from gto.exceptions import ArtifactNotFound
+
+    existing = _tags_at(repo, commit, f"{name}@v*")
+    if existing:
+        version = existing[-1].split("@", 1)[1]
+    else:
+        try:
+            latest = gto.api.find_latest_version(str(repo), name)
+        except ArtifactNotFound:  # not declared in dvc.yaml and never registered: a first
+            latest = None
+        registration = gto.api.register(
+            str(repo),
+            name,
+            commit,
+            version=None if latest else FIRST_VERSION,
+            bump_minor=latest is not None,
+        )
+        version = registration.version
+    in_stage = gto.api.find_versions_in_stage(str(repo), name, stage) or []
+    current = in_stage[0] if isinstance(in_stage, list) and in_stage else in_stage
+    if getattr(current, "version", None) != version:
+        gto.api.assign(str(repo), name, stage, version=version)
+    tags = [
+        t
+        for t in _tags_at(repo, commit, f"{name}*")
+        if t == f"{name}@{version}" or t.startswith(f"{name}#{stage}#")
+    ]
+    return version, tags
+
+
+def promote(args: argparse.Namespace) -> Release:
+    repo = args.repo
+    model, onnx = check_verdict(
+        committed(repo, GATE, as_json=True),
+        committed(repo, LOCK, as_json=False),
+        committed(repo, CARD, as_json=True),
+    )
+    commit = commit_of("HEAD", repo)
+    if commit is None:
+        raise RuntimeError(f"{repo.resolve()}: no git commit at HEAD")
+    if args.pull:
+        _run(["dvc", "pull", ONNX], repo)
+    pulled = repo / ONNX
+    if not pulled.is_file() or file_md5(pulled) != onnx:
+        raise PromotionRefused(f"{ONNX}: missing or not the file {LOCK} records ({onnx})")
+    version, tags = register(repo, args.name, args.stage, commit)
+    if args.remote:
+        _run(["git", "push", args.remote, *(f"refs/tags/{t}" for t in tags)], repo)
+    out = args.out
+    stamped = out / "model_card.json"
+    if stamp_main(["--card", str(repo / CARD), "--gate", str(repo / GATE),
+                  "--out", str(stamped), "--repo", str(repo)]) != 0:  # fmt: skip
+        raise RuntimeError("card stamp failed (see above)")
+    context = out / "serve"
+    if context_main(["--out", str(context), "--card", str(stamped), "--model", str(pulled),
+                     "--settings", str(repo / args.settings)]) != 0:  # fmt: skip
+        raise RuntimeError("serve build-context failed (see above)")
+    release = Release(args.name, version, args.stage, tuple(tags), commit, model, onnx)
+    write_json(asdict(release), out / "release.json")
+    return release
+
+
+def github_output(values: Mapping[str, str]) -> None:
+    """Step outputs for the workflow, when it runs in GitHub Actions."""
+    path = os.environ.get("GITHUB_OUTPUT")
+    if path:
+        with open(path, "a") as f:
+            f.writelines(f"{k}={v}\n" for k, v in values.items())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="evergreen promote", description=__doc__.splitlines()[0])
+    parser.add_argument("--name", default="churn", help="GTO artifact name (dvc.yaml artifacts)")
+    parser.add_argument("--stage", default="prod", help="GTO stage to assign")
+    parser.add_argument("--remote", default="origin", help="git remote for the tags ('' : none)")
+    parser.add_argument("--out", type=Path, default=Path("build"), help="folder for the outputs")
+    parser.add_argument("--settings", default="params.yaml", help="serve settings file")
+    parser.add_argument("--repo", type=Path, default=Path("."), help="git + DVC repo root")
+    parser.add_argument("--no-pull", dest="pull", action="store_false", help="skip `dvc pull`")
+    args = parser.parse_args(argv)
+    try:
+        release = promote(args)
+    except PromotionRefused as exc:
+        print(f"promote: refused: {exc}", file=sys.stderr)
+        return 1
+    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+        print(f"promote: {exc}", file=sys.stderr)
+        return 2
+    github_output(
+        {"version": release.version, "context": str(args.out / "serve"), "commit": release.commit}
+    )
+    print(
+        f"promote: {release.name} {release.version} -> {release.stage} at "
+        f"{release.commit[:12]} (model {release.onnx_md5}); tags {', '.join(release.tags)}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

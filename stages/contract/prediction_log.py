@@ -1,0 +1,124 @@
+"""The server's prediction log: one agreement, written by serve/sink.py and read by the monitor.
+
+    <path>/date=YYYY-MM-DD/part-<UTC time>-<pid>-<seq>.parquet|.jsonl
+
+on a local folder or an `s3://bucket/prefix` (pyarrow's filesystems: the server writes with
+them, off the request path). `log_schema` is a file's columns; `read_logged` reads one column
+of the latest days back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from stages.contract.storage import PARTITION_RE
+
+# the column of a model's output, by task
+SCORE = "score"  # a classification's probability of the positive class
+PREDICTION = "prediction"  # a regression's number
+
+
+def open_destination(path: str) -> tuple[pafs.FileSystem, str, bool]:
+    """(filesystem, base path, is_local) for a local folder or an `s3://bucket/prefix`."""
+    if path.startswith("s3://"):
+        fs, base = pafs.FileSystem.from_uri(path)
+        return fs, base.rstrip("/"), False
+    if "://" in path:
+        raise ValueError(
+            f"predictions_path {path!r}: expected a local folder or s3://bucket/prefix"
+        )
+    return pafs.LocalFileSystem(), os.path.abspath(path), True
+
+
+def log_schema(
+    entity_key: str, numeric: Sequence[str], categorical: Sequence[str], *, regression: bool
+) -> pa.Schema:
+    """The columns of a prediction log file."""
+    features = pa.struct(
+        [pa.field(name, pa.float64()) for name in numeric]
+        + [pa.field(name, pa.string()) for name in categorical]
+    )
+    return pa.schema(
+        [
+            ("request_id", pa.string()),
+            ("row", pa.int32()),
+            ("time", pa.timestamp("ms", tz="UTC")),
+            ("latency_ms", pa.float64()),
+            ("model_name", pa.string()),
+            ("model_version", pa.string()),
+            ("data_version", pa.string()),
+            ("git_commit", pa.string()),
+            # as text: a key may be an integer in one request and a string in another
+            (entity_key, pa.string()),
+            ("features", features),
+            *_output_fields(regression),
+        ]
+    )
+
+
+def _output_fields(regression: bool) -> list[tuple[str, pa.DataType]]:
+    """What the models said: a classification's score and decision, or a regression's
+    prediction (it has no decision to log)."""
+    if regression:
+        return [
+            ("prediction", pa.float64()),
+            ("shadow_model_version", pa.string()),
+            ("shadow_prediction", pa.float64()),
+        ]
+    return [
+        ("score", pa.float64()),
+        ("decision", pa.bool_()),
+        ("shadow_model_version", pa.string()),
+        ("shadow_score", pa.float64()),
+    ]
+
+
+def read_logged(
+    path: str | None, days: int, column: str = "score"
+) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """Scores (or a regression's `prediction`: `column`) of the server's prediction log in its
+    latest `days` days (parquet or JSON lines, local folder or s3://); None with the reason
+    when there is no log."""
+    if not path:
+        return None, {"status": "absent", "detail": "serve.predictions_path is not set"}
+    if path.startswith("s3://"):
+        fs, base = pafs.FileSystem.from_uri(path)
+    else:
+        fs, base = pafs.LocalFileSystem(), str(Path(path).resolve())
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        return None, {"status": "absent", "path": path, "detail": "no prediction log folder"}
+    selector = pafs.FileSelector(base, recursive=True)
+    by_day: dict[str, list[str]] = {}
+    for info in fs.get_file_info(selector):
+        parent, _, name = info.path.rpartition("/")
+        match = PARTITION_RE.match(parent.rpartition("/")[2])
+        if match and info.is_file and name.endswith((".parquet", ".jsonl")) and name[0] != ".":
+            by_day.setdefault(match.group(1), []).append(info.path)
+    if not by_day:
+        return None, {"status": "absent", "path": path, "detail": "no prediction log files"}
+    chosen = sorted(by_day)[-days:]
+    scores = []
+    for day in chosen:
+        for file in sorted(by_day[day]):
+            if file.endswith(".parquet"):
+                scores.append(
+                    pq.read_table(file, columns=[column], filesystem=fs)[column].to_numpy(
+                        zero_copy_only=False
+                    )
+                )
+            else:
+                with fs.open_input_stream(file) as f:
+                    rows = [json.loads(line) for line in f.read().splitlines() if line.strip()]
+                values = [row.get(column) for row in rows]
+                scores.append(np.array([np.nan if v is None else v for v in values], "float64"))
+    values = np.concatenate(scores).astype("float64")
+    return values, {"status": "read", "path": path, "days": chosen, "rows": len(values)}

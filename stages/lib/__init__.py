@@ -1,0 +1,2 @@
+"""The library the stages share: config, engine, I/O, incremental bookkeeping, models, metrics,
+rendering."""

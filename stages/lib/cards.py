@@ -1,0 +1,221 @@
+"""The model card's document: what the `card` stage writes (stages/card.py) and the server
+ships with. Everything that reads a card reads it through stages/contract/card.py.
+
+    python -m stages.card --model models/model.skops \\
+        --schema artifacts/features/feature_schema.json --train artifacts/split/train.parquet \\
+        --metrics metrics/evaluate.json --slices metrics/slices.json \\
+        --train-metrics metrics/train.json --lock dvc.lock --data data/landing \\
+        --data-stage validate --out models/model_card.json [--onnx models/model.onnx]
+    evergreen card stamp --card models/model_card.json --gate metrics/gate.json --out CARD
+
+The card holds what a reader of a served prediction needs: the feature schema (types, allowed
+values, the ranges seen in training), the label's definition, the data version, the model and
+its params (as configured, and as fitted after tuning), its validation and test metrics (overall
+and per slice), library versions and the md5 of the model file and of its ONNX export.
+
+The data version is the md5 DVC recorded for the landing zone in `dvc.lock`, in the entry of
+the stage that reads it (`--data-stage`): DVC writes a stage's lock entry as soon as that stage
+has run, before the stages downstream of it, so it is the hash of the data this model came from;
+`dvc checkout` of that commit restores exactly that data. The card stage itself depends on the
+landing zone, so a new day of data reruns it even where the model came out unchanged.
+
+What the card leaves out on purpose: the git commit (HEAD is no dependency of any stage, so a
+commit written into a DVC output is stale by the next commit) and the gate verdict (it depends
+on another git ref, see stages/cli/gate.py). `evergreen card stamp` adds both to a copy at
+promotion time.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Mapping
+from importlib import metadata
+from typing import Any
+
+import pandas as pd
+
+from stages.contract.feature_schema import FeatureSchema
+from stages.lib.io import round_floats
+from stages.lib.params import section
+
+# distributions whose versions the card records, where installed
+LIBRARIES = (
+    "scikit-learn",
+    "skops",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scipy",
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "skl2onnx",
+    "dvc",
+)
+
+
+def feature_card(schema: FeatureSchema, train: pd.DataFrame) -> dict[str, Any]:
+    """Each feature's type, with the allowed values of categoricals and the range of numerics
+    observed in the training split (what the model saw)."""
+    missing = [c for c in schema.features if c not in train.columns]
+    if missing:
+        raise ValueError(f"training split: missing column(s) {missing} listed by the schema")
+    numeric = []
+    for name in schema.numeric:
+        values = pd.to_numeric(train[name], errors="raise").astype("float64")
+        present = values.dropna()
+        numeric.append(
+            {
+                "name": name,
+                "type": "float64",
+                "min": float(present.min()) if len(present) else None,
+                "max": float(present.max()) if len(present) else None,
+                "missing_fraction": float(values.isna().mean()) if len(values) else 0.0,
+            }
+        )
+    categorical = []
+    for name in schema.categorical:
+        column = train[name]
+        allowed = schema.categories.get(name)
+        categorical.append(
+            {
+                "name": name,
+                "type": "string",
+                "allowed": list(allowed) if allowed else None,
+                "observed": sorted(str(v) for v in column.dropna().unique()),
+                "missing_fraction": float(column.isna().mean()) if len(column) else 0.0,
+            }
+        )
+    return {
+        "entity_key": schema.entity_key,
+        "time": schema.time,
+        "task": schema.task,
+        "order": list(schema.features),
+        "numeric": numeric,
+        "categorical": categorical,
+    }
+
+
+def label_card(params: Mapping[str, Any]) -> dict[str, Any]:
+    """What the label means, by the dataset's task kind: for entity churn its `label` section
+    (name, horizon_days, lookback_days) and the event types that count as activity; for a rows
+    kind the target column (and its classes' mapping to 0/1)."""
+    dataset = section(params, "dataset")
+    task = dataset.get("task") or {}
+    kind = task.get("kind", "entity_churn")
+    if kind != "entity_churn":
+        return _rows_label_card(task, kind)
+    label = section(params, "dataset.label")
+    name = label.get("name")
+    missing = [k for k in ("name", "horizon_days", "lookback_days") if label.get(k) is None]
+    if missing:
+        raise KeyError(f"params: dataset.label lacks {missing}")
+    horizon, lookback = int(label["horizon_days"]), int(label["lookback_days"])
+    activity = [str(t) for t in section(params, "dataset.activity_types")]
+    return {
+        **{str(k): v for k, v in label.items()},
+        "activity_types": activity,
+        "definition": (
+            f"{name} = 1 for an entity active (any of {', '.join(activity)}) in the {lookback} "
+            f"days up to the snapshot date that has no such activity in the {horizon} days "
+            "after it"
+        ),
+    }
+
+
+def _rows_label_card(task: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    target = task.get("target")
+    if not target:
+        raise KeyError(f"params: dataset.task lacks 'target' (task.kind {kind})")
+    period = int(task.get("period_days", 7))
+    labels = task.get("labels")
+    out: dict[str, Any] = {"name": str(target), "kind": kind, "period_days": period}
+    if kind == "rows_regression":
+        out["definition"] = (
+            f"{target}: the number recorded with each row, predicted from its features"
+        )
+    elif labels:
+        out["labels"] = {str(k): int(v) for k, v in labels.items()}
+        ones = sorted(str(k) for k, v in labels.items() if int(v) == 1)
+        out["definition"] = f"{target} = 1 for a row whose {target} is {' or '.join(ones)}, else 0"
+    else:
+        out["definition"] = f"{target}: the 0/1 outcome recorded with each row"
+    return out
+
+
+def data_version(lock: Mapping[str, Any], data_path: str, stage: str) -> str:
+    """The md5 DVC recorded for `data_path` as a dependency of `stage` in dvc.lock."""
+    entry = (lock.get("stages") or {}).get(stage)
+    if entry is None:
+        raise ValueError(f"dvc.lock: no entry for stage '{stage}' (run `dvc repro` first)")
+    for dep in entry.get("deps") or ():
+        if dep.get("path") == data_path and dep.get("md5"):
+            return str(dep["md5"])
+    raise ValueError(f"dvc.lock: stage '{stage}' records no md5 for dependency '{data_path}'")
+
+
+def library_versions() -> dict[str, str]:
+    """Python and the installed versions of LIBRARIES."""
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def build_card(
+    *,
+    schema: FeatureSchema,
+    train: pd.DataFrame,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    slices: Mapping[str, Any],
+    model_file: str,
+    model_md5: str,
+    landing_md5: str,
+    data_source: str,
+    train_metrics: Mapping[str, Any] | None = None,
+    onnx: Mapping[str, str] | None = None,
+    libraries: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The model card as a JSON-ready mapping (no git commit, no gate verdict).
+
+    `train_metrics` (the train stage's metrics file) adds the hyperparameters the model was
+    fitted with, which tuning may have chosen over the configured ones, the tuning summary and
+    the validation metrics.
+    """
+    model_params = section(params, "model")
+    dates = sorted(str(pd.Timestamp(d).date()) for d in train[schema.time].dropna().unique())
+    card: dict[str, Any] = {
+        "model": {
+            "name": model_params.get("name"),
+            "estimator": model_params.get("estimator"),
+            "params": {k: v for k, v in model_params.items() if k not in ("name", "estimator")},
+            "seed": section(params, "seed"),
+            "file": model_file,
+            "md5": model_md5,
+        },
+        "features": feature_card(schema, train),
+        "label": label_card(params),
+        "data": {
+            "landing_md5": landing_md5,
+            "source": data_source,
+            "train_rows": len(train),
+            "train_snapshot_dates": dates,
+        },
+        "metrics": {"test": dict(metrics), "slices": dict(slices)},
+        "libraries": dict(library_versions() if libraries is None else libraries),
+    }
+    fitted = train_metrics or {}
+    for key, where, name in (
+        ("hyperparameters", "model", "fitted_hyperparameters"),
+        ("tuning", "model", "tuning"),
+        ("valid", "metrics", "valid"),
+    ):
+        if key in fitted:
+            card[where][name] = fitted[key]
+    if onnx is not None:
+        card["onnx"] = dict(onnx)
+    return round_floats(card)

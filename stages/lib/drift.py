@@ -1,0 +1,271 @@
+"""The core of the `drift` stage (stages/drift.py): compare the latest partitions with the data the
+model was trained on.
+
+    python -m stages.drift artifacts/profile artifacts/split/summary.json \
+        metrics/data_drift.json [--params params.yaml]
+
+The reference is every partition up to the last train snapshot plus the label horizon (what fed
+the train split's features and labels); the current period is the latest `last_days`
+partitions. Both are combined from the per-partition profiles (`stages/profile.py`), so no
+partition is read again. Per column: numbers get the population stability index (PSI) over
+bins at the reference's deciles plus a null bin, strings and booleans the Jensen-Shannon
+distance (base 2, in [0, 1]) of their value frequencies; per table the change in median rows
+per partition (a median, so a bulk first load does not set the norm). Each is compared with
+its threshold (params `drift`), giving per-column `drifted` flags and an overall one.
+
+We use effect sizes, not hypothesis tests: a KS or chi-squared p-value flags almost any
+difference on samples of thousands of rows, so it would call every day drifted; a PSI or JS
+distance measures how much the distribution moved, whatever the sample size.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from stages.lib.dataset import NUMERIC_TYPES, DatasetConfig
+from stages.lib.profiling import PERCENTILES
+
+EPSILON = 1e-4  # floor of a bin's share, so an empty bin gives a large but finite PSI
+DIGITS = 6
+OTHER, NULL = "__other__", "__null__"
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    last_days: int = 7  # the current period: this many latest partitions
+    bins: int = 10  # numeric bins, at the reference's quantiles
+    psi_threshold: float = 0.2  # PSI above this: drifted (0.1-0.25 is the usual "watch" band)
+    js_threshold: float = 0.1  # Jensen-Shannon distance above this: drifted
+    rows_threshold: float = 0.5  # relative change of median rows per partition above this
+    # fewer values than this in either period: reported, never flagged, because sampling noise
+    # alone moves PSI and JS that much (8 categories x 100 rows: JS distance ~0.1 by chance)
+    min_count: int = 200
+
+    @classmethod
+    def from_params(cls, raw: Mapping[str, Any]) -> DriftConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"params drift: unknown keys {unknown} (known: {sorted(known)})")
+        cfg = cls(**raw)
+        if cfg.last_days < 1 or cfg.bins < 2 or cfg.min_count < 0:
+            raise ValueError("params drift: last_days must be >= 1, bins >= 2, min_count >= 0")
+        return cfg
+
+
+def _cdf(x: np.ndarray, percentiles: np.ndarray) -> np.ndarray:
+    """A partition's CDF at `x`, piecewise linear between its percentiles; right-continuous
+    at ties, so a value shared by many rows holds all their mass."""
+    k = np.searchsorted(percentiles, x, side="right")
+    inside = (k > 0) & (k < len(percentiles))
+    lo = np.clip(k - 1, 0, len(percentiles) - 1)
+    hi = np.clip(k, 0, len(percentiles) - 1)
+    span = percentiles[hi] - percentiles[lo]
+    frac = np.divide(x - percentiles[lo], span, out=np.zeros_like(x), where=span > 0)
+    inner = PERCENTILES[lo] + frac * (PERCENTILES[hi] - PERCENTILES[lo])
+    return np.where(k == 0, 0.0, np.where(inside, inner, 1.0))
+
+
+def _mixture(stats: Sequence[Mapping[str, Any]]) -> tuple[list[tuple[float, np.ndarray]], int]:
+    """(count, percentiles) of each partition with values, and the total nulls."""
+    parts = [
+        (s["count"], np.asarray(s["percentiles"], dtype="float64")) for s in stats if s["count"]
+    ]
+    return parts, sum(int(s["nulls"]) for s in stats)
+
+
+def _shares(parts: list[tuple[float, np.ndarray]], nulls: int, edges: np.ndarray) -> np.ndarray:
+    """Share of rows in [null, (-inf, e1], (e1, e2], ..., (ek, inf)]."""
+    count = sum(n for n, _ in parts)
+    total = count + nulls
+    if total == 0:
+        return np.zeros(len(edges) + 2)
+    cdf = sum(n * _cdf(edges, p) for n, p in parts) / count if count else np.zeros(len(edges))
+    within = np.diff(np.concatenate([[0.0], cdf, [1.0]])) if count else np.zeros(len(edges) + 1)
+    return np.concatenate([[nulls / total], within * count / total])
+
+
+def _edges(parts: list[tuple[float, np.ndarray]], bins: int) -> np.ndarray:
+    """Interior bin edges at the quantiles of the combined reference (its partitions'
+    percentiles, each weighted by its rows)."""
+    if not parts:
+        return np.zeros(0)
+    points = np.concatenate([p for _, p in parts])
+    weights = np.concatenate([np.full(len(p), n / len(p)) for n, p in parts])
+    order = np.argsort(points, kind="stable")
+    cum = np.cumsum(weights[order]) / weights.sum()
+    at = np.searchsorted(cum, np.arange(1, bins) / bins, side="left")
+    return np.unique(points[order][np.clip(at, 0, len(points) - 1)])
+
+
+def psi(reference: np.ndarray, current: np.ndarray) -> float:
+    """Population stability index of two share vectors over the same bins."""
+    r, c = np.maximum(reference, EPSILON), np.maximum(current, EPSILON)
+    return float(np.sum((c - r) * np.log(c / r)))
+
+
+def js_distance(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon distance (base 2): 0 for equal distributions, 1 for disjoint ones."""
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> float:
+        nz = a > 0
+        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
+
+    return float(np.sqrt(max(0.5 * kl(p) + 0.5 * kl(q), 0.0)))
+
+
+def _counts(stats: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in stats:
+        for value, n in {**s["top"], OTHER: s["other"], NULL: s["nulls"]}.items():
+            out[value] = out.get(value, 0) + int(n)
+    return out
+
+
+def _flag(metric: str, value: float, threshold: float, ref: list, cur: list, cfg: DriftConfig):
+    n_ref = sum(int(s["count"]) + int(s["nulls"]) for s in ref)
+    n_cur = sum(int(s["count"]) + int(s["nulls"]) for s in cur)
+    enough = min(n_ref, n_cur) >= cfg.min_count
+    return {
+        "metric": metric,
+        "value": round(value, DIGITS),
+        "threshold": threshold,
+        "drifted": bool(enough and value > threshold),
+        "values": {"reference": n_ref, "current": n_cur},
+        "enough_data": enough,
+    }
+
+
+def _numeric_drift(ref: list[Mapping], cur: list[Mapping], cfg: DriftConfig) -> dict[str, Any]:
+    ref_parts, ref_nulls = _mixture(ref)
+    cur_parts, cur_nulls = _mixture(cur)
+    edges = _edges(ref_parts, cfg.bins)
+    value = psi(_shares(ref_parts, ref_nulls, edges), _shares(cur_parts, cur_nulls, edges))
+
+    def mean(stats: list[Mapping]) -> float | None:
+        n = sum(s["count"] for s in stats)
+        if not n:
+            return None
+        return round(sum(s["count"] * s["mean"] for s in stats if s["count"]) / n, DIGITS)
+
+    return {
+        **_flag("psi", value, cfg.psi_threshold, ref, cur, cfg),
+        "reference_mean": mean(ref),
+        "current_mean": mean(cur),
+    }
+
+
+def values_drift(
+    reference: Sequence[float] | np.ndarray, current: Sequence[float] | np.ndarray, cfg: DriftConfig
+) -> dict[str, Any]:
+    """PSI of two samples of one number (NaN = null), binned as a profiled column is: at the
+    reference's quantiles, from the same percentiles a profile keeps, plus a null bin."""
+
+    def stats(values: Sequence[float] | np.ndarray) -> dict[str, Any]:
+        x = np.asarray(values, dtype="float64")
+        present = x[~np.isnan(x)]
+        return {
+            "count": len(present),
+            "nulls": int(len(x) - len(present)),
+            "mean": float(present.mean()) if len(present) else None,
+            "percentiles": np.quantile(present, PERCENTILES) if len(present) else None,
+        }
+
+    return _numeric_drift([stats(reference)], [stats(current)], cfg)
+
+
+def _categorical_drift(ref: list[Mapping], cur: list[Mapping], cfg: DriftConfig) -> dict[str, Any]:
+    r, c = _counts(ref), _counts(cur)
+    keys = sorted(set(r) | set(c))
+    p = np.array([r.get(k, 0) for k in keys], dtype="float64")
+    q = np.array([c.get(k, 0) for k in keys], dtype="float64")
+    value = js_distance(p, q) if p.sum() and q.sum() else 0.0
+    return _flag("js_distance", value, cfg.js_threshold, ref, cur, cfg)
+
+
+def split_periods(
+    dates: Sequence[str], train_until: dt.date, last_days: int
+) -> tuple[list[str], list[str]]:
+    """(reference, current) partition dates: current are the `last_days` latest; reference
+    the ones up to `train_until` that are not current."""
+    current = sorted(dates)[-last_days:]
+    reference = [d for d in sorted(dates) if d <= train_until.isoformat() and d not in current]
+    return reference, current
+
+
+def table_drift(
+    profiles: Mapping[str, Mapping],
+    dataset: DatasetConfig,
+    table: str,
+    train_until: dt.date,
+    cfg: DriftConfig,
+) -> dict[str, Any]:
+    """Drift of one table between its reference and current partitions."""
+    spec = dataset.table(table)
+    reference, current = split_periods(list(profiles), train_until, cfg.last_days)
+    out: dict[str, Any] = {
+        "reference": {
+            "partitions": len(reference),
+            "first": reference[0] if reference else None,
+            "last": reference[-1] if reference else None,
+        },
+        "current": {
+            "partitions": len(current),
+            "first": current[0] if current else None,
+            "last": current[-1] if current else None,
+        },
+    }
+    if not reference or not current:
+        return {**out, "drifted": False, "note": "no reference or no current partitions"}
+    ref_rows = float(np.median([profiles[d]["rows"] for d in reference]))
+    cur_rows = float(np.median([profiles[d]["rows"] for d in current]))
+    change = cur_rows / ref_rows - 1 if ref_rows else (0.0 if not cur_rows else float("inf"))
+    rows = {
+        "reference_median": round(ref_rows, DIGITS),
+        "current_median": round(cur_rows, DIGITS),
+        "change": round(change, DIGITS) if np.isfinite(change) else None,
+        "threshold": cfg.rows_threshold,
+        "drifted": bool(abs(change) > cfg.rows_threshold),
+    }
+    # keys and ids change by construction (new events get new ids): their drift means nothing
+    skip = {spec.key, spec.timestamp, dataset.entity_key}
+    columns = {}
+    for col in spec.columns:
+        if col.name in skip or col.type in ("date", "timestamp"):
+            continue
+        ref = [profiles[d]["columns"][col.name] for d in reference]
+        cur = [profiles[d]["columns"][col.name] for d in current]
+        measure = _numeric_drift if col.type in NUMERIC_TYPES else _categorical_drift
+        columns[col.name] = measure(ref, cur, cfg)
+    drifted = rows["drifted"] or any(c["drifted"] for c in columns.values())
+    return {**out, "drifted": drifted, "rows": rows, "columns": columns}
+
+
+def compute_drift(
+    profiles: Mapping[str, Mapping[str, Mapping]],
+    dataset: DatasetConfig,
+    train_snapshots: Sequence[str],
+    cfg: DriftConfig,
+) -> dict[str, Any]:
+    """Drift of every table; `profiles` is table -> date -> profile, `train_snapshots` the
+    train split's snapshot dates."""
+    if not train_snapshots:
+        raise ValueError("drift: the train split has no snapshot dates")
+    last = dt.date.fromisoformat(str(max(train_snapshots))[:10])
+    train_until = last + dt.timedelta(days=dataset.label.horizon_days)
+    tables = {
+        t.name: table_drift(profiles[t.name], dataset, t.name, train_until, cfg)
+        for t in dataset.tables
+    }
+    return {
+        "drifted": any(t["drifted"] for t in tables.values()),
+        "reference_until": train_until.isoformat(),
+        "tables": tables,
+    }

@@ -1,0 +1,205 @@
+"""features for the rows kinds (`task.kind` rows_classification / rows_regression): each row of
+the dataset's one table is an example.
+
+The features stage calls this when the dataset's task is a rows kind; it writes the same files
+as for entity churn (`snapshots.parquet`, `predict.parquet`, `feature_schema.json`,
+`summary.json`), so split, train, evaluate, export, the card and the server need no kind of
+their own beyond what the feature schema's `task` says (classification or regression).
+
+- An example is a row with a target: its key (a column, or the surrogate key validate hashed),
+  its `snapshot_date`, its time column, the configured features and the target (string classes
+  mapped to 0/1 by `task.labels`; a regression target as float64).
+- `snapshot_date` is the end of the row's `task.period_days` period, periods counted back from
+  the last day holding a target: the rows of (L - p, L] get L, those of (L - 2p, L - p] get
+  L - p, and so on. Split's out-of-time logic then works unchanged: the latest period is the
+  test set, the one before it the valid set.
+- The prediction set is the rows whose target is still null (outcomes not known yet), dated
+  at the latest day of data. Where no target is null (a table whose outcomes always arrive
+  with the row, like the sample lakes), it is the latest period's rows, without their target:
+  the rows the model would have been asked about last, so batch predictions, the report and
+  monitoring always have something to score.
+- A target value the config does not map (`labels`) is an error naming it; rows without a time
+  are counted in the summary and left out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import ibis
+import ibis.expr.types as ir
+
+from stages.contract.feature_schema import CLASSIFICATION, REGRESSION, FeatureSchema, save_schema
+from stages.lib.dataset import DatasetConfig
+from stages.lib.engine import EngineConfig, collect, connect, read_parquet, write_parquet
+from stages.lib.io import write_json
+from stages.lib.predictions import SNAPSHOT_COL
+from stages.lib.snapshots import FeaturesConfig, frame_schema, without_excluded
+
+PENDING = "pending targets"
+LATEST_PERIOD = "latest period"
+
+
+def rows_features(dataset: DatasetConfig, cfg: FeaturesConfig) -> tuple[list[str], list[str]]:
+    """(numeric, categorical): the task's feature columns minus `features.exclude`."""
+    what = f"feature columns of conf/dataset/{dataset.name}.yaml"
+    return without_excluded(list(dataset.task.numeric), list(dataset.task.categorical), cfg, what)
+
+
+def target_value(table: ir.Table, dataset: DatasetConfig) -> ir.Value:
+    """The target as the model learns it: 0/1 int64 for a classification (string classes
+    through `task.labels`, bools as 0/1), float64 for a regression; null where unknown."""
+    task = dataset.task
+    raw = table[task.target]
+    if task.regression:
+        return raw.cast("float64")
+    if task.labels is not None:
+        return raw.cases(*task.labels.items(), else_=ibis.null("int64")).cast("int64")
+    return raw.cast("int64")
+
+
+def unmapped_targets(con: ibis.BaseBackend, table: ir.Table, dataset: DatasetConfig) -> list[str]:
+    """Target values present in the data that `task.labels` does not map (sorted)."""
+    task = dataset.task
+    if task.labels is None:
+        return []
+    raw = table[task.target]
+    bad = table.filter(raw.notnull() & ~raw.isin(list(task.labels))).select(value=raw).distinct()
+    return sorted(str(r["value"]) for r in collect(con, bad).to_pylist())
+
+
+def period_end(day: ir.IntegerValue, last: int, period_days: int) -> ir.Value:
+    """The end of the `period_days` period holding `day` (a day number <= `last`), periods
+    counted back from `last`, as a date."""
+    back = ((last - day) // period_days) * period_days
+    return (ibis.literal(dt.date(1970, 1, 1)) + (last - back).as_interval("D")).cast("date")
+
+
+def build_rows(
+    table: ir.Table, dataset: DatasetConfig, cfg: FeaturesConfig, *, last: dt.date
+) -> tuple[ir.Table, ir.Table]:
+    """(labelled examples, prediction set) of `table`; `last` is the latest day with a target.
+
+    Columns: key, snapshot_date, the time column, numeric then categorical features, and the
+    target in the labelled set. Ordered by snapshot, time, key, so the files' bytes do not
+    depend on the engine's scan order.
+    """
+    task = dataset.task
+    numeric, categorical = rows_features(dataset, cfg)
+    last_day = (last - dt.date(1970, 1, 1)).days
+    timed = table.filter(table[task.time].notnull())
+    day = timed[task.time].cast("date").epoch_days()
+    timed = timed.mutate(_day=day, _target=target_value(timed, dataset))
+    # a table keyed by its time (one row per hour) has that column once
+    columns = list(dict.fromkeys([task.key, SNAPSHOT_COL, task.time, *numeric, *categorical]))
+    order = list(dict.fromkeys([SNAPSHOT_COL, task.time, task.key]))
+    known = timed.filter(timed._target.notnull())
+    labelled = known.mutate(**{SNAPSHOT_COL: period_end(known._day, last_day, task.period_days)})
+    labelled = labelled.mutate(**{task.target: labelled._target})
+    labelled = labelled.select(*columns, task.target).order_by(order)
+    pending = timed.filter(timed._target.isnull())
+    newest = timed._day.max().as_scalar()
+    pending = pending.mutate(
+        **{SNAPSHOT_COL: (ibis.literal(dt.date(1970, 1, 1)) + newest.as_interval("D")).cast("date")}
+    )
+    return labelled, pending.select(*columns).order_by(order)
+
+
+def latest_period(labelled: ir.Table, dataset: DatasetConfig) -> ir.Table:
+    """The labelled set's latest period, without its target: the fallback prediction set."""
+    newest = labelled[SNAPSHOT_COL].max().as_scalar()
+    rows = labelled.filter(labelled[SNAPSHOT_COL] == newest).drop(dataset.task.target)
+    return rows.order_by(list(dict.fromkeys([SNAPSHOT_COL, dataset.task.time, dataset.task.key])))
+
+
+def target_summary(con: ibis.BaseBackend, labelled: ir.Table, dataset: DatasetConfig) -> dict:
+    """Rows per snapshot with the label rate (classification) or the target's mean."""
+    task = dataset.task
+    stat = "target_mean" if task.regression else "label_rate"
+    by_date = labelled.group_by(SNAPSHOT_COL).aggregate(
+        rows=labelled.count(), total=labelled[task.target].sum()
+    )
+    out = {}
+    for r in sorted(collect(con, by_date).to_pylist(), key=lambda r: r[SNAPSHOT_COL]):
+        day = r[SNAPSHOT_COL]
+        day = day if isinstance(day, dt.datetime) else dt.datetime.combine(day, dt.time())
+        out[str(day)] = {"rows": r["rows"], stat: round(float(r["total"]) / r["rows"], 6)}
+    return out
+
+
+def _day_bounds(con: ibis.BaseBackend, table: ir.Table, dataset: DatasetConfig) -> dict[str, Any]:
+    task = dataset.task
+    day = table[task.time].cast("date")
+    known = target_value(table, dataset).notnull()
+    bounds = table.aggregate(
+        rows=table.count(),
+        untimed=table[task.time].isnull().cast("int64").sum(),
+        last=day.max(),
+        last_labelled=ibis.ifelse(known, day, ibis.null("date")).max(),
+    )
+    return collect(con, bounds).to_pylist()[0]
+
+
+def write_rows(
+    history_dir: Path,
+    out_dir: Path,
+    dataset: DatasetConfig,
+    cfg: FeaturesConfig,
+    engine: EngineConfig,
+) -> int:
+    """The features stage for a rows kind: read prepare's history of the task's table, write
+    the stage's four files to `out_dir`. ValueError names what is wrong."""
+    task = dataset.task
+    numeric, categorical = rows_features(dataset, cfg)
+    con = connect(engine)
+    source = history_dir / f"{task.table}.parquet"
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: prepare's history of table '{task.table}' not found")
+    table = read_parquet(con, source)
+    unmapped = unmapped_targets(con, table, dataset)
+    if unmapped:
+        raise ValueError(
+            f"{source}: target '{task.target}' holds {unmapped}, which conf/dataset/"
+            f"{dataset.name}.yaml task.labels does not map (it maps {sorted(task.labels)})"
+        )
+    bounds = _day_bounds(con, table, dataset)
+    if bounds["last_labelled"] is None:
+        raise ValueError(f"{source}: no row has a target '{task.target}' (and a time) to learn")
+    labelled, pending = build_rows(table, dataset, cfg, last=bounds["last_labelled"])
+    n_labelled = write_parquet(con, labelled, out_dir / "snapshots.parquet", frame_schema(labelled))
+    written = read_parquet(con, out_dir / "snapshots.parquet")
+    predict, why = pending, PENDING
+    n_pending = collect(con, pending.aggregate(n=pending.count())).to_pylist()[0]["n"]
+    if not n_pending:
+        predict, why = latest_period(written, dataset), LATEST_PERIOD
+    n_predict = write_parquet(con, predict, out_dir / "predict.parquet", frame_schema(predict))
+
+    spec = dataset.table(task.table)
+    categories = {
+        name: tuple(spec.column(name).allowed) for name in categorical if spec.column(name).allowed
+    }
+    schema = FeatureSchema(
+        task.key,
+        SNAPSHOT_COL,
+        task.target,
+        tuple(numeric),
+        tuple(categorical),
+        categories,
+        task=REGRESSION if task.regression else CLASSIFICATION,
+    )
+    save_schema(schema, out_dir / "feature_schema.json")
+    summary = {
+        "snapshots": target_summary(con, written, dataset),
+        "predict": {"date": str(bounds["last"]), "rows": n_predict, "source": why},
+        "rows": {"in": bounds["rows"], "without_time": bounds["untimed"], "labelled": n_labelled},
+    }
+    write_json(summary, out_dir / "summary.json")
+    periods = len(summary["snapshots"])
+    print(
+        f"features ({task.kind}): {n_labelled} labelled rows in {periods} periods of "
+        f"{task.period_days} days up to {bounds['last_labelled']}, {n_predict} to predict "
+        f"({why}); {bounds['untimed']} row(s) without a time left out"
+    )
+    return 0

@@ -1,0 +1,1 @@
+"""The lake simulator (the shop) and the sample datasets."""

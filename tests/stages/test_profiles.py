@@ -1,0 +1,181 @@
+"""Profiles (per-partition statistics) and drift (latest partitions vs the training reference)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages.drift import main as drift_main
+from stages.lib.dataset import dataset_from_params
+from stages.lib.drift import DriftConfig, compute_drift, js_distance, psi, split_periods
+from stages.lib.profiling import profile_partition
+from stages.profiles import main as profile_main
+from stages.validate import main as validate_main
+from tests.conftest import customers_frame, events_frame, write_params, write_partition
+
+
+@pytest.fixture
+def dataset(shop_params):
+    return dataset_from_params(shop_params["dataset"])
+
+
+def _events(n: int, seed: int, *, amount_scale: float = 40.0, orders: float = 0.3) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    kinds = rng.choice(["session", "order"], n, p=[1 - orders, orders])
+    amount = np.where(kinds == "order", np.round(rng.exponential(amount_scale, n), 2), np.nan)
+    rows = [
+        (i, int(rng.integers(1, 50)), "2026-01-01 10:00", k, None if np.isnan(a) else float(a))
+        for i, (k, a) in enumerate(zip(kinds, amount, strict=True))
+    ]
+    return events_frame(rows)
+
+
+def test_profile_of_a_partition(dataset):
+    frame = events_frame(
+        [
+            (1, 10, "2026-01-01 10:00", "session", None),
+            (2, 10, "2026-01-01 12:00", "order", 10.0),
+            (3, 11, "2026-01-01 13:00", "order", 30.0),
+            (4, 12, "2026-01-01 14:00", "refund", 20.0),
+        ]
+    )
+    p = profile_partition(frame, dataset.table("events"), top_k=2)
+    assert p["rows"] == 4 and p["table"] == "events"
+    amount = p["columns"]["amount"]
+    assert (amount["count"], amount["nulls"], amount["distinct"]) == (3, 1, 3)
+    assert (amount["min"], amount["max"], amount["mean"]) == (10.0, 30.0, 20.0)
+    assert len(amount["percentiles"]) == 101 and amount["percentiles"][50] == 20.0
+    kinds = p["columns"]["event_type"]
+    assert kinds["top"] == {"order": 2, "refund": 1} and kinds["other"] == 1
+    assert p["columns"]["event_time"] == {
+        "type": "timestamp",
+        "count": 4,
+        "nulls": 0,
+        "distinct": 4,
+        "min": "2026-01-01T10:00:00",
+        "max": "2026-01-01T14:00:00",
+    }
+    # pure: the same frame in another row order gives the same profile
+    shuffled = frame.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    assert profile_partition(shuffled, dataset.table("events"), top_k=2) == p
+
+
+def test_profile_of_an_empty_partition(dataset):
+    p = profile_partition(events_frame([]), dataset.table("events"))
+    assert p["rows"] == 0 and p["columns"]["amount"]["percentiles"] is None
+    assert p["columns"]["event_type"]["top"] == {}
+
+
+def test_psi_and_js_are_zero_for_equal_distributions_and_grow_with_the_shift():
+    a = np.array([0.1, 0.4, 0.5])
+    assert psi(a, a) == 0.0 and js_distance(a, a) == 0.0
+    assert 0 < psi(a, np.array([0.2, 0.4, 0.4])) < psi(a, np.array([0.5, 0.4, 0.1]))
+    assert js_distance(np.array([1.0, 0.0]), np.array([0.0, 1.0])) == pytest.approx(1.0)
+
+
+def test_split_periods_keeps_current_out_of_the_reference():
+    dates = [f"2026-01-{d:02d}" for d in range(1, 11)]
+    ref, cur = split_periods(dates, dt.date(2026, 1, 9), 3)
+    assert cur == ["2026-01-08", "2026-01-09", "2026-01-10"]
+    assert ref == [f"2026-01-{d:02d}" for d in range(1, 8)]
+
+
+def _profiles(dataset, frames: dict[str, pd.DataFrame]) -> dict:
+    spec = dataset.table("events")
+    return {"events": {d: profile_partition(f, spec) for d, f in frames.items()}, "customers": {}}
+
+
+def test_drift_flags_what_moved_and_nothing_else(dataset):
+    days = [f"2026-01-{d:02d}" for d in range(1, 15)]
+    steady = {d: _events(400, seed=i) for i, d in enumerate(days)}
+    cfg = DriftConfig(last_days=4, min_count=100)
+    train = ["2026-01-02"]  # reference: up to 2026-01-02 + horizon (21 days): all but current
+    same = compute_drift(_profiles(dataset, steady), dataset, train, cfg)
+    events = same["tables"]["events"]
+    assert not same["drifted"] and events["reference"]["partitions"] == 10
+    assert events["columns"]["amount"]["value"] < 0.05
+    assert events["columns"]["event_type"]["value"] < 0.05
+    assert set(events["columns"]) == {"event_type", "amount"}  # ids and time are not compared
+
+    moved = dict(steady)
+    for i, d in enumerate(days[-4:]):
+        moved[d] = _events(400, seed=100 + i, amount_scale=120.0)  # prices tripled
+    report = compute_drift(_profiles(dataset, moved), dataset, train, cfg)
+    columns = report["tables"]["events"]["columns"]
+    assert report["drifted"] and columns["amount"]["drifted"] and columns["amount"]["value"] > 0.3
+    assert not columns["event_type"]["drifted"]
+
+    mix = dict(steady)
+    for i, d in enumerate(days[-4:]):
+        mix[d] = _events(800, seed=200 + i, orders=0.8)  # many more orders, twice the rows
+    report = compute_drift(_profiles(dataset, mix), dataset, train, cfg)
+    events = report["tables"]["events"]
+    assert events["columns"]["event_type"]["drifted"] and events["rows"]["drifted"]
+    assert events["rows"]["change"] == pytest.approx(1.0)
+    # amounts are nulls for sessions: the null share moved, so amount drifts too
+    assert events["columns"]["amount"]["drifted"]
+
+
+def test_too_few_values_are_reported_but_never_flagged(dataset):
+    days = [f"2026-01-{d:02d}" for d in range(1, 9)]
+    frames = {d: _events(20, seed=i, amount_scale=40.0 + 100 * (i > 5)) for i, d in enumerate(days)}
+    report = compute_drift(
+        _profiles(dataset, frames), dataset, ["2026-01-01"], DriftConfig(last_days=2)
+    )
+    amount = report["tables"]["events"]["columns"]["amount"]
+    assert amount["enough_data"] is False and amount["drifted"] is False
+
+
+def test_profile_and_drift_stages_on_validated_partitions(tmp_path, shop_params):
+    params = write_params(shop_params, tmp_path / "params.yaml")
+    for i in range(10):
+        day = f"2026-01-{i + 1:02d}"
+        frame = _events(60, seed=i)
+        frame["event_id"] += 1000 * i
+        write_partition(tmp_path / "data", "events", day, frame)
+        write_partition(tmp_path / "data", "customers", day, customers_frame(
+            [(i + 1, "2025-12-01", "DE", "basic", "ads", 9.0, f"{day} 00:00")]))  # fmt: skip
+    validated, profiles = tmp_path / "validated", tmp_path / "profile"
+    argv = [str(tmp_path / "data/landing"), str(validated), str(tmp_path / "v.json")]
+    assert validate_main([*argv, "--params", str(params)]) == 0
+    assert profile_main([str(validated), str(profiles), "--params", str(params)]) == 0
+    written = sorted(p.name for p in (profiles / "events").iterdir())
+    assert written == [f"date=2026-01-{i:02d}.json" for i in range(1, 11)]
+    one = json.loads((profiles / "events/date=2026-01-03.json").read_text())
+    assert one["rows"] == 60
+
+    split = tmp_path / "summary.json"
+    split.write_text(json.dumps({"train": {"snapshot_dates": ["2025-12-20"]}}))
+    metrics = tmp_path / "data_drift.json"
+    assert drift_main([str(profiles), str(split), str(metrics), "--params", str(params)]) == 0
+    report = json.loads(metrics.read_text())
+    assert report["reference_until"] == "2026-01-10"
+    assert report["tables"]["events"]["current"]["partitions"] == shop_params["drift"]["last_days"]
+    before = metrics.read_bytes()
+    assert drift_main([str(profiles), str(split), str(metrics), "--params", str(params)]) == 0
+    assert metrics.read_bytes() == before
+
+    # a partition validate no longer writes loses its profile
+    (validated / "events/date=2026-01-10.parquet").unlink()
+    assert profile_main([str(validated), str(profiles), "--params", str(params)]) == 0
+    assert not (profiles / "events/date=2026-01-10.json").exists()
+
+
+def test_bad_drift_and_profile_params_exit_2(tmp_path, shop_params, capsys):
+    bad = dict(shop_params, drift={**shop_params["drift"], "p_value": 0.05})
+    params = write_params(bad, tmp_path / "params.yaml")
+    split = tmp_path / "s.json"
+    split.write_text(json.dumps({"train": {"snapshot_dates": ["2026-01-01"]}}))
+    assert (
+        drift_main([str(tmp_path), str(split), str(tmp_path / "m.json"), "--params", str(params)])
+        == 2
+    )
+    assert "unknown keys ['p_value']" in capsys.readouterr().err
+    bad = dict(shop_params, profile={"top_k": 0})
+    params = write_params(bad, tmp_path / "params.yaml")
+    assert profile_main([str(tmp_path), str(tmp_path / "p"), "--params", str(params)]) == 2
+    assert "profile.top_k" in capsys.readouterr().err
