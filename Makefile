@@ -37,7 +37,8 @@ else
 	evergreen lake simulate --lake $(LAKE) $(if $(filter shop,$(DATASET)),--start $(START) --days $(DAYS),--dataset $(DATASET)) --seed $(SEED)
 endif
 	evergreen ingest --lake $(LAKE)
-	dvc repro
+# `dvc repro`, once the locks a killed earlier run left in .dvc/tmp/ are cleared
+	python -m stages.cli.repro
 	evergreen publish --lake $(LAKE)
 	dvc push
 	dvc metrics show --md metrics/evaluate.json metrics/train.json

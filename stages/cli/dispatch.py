@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         request = build_request(
             repo, args.workflow, args.ref, " ".join(map(str, overrides)), api_url
         )
-    except (OverrideError, ValueError) as exc:
+    except (OverrideError, ValueError, OSError) as exc:  # OSError: no conf/ there
         print(f"evergreen dispatch: {exc}", file=sys.stderr)
         return 2
     token = next((os.environ[v] for v in TOKEN_VARS if os.environ.get(v)), None)

@@ -4,28 +4,38 @@ and written into it, so a retrain with overrides is an ordinary, reviewable conf
 Writing them into conf/ (rather than only into params.yaml, as `dvc exp run -S` does) keeps
 `params.yaml` the composition of `conf/`, and keeps the next scheduled run on the same settings
 once the pull request is merged.
+
+An override is checked three ways before anything is written: its key exists and its value has
+the kind of the current one; Hydra composes with it; and the composition passes the checks of
+the config classes that read each section (`section_checks`: `evaluate.threshold=2` or
+`train.n_trials=-5` are refused with the class's own message, naming the key and its range).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from stages.lib.params import CONF_DIR, compose_params, load_params
+from stages.contract.storage import write_bytes_atomic
+from stages.lib.params import CONF_DIR, abbreviate, compose_params, load_params, reason
 
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 # no quotes, spaces, `$`, `;`, `|`, `&`, backticks, redirections or globs: a value can never
 # become shell syntax, whatever a workflow does with it
 VALUE_RE = re.compile(r"^[A-Za-z0-9_.,:+\-/\[\]]+$")
+# a config value is a number, a name or a short list: anything longer is a mistake (and a
+# 100,000-digit integer would otherwise stop YAML and Hydra with Python's integer-size error)
+MAX_VALUE_CHARS = 1000
 
 
 class OverrideError(ValueError):
@@ -46,16 +56,30 @@ def parse_overrides(items: Iterable[str]) -> list[Override]:
     out = []
     for item in (part for raw in items for part in raw.split()):
         key, sep, value = item.partition("=")
+        shown = repr(abbreviate(item))
         if not sep or not key:
-            raise OverrideError(f"override {item!r}: expected key=value")
+            raise OverrideError(f"override {shown}: expected key=value")
         if not KEY_RE.match(key):
-            raise OverrideError(f"override {item!r}: key must be a dotted name like train.n_trials")
+            raise OverrideError(f"override {shown}: key must be a dotted name like train.n_trials")
+        if len(value) > MAX_VALUE_CHARS:
+            raise OverrideError(
+                f"override {shown}: {key}'s value is {len(value)} characters long "
+                f"(at most {MAX_VALUE_CHARS})"
+            )
         if not VALUE_RE.match(value):
             raise OverrideError(
-                f"override {item!r}: value may only contain letters, digits and _ . , : + - / [ ]"
+                f"override {shown}: value may only contain letters, digits and _ . , : + - / [ ]"
             )
         out.append(Override(key, value))
     return out
+
+
+def _value(o: Override) -> Any:
+    """The override's value as YAML reads it (what Hydra writes into the config)."""
+    try:
+        return yaml.safe_load(o.value)
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an integer past Python's limit
+        raise OverrideError(f"override {abbreviate(str(o))}: {reason(exc)}") from None
 
 
 def _groups(conf_dir: Path) -> dict[str, list[str]]:
@@ -85,9 +109,71 @@ def _same_kind(current: Any, value: Any) -> bool:
     return isinstance(value, type(current))
 
 
+def section_checks() -> dict[str, Callable[[Mapping[str, Any], Path], object]]:
+    """Each params section -> what builds its config class from the composed params (and the
+    file they were written to). The classes check their own ranges: no second table of ranges
+    here. Imported when called, so `evergreen --help` stays light."""
+    from serve.settings import load_settings
+    from stages.cli.gate import GateConfig
+    from stages.lib.dataset import dataset_from_params
+    from stages.lib.drift import DriftConfig
+    from stages.lib.engine import EngineConfig
+    from stages.lib.evaluation import EvaluateConfig
+    from stages.lib.monitoring import MonitorConfig
+    from stages.lib.profiling import ProfileConfig
+    from stages.lib.snapshots import FeaturesConfig
+    from stages.lib.training import ModelConfig, TrainConfig
+    from stages.lib.validation import ValidateConfig
+    from stages.sim.shop import FaultConfig, SimulateConfig
+
+    return {
+        "dataset": lambda p, _: dataset_from_params(p["dataset"]),
+        "model": lambda p, _: ModelConfig.from_params(p["model"]),
+        "train": lambda p, _: TrainConfig.from_params(p["train"]),
+        "evaluate": lambda p, _: EvaluateConfig.from_params(p["evaluate"]),
+        "gate": lambda p, _: GateConfig.from_params(p["gate"]),
+        "validate": lambda p, _: ValidateConfig(**p["validate"]),
+        "drift": lambda p, _: DriftConfig.from_params(p["drift"]),
+        "profile": lambda p, _: ProfileConfig.from_params(p["profile"]),
+        "features": lambda p, _: FeaturesConfig.from_params(p["features"]),
+        "engine": lambda p, _: EngineConfig.from_params(p["engine"]),
+        "monitor": lambda p, _: MonitorConfig.from_params(p["monitor"]),
+        # the file alone: no EVERGREEN_SERVE_* variable of this shell
+        "serve": lambda _, path: load_settings(path, env={}),
+        "simulate": lambda p, _: (
+            SimulateConfig.from_params(p["simulate"]),
+            FaultConfig.from_params(p["simulate"].get("faults")),
+        ),
+    }
+
+
+def check_sections(
+    params: Mapping[str, Any],
+    params_file: Path,
+    overrides: Sequence[Override] = (),
+    source: str | None = None,
+) -> None:
+    """Build each section's config class from composed `params` (written at `params_file`,
+    named `source` in messages); raise OverrideError naming the override that broke a section
+    and the class's message."""
+    for name, check in section_checks().items():
+        if name not in params:
+            continue
+        try:
+            check(params, params_file)
+        except (ValueError, TypeError, KeyError) as exc:
+            touching = [str(o) for o in overrides if o.key.split(".")[0] == name]
+            blamed = touching or [str(o) for o in overrides]
+            what = f"override {' '.join(blamed)}" if blamed else f"params {name}"
+            message = str(exc).strip("'\"") if isinstance(exc, KeyError) else reason(exc)
+            message = message.replace(str(params_file), source or str(params_file))
+            raise OverrideError(f"{abbreviate(what, 200)}: {message}") from None
+
+
 def validate_overrides(conf_dir: Path, overrides: Sequence[Override]) -> dict[str, Any]:
     """Check every override names an existing key or group option with a value of the right
-    kind, then compose with them (Hydra's own check); returns the composed params."""
+    kind, then compose with them (Hydra's own check) and build each section's config class
+    from the composition (their range checks); returns the composed params."""
     conf_dir = Path(conf_dir)
     groups = _groups(conf_dir)
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,15 +189,18 @@ def validate_overrides(conf_dir: Path, overrides: Sequence[Override]) -> dict[st
                 raise OverrideError(f"override {o}: no key '{o.key}' in {conf_dir}/") from None
             if isinstance(existing, dict):
                 raise OverrideError(f"override {o}: '{o.key}' is a section, not a value")
-            if not _same_kind(existing, yaml.safe_load(o.value)):
+            if not _same_kind(existing, _value(o)):
                 raise OverrideError(
                     f"override {o}: expected a {type(existing).__name__} like {existing!r}"
                 )
         try:
             composed = compose_params(conf_dir, Path(tmp) / "o.yaml", [str(o) for o in overrides])
         except Exception as exc:  # Hydra's own grammar/type errors, reported in one line
-            raise OverrideError(f"overrides {[str(o) for o in overrides]}: {exc}") from exc
-        return load_params(composed)
+            shown = [abbreviate(str(o)) for o in overrides]
+            raise OverrideError(f"overrides {shown}: {reason(exc)}") from exc
+        params = load_params(composed)
+        check_sections(params, composed, overrides, source=f"{conf_dir}/")
+        return params
 
 
 def _round_trip():
@@ -152,12 +241,14 @@ def apply_overrides(conf_dir: Path, overrides: Sequence[Override]) -> list[Path]
         if head in groups and rest:
             path = conf_dir / head / f"{selected[head]}.yaml"
             tree = changed.setdefault(path, rt.load(path.read_text()))
-            _set_dotted(tree, rest, yaml.safe_load(o.value))
+            _set_dotted(tree, rest, _value(o))
         else:
-            _set_dotted(config, o.key.split("."), yaml.safe_load(o.value))
+            _set_dotted(config, o.key.split("."), _value(o))
     for path, tree in changed.items():
-        with path.open("w") as f:
-            rt.dump(tree, f)
+        text = io.StringIO()
+        rt.dump(tree, text)
+        # atomic: a failed write (full disk) leaves the file as it was, and no temporary file
+        write_bytes_atomic(text.getvalue().encode(), path)
     return sorted(changed)
 
 
@@ -184,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("no overrides: conf/ unchanged")
             return 0
         changed = apply_overrides(args.conf, overrides)
-    except OverrideError as exc:
+    except (OverrideError, ValueError, OSError) as exc:  # ValueError: conf/ unreadable
         print(f"evergreen overrides: {exc}", file=sys.stderr)
         return 2
     print("wrote " + ", ".join(str(p) for p in changed) + ": run `evergreen params` next")

@@ -31,15 +31,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (for lake.path)")
     args = parser.parse_args(argv)
 
-    lake = default_lake(args.lake, args.params)
     try:
+        lake = default_lake(args.lake, args.params)  # a broken params.yaml: one line too
         if not args.predictions.is_file():
             raise FileNotFoundError(
                 f"{args.predictions}: predictions not found (run `dvc repro` first)"
             )
         done = publish(args.predictions.read_bytes(), lake, source=str(args.predictions))
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"evergreen publish: {exc}", file=sys.stderr)
+    except (OSError, ValueError, KeyError) as exc:  # OSError: the lake cannot be written
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"evergreen publish: {message}", file=sys.stderr)
         return 2
     verb = "published" if done.written else "already published (same md5), nothing written"
     print(f"{verb}: {done.destination} ({done.md5})")

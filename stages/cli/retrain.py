@@ -4,8 +4,9 @@
                       [--date YYYY-MM-DD] [--report review/report.md]
 
 In order: config overrides (read from an environment variable, validated against conf/, written
-into conf/) and `evergreen params`; `dvc pull --allow-missing` (the persisted validate/prepare
-state, so the stages do only the increment); `evergreen ingest`; `dvc repro`; `dvc push`;
+into conf/) and `evergreen params`; the DVC locks a killed earlier run left cleared
+(stages/cli/repro.py); `dvc pull --allow-missing` (the persisted validate/prepare state, so the
+stages do only the increment); `evergreen ingest`; `dvc repro`; `dvc push`;
 `evergreen gate --ref REMOTE/BASE` (the verdict is committed with the challenger: promotion
 checks it); `evergreen report pr`; then a commit on `retrain/<date>` pushed (forced: a rerun the
 same day replaces it) to REMOTE. A gate that does not bless still pushes the branch: the pull
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stages.cli.promote import github_output
+from stages.cli.repro import clear_stale_locks
 
 # what a retrain may change; everything else in the tree stays out of the commit
 COMMITTED = ("conf", "params.yaml", "data.dvc", "dvc.lock", "metrics", "plots", "models")
@@ -52,6 +54,8 @@ def retrain(args: argparse.Namespace) -> dict[str, str]:
     repo = args.repo
     _evergreen(repo, "overrides", "apply", "--from-env", args.overrides_env)
     _evergreen(repo, "params")
+    for line in clear_stale_locks(repo):  # a killed earlier run's locks (stages/cli/repro.py)
+        print(f"retrain: {line}", flush=True)
     _run(["dvc", "pull", "--allow-missing"], repo)
     _evergreen(repo, "ingest", *(["--lake", args.lake] if args.lake else []))
     _run(["dvc", "repro"], repo)

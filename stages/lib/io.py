@@ -43,12 +43,16 @@ def write_json(obj: Any, path: str | Path) -> Path:
 
 
 def write_table(table: pa.Table, path: str | Path) -> Path:
-    """Write an Arrow table as parquet, atomically, with deterministic bytes."""
+    """Write an Arrow table as parquet, atomically, with deterministic bytes; a failed write
+    (a full disk, a read-only folder) leaves no temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_for(path)
-    pq.write_table(table, tmp, **PARQUET_OPTIONS)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp, **PARQUET_OPTIONS)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -65,18 +69,46 @@ def write_frame(df: pd.DataFrame, path: str | Path, schema: pa.Schema | None = N
     return write_bytes_atomic(frame_parquet(df, schema), path)
 
 
+def _partition_pattern(key: str) -> re.Pattern[str]:
+    return re.compile(PARTITION_RE.pattern.replace("date=", f"{re.escape(key)}=", 1))
+
+
 def list_partitions(table_dir: str | Path, key: str = "date") -> dict[str, list[Path]]:
-    """`<table_dir>/<key>=YYYY-MM-DD/<files>` -> {date: sorted files}, in date order."""
+    """`<table_dir>/<key>=YYYY-MM-DD/<files>` -> {date: sorted files}, in date order.
+
+    The date is only matched (`date=2026-13-45` is listed): whoever reads it checks it."""
     table_dir = Path(table_dir)
     found: dict[str, list[Path]] = {}
     if not table_dir.is_dir():
         return found
-    pattern = re.compile(PARTITION_RE.pattern.replace("date=", f"{re.escape(key)}=", 1))
+    pattern = _partition_pattern(key)
     for child in sorted(table_dir.iterdir()):
         match = pattern.match(child.name)
         if match and child.is_dir():
             found[match.group(1)] = sorted(p for p in child.iterdir() if p.is_file())
     return found
+
+
+def partition_form(key: str = "date") -> str:
+    """The name a partition folder must have, as people read it: `date=YYYY-MM-DD`."""
+    return f"{key}=YYYY-MM-DD"
+
+
+def unread_folders(table_dir: str | Path, key: str = "date") -> dict[str, str]:
+    """The folders of `table_dir` that `list_partitions` does not read (`date=2026-3-3`,
+    `dt=2026-03-03`, `Date=2026-03-03`): {name: the form expected}, by name. Hidden and
+    `_`-prefixed folders (`_temporary`) are markers, not data."""
+    table_dir = Path(table_dir)
+    if not table_dir.is_dir():
+        return {}
+    pattern = _partition_pattern(key)
+    return {
+        child.name: partition_form(key)
+        for child in sorted(table_dir.iterdir())
+        if child.is_dir()
+        and not child.name.startswith((".", "_"))
+        and not pattern.match(child.name)
+    }
 
 
 def round_floats(obj: Any, digits: int = DIGITS) -> Any:

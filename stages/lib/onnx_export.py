@@ -154,6 +154,11 @@ def _finish(graph: onnx.ModelProto, estimator: Any, schema: FeatureSchema, **ext
         "categorical": json.dumps(list(schema.categorical)),
     }
     onnx.helper.set_model_props(graph, {f"{META_PREFIX}{k}": v for k, v in meta.items()})
+    # skl2onnx fills `opset_import` from a set, whose order follows Python's hash seed: sorted,
+    # the same model serialises to the same bytes in every process (and keeps its version)
+    opsets = sorted((o.domain, o.version) for o in graph.opset_import)
+    del graph.opset_import[:]
+    graph.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in opsets)
     onnx.checker.check_model(graph)
     return graph
 

@@ -81,7 +81,10 @@ def publish(data: bytes, lake: str, *, source: str = "predictions") -> Published
             raise FileNotFoundError(f"lake not found: bucket '{bucket}' of {lake} does not exist")
         if fs.exists(key) and str(fs.info(key).get("ETag", "")).strip('"') == md5:
             return Published(dest, date, md5, written=False)
-        fs.pipe_file(key, data, chunksize=SINGLE_PUT_BYTES)
+        try:
+            fs.pipe_file(key, data, chunksize=SINGLE_PUT_BYTES)
+        except OSError as exc:  # s3fs: PermissionError for AccessDenied, OSError otherwise
+            raise _unwritable(dest, exc) from exc
         return Published(dest, date, md5, written=True)
     if "://" in lake:
         raise ValueError(f"--lake {lake!r}: expected a local folder or s3://bucket/prefix")
@@ -90,11 +93,25 @@ def publish(data: bytes, lake: str, *, source: str = "predictions") -> Published
     path = Path(dest)
     if path.is_file() and hashlib.md5(path.read_bytes()).hexdigest() == md5:
         return Published(dest, date, md5, written=False)
-    if path.parent.is_dir():
-        for stale in path.parent.glob(f".{FILE}.tmp-*"):  # left by a killed publish
-            stale.unlink(missing_ok=True)
-    write_bytes_atomic(data, path)
+    try:
+        if path.parent.is_dir():
+            for stale in path.parent.glob(f".{FILE}.tmp-*"):  # left by a killed publish
+                stale.unlink(missing_ok=True)
+        write_bytes_atomic(data, path)  # a failed write leaves no temporary file
+    except OSError as exc:  # a full disk, a read-only folder, a file where a folder should be
+        in_the_way = next((p for p in reversed(path.parents) if p.is_file()), None)
+        raise _unwritable(dest, exc, in_the_way) from exc
     return Published(dest, date, md5, written=True)
+
+
+def _unwritable(dest: str, exc: OSError, in_the_way: Path | None = None) -> OSError:
+    """A failed write as one line naming the destination (not the temporary file)."""
+    why = exc.strerror or str(exc) or type(exc).__name__
+    if in_the_way is not None:
+        why = f"{in_the_way} is a file, not a folder"
+    failed = OSError(f"cannot write {dest}: {why}")
+    failed.errno = exc.errno  # kept for callers; the message stays free of "[Errno N]"
+    return failed
 
 
 def read_published(lake: str) -> pd.DataFrame:

@@ -71,8 +71,36 @@ def test_bad_overrides_send_nothing(github, monkeypatch, capsys, bad):
     assert received == [] and "evergreen dispatch:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("evaluate.threshold=2", "evaluate.threshold=2: evaluate.threshold: 2.0 is not in [0, 1]"),
+        ("train.n_trials=-5", "override train.n_trials=-5: train.n_trials: -5 is not >= 0"),
+        ("train.n_trials=" + "1" * 100_000, "train.n_trials's value is 100000 characters long"),
+    ],
+    ids=["threshold", "n_trials", "huge"],
+)
+def test_out_of_range_or_huge_overrides_are_one_line_and_send_nothing(
+    github, monkeypatch, capsys, bad, message
+):
+    url, received = github
+    monkeypatch.setenv("GITHUB_API_URL", url)
+    monkeypatch.setenv("GITHUB_TOKEN", "t")
+    assert main(_args("--set", bad)) == 2
+    err = capsys.readouterr().err
+    assert received == [] and err.startswith("evergreen dispatch: ") and message in err
+    assert err.count("\n") == 1 and len(err) < 300, err[:300]
+
+
 def test_missing_token_is_explained(monkeypatch, capsys):
     for var in ("GITHUB_TOKEN", "EVERGREEN_GITHUB_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     assert main(_args("--set", "model=hgb")) == 2
     assert "actions:write" in capsys.readouterr().err
+
+
+def test_missing_conf_is_one_line(tmp_path, capsys):
+    args = ["--repo", "acme/churn", "--conf", str(tmp_path / "nope"), "--set", "seed=3"]
+    assert main([*args, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("evergreen dispatch: ") and "nope" in err and err.count("\n") == 1

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -219,3 +222,33 @@ def test_main_bad_inputs_say_what(tmp_path: Path, models, capsys) -> None:
     bare[0] = str(tmp_path / "bare.skops")
     assert main(bare) == 1
     assert "expected a Pipeline, found LogisticRegression" in capsys.readouterr().err
+
+
+# PYTHONHASHSEED values for which skl2onnx 1.20 fills `opset_import` in different orders on
+# this logistic regression ('' first under 1 and 2, 'ai.onnx.ml' first under 116 and 122)
+HASH_SEEDS = (1, 2, 116, 122)
+
+
+def test_onnx_bytes_do_not_depend_on_the_hash_seed(tmp_path: Path, models) -> None:
+    """An identical retrain publishes no 'new model': the stage writes the same bytes whatever
+    Python's hash seed (skl2onnx builds `opset_import` from a set)."""
+    argv = write_inputs(tmp_path, models["logistic_regression"])
+    root = Path(__file__).resolve().parents[2]
+    runs = {}
+    for seed in HASH_SEEDS:
+        out = tmp_path / f"seed{seed}"
+        cmd = [sys.executable, "-m", "stages.export", *argv[:3], str(out / "model.onnx")]
+        cmd += [str(out / "export.json"), *argv[5:]]
+        env = {**os.environ, "PYTHONHASHSEED": str(seed)}
+        runs[seed] = subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.PIPE, text=True)
+    graphs = {}
+    for seed, proc in runs.items():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        graphs[seed] = (tmp_path / f"seed{seed}" / "model.onnx").read_bytes()
+    orders = {
+        seed: [o.domain for o in onnx.load_from_string(g).opset_import]
+        for seed, g in graphs.items()
+    }
+    assert len(set(graphs.values())) == 1, f"opset_import order per PYTHONHASHSEED: {orders}"
+    assert orders[HASH_SEEDS[0]] == sorted(orders[HASH_SEEDS[0]])

@@ -5,7 +5,14 @@ import shutil
 import pytest
 import yaml
 
-from stages.cli.overrides import OverrideError, apply_overrides, main, parse_overrides
+from stages.cli import overrides
+from stages.cli.overrides import (
+    OverrideError,
+    apply_overrides,
+    main,
+    parse_overrides,
+    validate_overrides,
+)
 from stages.lib.params import compose_params
 from tests.conftest import ROOT
 
@@ -74,3 +81,53 @@ def test_main_check_and_apply_from_environment(conf, monkeypatch, capsys):
     assert main(["apply", "--from-env", "OVERRIDES", "--conf", str(conf)]) == 2
     assert "value may only contain" in capsys.readouterr().err
     assert (conf / "config.yaml").read_bytes() == before  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("evaluate.threshold=2", "evaluate.threshold: 2.0 is not in [0, 1]"),
+        ("train.n_trials=-5", "train.n_trials: -5 is not >= 0"),
+        ("evaluate.importance_repeats=0", "evaluate.importance_repeats: 0 is not >= 1"),
+        ("gate.min_roc_auc=1.5", "gate.min_roc_auc: 1.5 is not in [0, 1]"),
+        ("simulate.faults.null_rate=2", "simulate.faults.null_rate: must be in [0, 1]"),
+        ("monitor.confidence=1.5", "monitor.confidence: 1.5 is not in [0.5, 1)"),
+        ("serve.port=80", "port: Input should be greater than or equal to 1024 (from {conf}/)"),
+    ],
+)
+def test_out_of_range_overrides_are_refused_naming_key_and_range(conf, override, message):
+    before = (conf / "config.yaml").read_bytes()
+    with pytest.raises(OverrideError) as caught:
+        apply_overrides(conf, parse_overrides([override]))
+    assert str(caught.value).startswith(f"override {override}: ")
+    assert message.format(conf=conf) in str(caught.value)
+    assert (conf / "config.yaml").read_bytes() == before
+
+
+def test_every_dataset_and_model_passes_the_range_checks(conf):
+    for group in ("dataset", "model"):
+        for path in sorted((conf / group).glob("*.yaml")):
+            validate_overrides(conf, parse_overrides([f"{group}={path.stem}"]))
+
+
+def test_a_huge_integer_is_one_line(conf, capsys, monkeypatch):
+    huge = "1" * 100_000
+    assert main(["check", "--set", f"train.n_trials={huge}", "--conf", str(conf)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 300, err[:300]
+    assert "train.n_trials's value is 100000 characters long (at most 1000)" in err
+    # without the length cap, YAML's integer-size error is named in one line too
+    monkeypatch.setattr(overrides, "MAX_VALUE_CHARS", 200_000)
+    assert main(["check", "--set", f"train.n_trials={huge}", "--conf", str(conf)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 300, err[:300]
+    assert err.startswith("evergreen overrides: override train.n_trials=1111")
+    assert "(100015 characters): Exceeds the limit (4300 digits)" in err
+
+
+def test_broken_conf_is_one_line(conf, capsys):
+    (conf / "config.yaml").write_text((conf / "config.yaml").read_text() + "x: [1\n")
+    assert main(["check", "--set", "seed=3", "--conf", str(conf)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"evergreen overrides: {conf}/config.yaml, line ")
+    assert "not valid YAML" in err and err.count("\n") == 1

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import yaml
 
+from stages import predict
 from stages.cli import main as cli_main
 from stages.cli.params import main
-from stages.lib.params import compose_params, default_lake, section
+from stages.lib.params import ParamsError, compose_params, default_lake, load_params, section
 from tests.conftest import ROOT
 
 
@@ -50,3 +53,59 @@ def test_cli_lists_commands_and_rejects_unknown(capsys):
     assert cli_main(["--help"]) == 0
     assert "lake simulate" in capsys.readouterr().out
     assert cli_main(["frobnicate"]) == 2
+
+
+HUGE = "1" * 100_000
+
+
+def one_line(err: str) -> str:
+    assert err.count("\n") == 1 and "Traceback" not in err, err[:2000]
+    assert len(err) < 600, err[:600]
+    return err
+
+
+def test_yaml_syntax_error_in_conf_is_one_line_naming_file_and_line(tmp_path, capsys):
+    conf = shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    lines = (conf / "model" / "logreg.yaml").read_text().splitlines()
+    lines.insert(2, "oops: [1, 2")
+    (conf / "model" / "logreg.yaml").write_text("\n".join(lines) + "\n")
+    for check in ([], ["--check"]):
+        assert main(["--conf", str(conf), "--output", str(tmp_path / "p.yaml"), *check]) == 2
+        err = one_line(capsys.readouterr().err)
+        assert err.startswith(f"evergreen params: {conf}/model/logreg.yaml, line ")
+        assert "not valid YAML (while parsing a flow sequence from line 3: expected ','" in err
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_yaml_syntax_error_in_params_yaml_is_named(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate:\n  threshold: 0.5\n bad indent: 1\n")
+    with pytest.raises(ParamsError, match=r"params\.yaml, line 3: not valid YAML \("):
+        load_params(params)
+    # a stage reading it says so in one line (predict reads params first)
+    missing = [str(tmp_path / name) for name in ("m.onnx", "card", "s", "p", "t", "out")]
+    assert predict.main([*missing, "--params", str(params)]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert err.startswith(f"predict: {params}, line 3: not valid YAML (")
+    params.write_text(f"seed: {HUGE}\n")
+    with pytest.raises(ParamsError, match=r"params\.yaml: Exceeds the limit \(4300 digits\)"):
+        load_params(params)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (f"train.n_trials={HUGE}", "override train.n_trials=1111"),
+        ("train.n_trials==2", "override train.n_trials==2: extraneous input '='"),
+        ("train.no_such_key=2", "cannot compose with ['train.no_such_key=2']: Could not override"),
+        ("model=nope", "cannot compose with ['model=nope']: In 'config': Could not find"),
+    ],
+)
+def test_bad_override_is_one_line_naming_it(tmp_path, capsys, override, message):
+    out = tmp_path / "p.yaml"
+    assert main(["--conf", str(ROOT / "conf"), "--output", str(out), override]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert err.startswith("evergreen params: ") and message in err
+    assert not out.exists()
+    if override.endswith(HUGE):
+        assert "(100015 characters): Exceeds the limit (4300 digits)" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import os
 import signal
@@ -88,6 +89,53 @@ def test_bad_input_is_named_and_nothing_is_written(lake: Path, tmp_path: Path, c
     )
     assert "lake not found" in capsys.readouterr().err
     assert not (lake / "predictions").exists()
+
+
+def test_unwritable_lake_is_one_line_naming_the_destination(
+    lake: Path, tmp_path: Path, capsys
+) -> None:
+    source = predictions_file(tmp_path / "predictions.parquet")
+    args = ["--lake", str(lake), "--predictions", str(source)]
+    # tests run as root, whom chmod does not stop: a file where the folder should be does
+    (lake / "predictions").write_text("not a folder")
+    assert main(args) == 2
+    out = capsys.readouterr()
+    dest = f"{lake}/predictions/date={DAY}/predictions.parquet"
+    assert (
+        out.err
+        == f"evergreen publish: cannot write {dest}: {lake}/predictions is a file, not a folder\n"
+    )
+    assert out.err.count("\n") == 1 and "Traceback" not in out.err and out.out == ""
+
+
+def test_full_disk_is_one_line_and_leaves_no_temporary_file(
+    lake: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    source = predictions_file(tmp_path / "predictions.parquet")
+
+    def full(self, data):  # half the bytes land, then the disk is full
+        with self.open("wb") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    assert main(["--lake", str(lake), "--predictions", str(source)]) == 2
+    err = capsys.readouterr().err
+    folder = lake / "predictions" / f"date={DAY}"
+    assert err == (
+        f"evergreen publish: cannot write {folder}/predictions.parquet: No space left on device\n"
+    )
+    assert list(folder.iterdir()) == []  # no `.predictions.parquet.tmp-<pid>` left
+
+
+def test_broken_params_file_is_one_line(tmp_path: Path, capsys) -> None:
+    source = predictions_file(tmp_path / "predictions.parquet")
+    params = tmp_path / "params.yaml"
+    params.write_text("lake:\n  path: [lake\n")
+    assert main(["--params", str(params), "--predictions", str(source)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"evergreen publish: {params}, line 3: not valid YAML (")
+    assert err.count("\n") == 1
 
 
 # A publish killed while it writes: the bytes go to a temporary name that is renamed only once
