@@ -49,7 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DatasetConfigError as exc:  # one line naming the file and key, not a traceback
         print(f"validate: {exc}", file=sys.stderr)
         return 2
-    cfg = ValidateConfig(**validate_params)
+    try:
+        cfg = ValidateConfig(**validate_params)
+    except (TypeError, ValueError) as exc:  # an unknown key or a value out of its choices
+        print(f"validate: params validate: {exc}", file=sys.stderr)
+        return 2
     try:
         engine = EngineConfig.from_params(params.get("engine"))
     except ValueError as exc:
@@ -60,8 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     remove_temp_siblings(args.metrics)
     fp = validate_fingerprint(dataset_params, validate_params)
-    run = run_validate(args.landing_dir, args.out_dir, dataset, fp, engine)
-    metrics, _ = summarize(run.entries, dataset.calendar)
+    run = run_validate(args.landing_dir, args.out_dir, dataset, fp, engine, cfg.extra_columns)
+    metrics, _ = summarize(run.entries, dataset.calendar, run.unread)
     write_json(metrics, args.metrics)
     print(
         f"validate: {len(run.plan.todo)} partition(s) validated, {len(run.plan.keep)} unchanged, "
@@ -73,6 +77,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"validate {name}: {m['partitions']} partitions, {m['rows_in']} rows in, "
             f"{m['rows_valid']} valid, {m['rows_quarantined']} quarantined"
         )
+        for folder, expected in m.get("folders_not_read", {}).items():
+            print(
+                f"validate {name}: folder '{folder}' not read (expected {expected})",
+                file=sys.stderr,
+            )
+        extra = m.get("extra_columns", {})
+        if extra:
+            columns = list(dict.fromkeys(c for cols in extra.values() for c in cols))
+            print(
+                f"validate {name}: column(s) {columns} not in the dataset, in {len(extra)} "
+                f"partition(s) (first {min(extra)}): "
+                f"{'kept' if cfg.extra_columns == 'keep' else 'dropped'} (validate.extra_columns)",
+                file=sys.stderr,
+            )
     problems = conservation_problems(run.entries) + check_thresholds(
         results_of(run.entries), cfg, dataset.calendar
     )

@@ -4,11 +4,18 @@ dataset's schema, losing no row.
 Each partition's rows end up either in `<out>/<table>/date=D.parquet` (typed, with the partition
 date and row number that `prepare` orders by) or in `<out>/quarantine/<table>/date=D.parquet`
 with the file, row, column, check and offending value. Counts are conserved and checked.
+
+Nothing in the landing zone is skipped without a word: a partition folder whose date is not a
+date (`date=2026-13-45`) is quarantined whole, like an unreadable file; a folder that is not a
+partition (`date=2026-3-3`, `dt=2026-03-03`) is reported as not read; a file's columns that the
+dataset does not declare are reported, then dropped or kept (`validate.extra_columns`).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -49,6 +56,8 @@ from stages.lib.io import (
     ARROW_TYPES,
     frame_parquet,
     list_partitions,
+    partition_form,
+    unread_folders,
     validated_file,
     write_bytes_atomic,
     write_json,
@@ -67,6 +76,12 @@ QUARANTINE_SCHEMA = pa_arrow.schema(
 )
 
 
+EXTRA_COLUMNS = ("drop", "keep")
+# the columns validate adds to a partition's frame: a file's column of the same name is reported
+# as extra but never kept
+RESERVED_COLUMNS = frozenset({PARTITION_COL, ROW_COL, "_source_file", "_file_row"})
+
+
 @dataclass(frozen=True)
 class ValidateConfig:
     # row-level: a partition whose quarantined fraction exceeds this fails the stage
@@ -76,6 +91,16 @@ class ValidateConfig:
     max_faulty_fraction: float = 0.1
     # days without a partition between a table's first and last partition, as a fraction
     max_missing_fraction: float = 0.1
+    # a file's columns the dataset does not declare: reported, then dropped or kept (written
+    # after the declared ones in the validated partition)
+    extra_columns: str = "drop"
+
+    def __post_init__(self) -> None:
+        if self.extra_columns not in EXTRA_COLUMNS:
+            raise ValueError(
+                f"validate.extra_columns: expected one of {list(EXTRA_COLUMNS)}, "
+                f"got {self.extra_columns!r}"
+            )
 
 
 @dataclass
@@ -86,6 +111,8 @@ class PartitionResult:
     quarantine: pd.DataFrame
     rows_in: int
     fault: str | None = None  # a whole-partition fault (unreadable file, missing column)
+    # columns of its files that the dataset does not declare, in the order first seen
+    extra_columns: list[str] = field(default_factory=list)
 
     @property
     def rows_quarantined(self) -> int:
@@ -115,6 +142,7 @@ class PartitionResult:
             "rows_null_key": self.rows_null_key,
             "fault": self.fault,
             "top_checks": dict(sorted(checks.items(), key=lambda kv: (-kv[1], kv[0]))[:5]),
+            "extra_columns": list(self.extra_columns),
         }
 
 
@@ -270,12 +298,25 @@ def _castable(arrow_type: pa_arrow.DataType, ctype: str) -> bool:
     }[ctype]
 
 
-def _read_parquet(path: Path, table: TableSpec) -> pd.DataFrame:
+def _extra(names: Sequence[str], table: TableSpec) -> list[str]:
+    """A file's columns that the dataset does not declare (raw or derived), in file order."""
+    declared = {c.name for c in table.columns}
+    return [n for n in dict.fromkeys(names) if n not in declared]
+
+
+def _kept(extra: Sequence[str], keep_extra: bool) -> list[str]:
+    return [n for n in extra if n not in RESERVED_COLUMNS] if keep_extra else []
+
+
+def _read_parquet(
+    path: Path, table: TableSpec, keep_extra: bool = False
+) -> tuple[pd.DataFrame, list[str]]:
     try:
         schema = pq.read_schema(path)
     except Exception as exc:  # truncated, not parquet at all: the partition is quarantined
         raise ValueError(f"{path.name}: unreadable parquet ({type(exc).__name__}: {exc})") from exc
     _check_columns(path, schema.names, table)
+    extra = _extra(schema.names, table)
     for spec in table.raw_columns:
         arrow_type = schema.field(spec.name).type
         if not _castable(arrow_type, spec.type):
@@ -283,18 +324,21 @@ def _read_parquet(path: Path, table: TableSpec) -> pd.DataFrame:
                 f"{path.name}: column '{spec.name}' is {arrow_type} in the file, which cannot "
                 f"be read as {spec.type}"
             )
+    columns = [c.name for c in table.raw_columns] + _kept(extra, keep_extra)
     try:
-        data = pq.read_table(path, columns=[c.name for c in table.raw_columns])
+        data = pq.read_table(path, columns=columns)
     except Exception as exc:  # a footer that reads but pages that do not
         raise ValueError(f"{path.name}: unreadable parquet ({type(exc).__name__}: {exc})") from exc
     for i, arrow_field in enumerate(data.schema):
         if pa_arrow.types.is_dictionary(arrow_field.type):
             data = data.set_column(i, arrow_field.name, data[i].cast(arrow_field.type.value_type))
     # nullable integers stay integers (float64 would round ids above 2**53)
-    return data.to_pandas(types_mapper={pa_arrow.int64(): pd.Int64Dtype()}.get)
+    return data.to_pandas(types_mapper={pa_arrow.int64(): pd.Int64Dtype()}.get), extra
 
 
-def _read_csv(path: Path, table: TableSpec) -> pd.DataFrame:
+def _read_csv(
+    path: Path, table: TableSpec, keep_extra: bool = False
+) -> tuple[pd.DataFrame, list[str]]:
     try:
         # every value as text: `_coerce` parses it, so a bad value quarantines only its row
         df = pd.read_csv(
@@ -303,7 +347,8 @@ def _read_csv(path: Path, table: TableSpec) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path.name}: unreadable csv ({type(exc).__name__}: {exc})") from exc
     _check_columns(path, list(df.columns), table)
-    return df[[c.name for c in table.raw_columns]]
+    extra = _extra(list(df.columns), table)
+    return df[[c.name for c in table.raw_columns] + _kept(extra, keep_extra)], extra
 
 
 def _check_columns(path: Path, names: Sequence[str], table: TableSpec) -> None:
@@ -324,35 +369,56 @@ def _data_files(files: Sequence[Path], table: TableSpec) -> list[Path]:
     return data
 
 
-def _read_partition(files: Sequence[Path], table: TableSpec) -> pd.DataFrame:
-    frames = []
+def _read_partition(
+    files: Sequence[Path], table: TableSpec, keep_extra: bool = False
+) -> tuple[pd.DataFrame, list[str]]:
+    """The partition's rows (its files one after the other) and the columns its files hold
+    that the dataset does not declare; those are in the frame only with `keep_extra`."""
+    frames, extra = [], {}
     read = _read_csv if table.format == "csv" else _read_parquet
     for path in _data_files(files, table):
-        df = read(path, table)
+        df, found = read(path, table, keep_extra)
+        extra.update(dict.fromkeys(found))
         df["_source_file"] = path.name
         df["_file_row"] = range(len(df))
         frames.append(df)
     if not frames:
         names = [c.name for c in table.raw_columns]
-        return pd.DataFrame(columns=[*names, "_source_file", "_file_row"])
+        return pd.DataFrame(columns=[*names, "_source_file", "_file_row"]), []
     if len(frames) == 1:
-        return frames[0]
-    return pd.concat(frames, ignore_index=True)
+        return frames[0], list(extra)
+    return pd.concat(frames, ignore_index=True), list(extra)
+
+
+def is_date(partition: str) -> bool:
+    """Whether a partition's name is a real date, written as YYYY-MM-DD (not 2026-13-45)."""
+    try:
+        return datetime.date.fromisoformat(partition).isoformat() == partition
+    except ValueError:
+        return False
 
 
 def _empty_quarantine() -> pd.DataFrame:
     return QUARANTINE_SCHEMA.empty_table().to_pandas()
 
 
-def validate_partition(files: Sequence[Path], table: TableSpec, partition: str) -> PartitionResult:
+def validate_partition(
+    files: Sequence[Path], table: TableSpec, partition: str, keep_extra: bool = False
+) -> PartitionResult:
     """Validate one partition's files; never raises for bad data, only reports it.
 
     Bad rows go to quarantine with the check they broke; a fault of a whole file (unreadable,
-    a required column missing or of a type that cannot hold the declared one) quarantines the
-    partition, with the reason.
+    a required column missing or of a type that cannot hold the declared one) or of the folder
+    (a name that is not a date) quarantines the partition, with the reason. Columns the dataset
+    does not declare are listed in `extra_columns`, and kept in `valid` with `keep_extra`.
     """
     try:
-        frame = _read_partition(files, table)
+        if not is_date(partition):
+            folder = f"{table.partition}={partition}"
+            raise ValueError(
+                f"folder '{folder}' is not a date (expected {partition_form(table.partition)})"
+            )
+        frame, extra = _read_partition(files, table, keep_extra)
         failures = _failures(frame, table, partition)
     except ValueError as exc:
         rows_in = sum(_row_count(f, table) for f in files)
@@ -382,7 +448,7 @@ def validate_partition(files: Sequence[Path], table: TableSpec, partition: str) 
         }
     )
     valid = valid.drop(columns=["_source_file", "_file_row"]).reset_index(drop=True)
-    return PartitionResult(table.name, partition, valid, quarantine, len(frame))
+    return PartitionResult(table.name, partition, valid, quarantine, len(frame), None, extra)
 
 
 def _row_count(path: Path, table: TableSpec | None = None) -> int:
@@ -408,7 +474,9 @@ def arrow_schema(table: TableSpec) -> pa_arrow.Schema:
 
 def missing_days(partitions: Sequence[str], calendar: Calendar | None = None) -> list[str]:
     """Days between the first and last partition that have no partition; with a `calendar`
-    (the dataset's), only the days it is open count."""
+    (the dataset's), only the days it is open count. A partition whose name is not a date
+    (quarantined whole) is no day."""
+    partitions = [p for p in partitions if is_date(p)]
     if not partitions:
         return []
     expected = pd.date_range(min(partitions), max(partitions), freq="D")
@@ -448,8 +516,9 @@ def check_thresholds(
                 f"{table}: {len(faulty)} of {len(mine)} partitions quarantined whole "
                 f"(max {cfg.max_faulty_fraction:.0%}): {listed}"
             )
-        missing = missing_days([r.partition for r in mine], calendar)
-        if len(missing) > cfg.max_missing_fraction * (len(mine) + len(missing)):
+        days = [r.partition for r in mine if is_date(r.partition)]
+        missing = missing_days(days, calendar)
+        if len(missing) > cfg.max_missing_fraction * (len(days) + len(missing)):
             problems.append(
                 f"{table}: {len(missing)} missing day(s) between its first and last partition "
                 f"(max {cfg.max_missing_fraction:.0%}): {', '.join(missing[:10])}"
@@ -529,6 +598,8 @@ class ValidateRun:
     entries: dict[str, dict[str, dict]]  # table -> partition -> manifest entry, sorted
     plan: ValidatePlan
     rebuilt: str  # why every partition was validated again ("" for an incremental run)
+    # table -> folder of its landing that is not a partition -> the name expected
+    unread: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def plan_partitions(
@@ -579,14 +650,48 @@ class ValidatedPartition:
     files: dict[str, bytes]  # path relative to the output directory -> parquet bytes
 
 
+def _with_extra(
+    valid: pd.DataFrame, schema: pa_arrow.Schema
+) -> tuple[pd.DataFrame, pa_arrow.Schema]:
+    """The schema of a valid frame holding kept extra columns: the declared schema, then each
+    extra column as Arrow types it (as text when its files disagree on its type)."""
+    extra = [c for c in valid.columns if c not in schema.names]
+    if not extra:
+        return valid, schema
+    valid = valid.copy()
+    fields = list(schema)
+    for name in extra:
+        try:
+            typed = pa_arrow.Table.from_pandas(valid[[name]], preserve_index=False).schema
+        except (pa_arrow.ArrowInvalid, pa_arrow.ArrowTypeError, pa_arrow.ArrowNotImplementedError):
+            valid[name] = [None if _is_null(v) else str(v) for v in valid[name]]
+            typed = pa_arrow.schema([(name, pa_arrow.string())])
+        fields.append(typed.field(name))
+    return valid, pa_arrow.schema(fields)
+
+
+def _is_null(value: object) -> bool:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
 def validate_task(
-    specs: Mapping[str, TableSpec], task: tuple[str, str, tuple[Path, ...]]
+    specs: Mapping[str, TableSpec],
+    task: tuple[str, str, tuple[Path, ...]],
+    keep_extra: bool = False,
 ) -> ValidatedPartition:
-    """Validate one (table, partition, files) task; pure, so any engine's worker can run it."""
+    """Validate one (table, partition, files) task; pure, so any engine's worker can run it.
+
+    A partition whose name is not a date has no valid file (it has no valid row, and the
+    stages after validate read a partition's date from its file name), only its quarantine."""
     name, partition, files = task
-    result = validate_partition(files, specs[name], partition)
+    result = validate_partition(files, specs[name], partition, keep_extra)
     valid_rel, quarantine_rel = _output_paths(name, partition)
-    out = {valid_rel: frame_parquet(result.valid, arrow_schema(specs[name]))}
+    out = {}
+    if is_date(partition):
+        valid, schema = _with_extra(result.valid, arrow_schema(specs[name]))
+        out[valid_rel] = frame_parquet(valid, schema)
     if len(result.quarantine):
         out[quarantine_rel] = frame_parquet(result.quarantine, QUARANTINE_SCHEMA)
     # through JSON, so a summary reads the same fresh and from the manifest
@@ -608,7 +713,7 @@ def _commit(
         "outputs": {rel: s.to_json() for rel, s in outputs.items() if s is not None},
         "summary": done.summary,
         "written": {
-            "valid_rows": rows[valid_rel],
+            "valid_rows": rows.get(valid_rel, 0),
             "quarantine_records": rows.get(quarantine_rel, 0),
         },
     }
@@ -649,10 +754,13 @@ def run_validate(
     dataset: DatasetConfig,
     fingerprint_: str,
     engine: EngineConfig | None = None,
+    extra_columns: str = "drop",
 ) -> ValidateRun:
     """Validate the partitions new or changed since the last run, keep the others, remove the
     outputs of those no longer landed; write the report, then the manifest, last. A manifest
     of other code or params (another fingerprint) is ignored: every partition is validated.
+    `extra_columns` (`drop` or `keep`): what becomes of the columns a dataset does not declare
+    (reported either way); the fingerprint must cover it (it is in the validate params).
 
     On `engine.name: pyspark` the partitions are validated by Spark tasks, each running the
     same checks on its partition; the files they produce are written here, byte for byte the
@@ -675,18 +783,20 @@ def run_validate(
     for table, partition in plan.keep:
         entries[table][partition] = old[table][partition]
     tasks = [(t, p, tuple(files[t][p])) for t, p in plan.todo]
-    results = map_tasks(engine or EngineConfig(), partial(validate_task, specs), tasks)
+    task = partial(validate_task, specs, keep_extra=extra_columns == "keep")
+    results = map_tasks(engine or EngineConfig(), task, tasks)
     for (table, partition, _), validated in zip(tasks, results, strict=True):
         entry = _commit(validated, table, partition, out_dir, cache)
         entry["source"] = sources[table][partition]
         entry["files"] = {n: s.to_json() for n, s in stamps[table][partition].items()}
         entries[table][partition] = entry
     entries = {t: dict(sorted(parts.items())) for t, parts in entries.items()}
+    unread = {t.name: unread_folders(landing_dir / t.name, t.partition) for t in dataset.tables}
     _remove_unlisted(out_dir, entries)
-    write_json(summarize(entries, dataset.calendar)[1], out_dir / REPORT)
+    write_json(summarize(entries, dataset.calendar, unread)[1], out_dir / REPORT)
     write_manifest(out_dir / MANIFEST, fingerprint_, {"partitions": entries})
     save_stat_cache(out_dir, cache)
-    return ValidateRun(entries, plan, why if previous is None else "")
+    return ValidateRun(entries, plan, why if previous is None else "", unread)
 
 
 def results_of(entries: Mapping[str, Mapping[str, Mapping]]) -> list[PartitionResult]:
@@ -700,13 +810,17 @@ def results_of(entries: Mapping[str, Mapping[str, Mapping]]) -> list[PartitionRe
 
 
 def summarize(
-    entries: Mapping[str, Mapping[str, Mapping]], calendar: Calendar | None = None
+    entries: Mapping[str, Mapping[str, Mapping]],
+    calendar: Calendar | None = None,
+    unread: Mapping[str, Mapping[str, str]] | None = None,
 ) -> tuple[dict, dict]:
     """(metrics, report) of every partition the manifest holds.
 
     metrics: overall totals at the top level, then per table its totals and a per-partition
-    table (partition -> rows in, valid, quarantined); report: every partition's summary (counts,
-    fault, top failing checks) and the missing days.
+    table (partition -> rows in, valid, quarantined), and, where there are some, the folders not
+    read (`unread`: table -> folder -> the name expected) and the partitions' extra columns
+    (partition -> column names); report: every partition's summary (counts, fault, top failing
+    checks, extra columns), the missing days and the folders not read.
     """
     metrics: dict = {k: 0 for k in TOTALS}
     metrics["partitions"] = 0
@@ -722,12 +836,22 @@ def summarize(
             "missing_days": len(missing),
             "by_partition": {p: {k: int(s[k]) for k in TOTALS} for p, s in summaries.items()},
         }
+        not_read = dict((unread or {}).get(table, {}))
+        extra = {p: s["extra_columns"] for p, s in summaries.items() if s.get("extra_columns")}
+        if not_read:
+            m["folders_not_read"] = not_read
+        if extra:
+            m["extra_columns"] = extra
         for k in (*TOTALS, "partitions"):
             metrics[k] += m[k]
         if table in metrics:
             raise ValueError(f"dataset table '{table}' clashes with a validation metrics total")
         metrics[table] = m
-        report[table] = {"missing_days": missing, "partitions": summaries}
+        report[table] = {
+            "missing_days": missing,
+            "folders_not_read": not_read,
+            "partitions": summaries,
+        }
     return metrics, report
 
 

@@ -163,3 +163,120 @@ def test_outputs_do_not_depend_on_the_machine(tmp_path, shop_params):
         assert json.loads(stat_cache_path(out).read_text()) == {}  # just written: too fresh
     assert outs[0] == outs[1]
     assert "stat_cache" not in json.loads(outs[0][Path("manifest.json")])
+
+
+# --- nothing bad in the lake breaks validate for good (issue 18) -------------------------------
+
+
+def _run(tmp_path, params, out: str = "validated") -> int:
+    args = [tmp_path / "data/landing", tmp_path / out, tmp_path / f"{out}.json", "--params", params]
+    return main([str(a) for a in args])
+
+
+def _outputs(base: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(base).as_posix(): p.read_bytes()
+        for p in sorted(base.rglob("*"))
+        if p.is_file() and not p.name.endswith(".stat-cache.json")
+    }
+
+
+def test_a_partition_folder_that_is_not_a_date_is_quarantined_not_a_crash(
+    tmp_path, shop_params, capsys
+):
+    params = write_params(shop_params, tmp_path / "params.yaml")
+    _tiny_lake(tmp_path / "data")
+    bad = [(i, 10, "2026-01-01 10:00", "session", None) for i in range(3)]
+    write_partition(tmp_path / "data", "events", "2026-13-45", events_frame(bad))
+    out, metrics = tmp_path / "validated", tmp_path / "validated.json"
+
+    # 1 of 2 partitions quarantined whole: over max_faulty_fraction, a failure, not a traceback
+    assert _run(tmp_path, params) == 1
+    err = capsys.readouterr().err
+    assert "folder 'date=2026-13-45' is not a date (expected date=YYYY-MM-DD)" in err
+    m = json.loads(metrics.read_text())["events"]
+    assert m["partitions"] == 2 and m["partitions_faulty"] == 1 and m["missing_days"] == 0
+    assert m["by_partition"]["2026-13-45"] == {"rows_in": 3, "rows_valid": 0, "rows_quarantined": 3}
+    assert m["rows_in"] == 13 and m["rows_quarantined"] == 3
+    report = json.loads((out / "report.json").read_text())["events"]
+    assert "is not a date" in report["partitions"]["2026-13-45"]["fault"]
+    quarantine = pd.read_parquet(out / "quarantine/events/date=2026-13-45.parquet")
+    assert quarantine["check"].tolist() == ["partition"]
+    # no valid file: the stages after validate read a partition's date from its name
+    assert not (out / "events/date=2026-13-45.parquet").exists()
+
+    # recorded: the next run keeps it and fails the same way, and equals a rebuild
+    metrics.unlink()
+    assert _run(tmp_path, params) == 1
+    assert "0 partition(s) validated, 3 unchanged" in capsys.readouterr().out
+    assert json.loads(metrics.read_text())["events"] == m
+    assert _run(tmp_path, params, "rebuilt") == 1
+    assert _outputs(out) == _outputs(tmp_path / "rebuilt")
+
+    # below the threshold it is reported, not fatal
+    shop_params["validate"]["max_faulty_fraction"] = 0.5
+    assert _run(tmp_path, write_params(shop_params, params)) == 0
+
+
+def test_missing_days_skip_partitions_that_are_not_dates():
+    assert missing_days(["2026-01-01", "2026-13-45", "2026-01-03"]) == ["2026-01-02"]
+    assert missing_days(["2026-02-30"]) == []
+
+
+def test_folders_that_are_not_partitions_are_reported_as_not_read(tmp_path, shop_params, capsys):
+    params = write_params(shop_params, tmp_path / "params.yaml")
+    _tiny_lake(tmp_path / "data")
+    events = tmp_path / "data/landing/events"
+    near = ("date=2026-3-3", "dt=2026-03-03", "Date=2026-03-03", "date=2026-03-03.bak")
+    for name in (*near, "_temporary", ".hidden"):  # the last two are markers, not data
+        (events / name).mkdir()
+        events_frame([(1, 10, "2026-03-03 10:00", "session", None)]).to_parquet(
+            events / name / "part-0000.parquet"
+        )
+    assert _run(tmp_path, params) == 0
+
+    expected = dict.fromkeys(sorted(near), "date=YYYY-MM-DD")
+    m = json.loads((tmp_path / "validated.json").read_text())
+    assert m["events"]["folders_not_read"] == expected
+    assert "folders_not_read" not in m["customers"]
+    assert m["events"]["rows_in"] == 10 and m["events"]["partitions"] == 1  # none of them read
+    report = json.loads((tmp_path / "validated/report.json").read_text())
+    assert report["events"]["folders_not_read"] == expected
+    assert report["customers"]["folders_not_read"] == {}
+    err = capsys.readouterr().err
+    assert "validate events: folder 'dt=2026-03-03' not read (expected date=YYYY-MM-DD)" in err
+
+
+def test_an_extra_column_is_reported_and_dropped_or_kept(tmp_path, shop_params, capsys):
+    frame = events_frame([(1, 10, "2026-01-02 10:00", "session", None)] * 2)
+    frame["event_id"] = [1, 2]
+    frame["coupon"] = ["SPRING", None]
+    frame["_row"] = [7, 8]  # a name validate writes itself: reported, never kept
+    _tiny_lake(tmp_path / "data")
+    write_partition(tmp_path / "data", "events", "2026-01-02", frame)
+
+    params = write_params(shop_params, tmp_path / "params.yaml")
+    assert _run(tmp_path, params) == 0  # by default: dropped, and reported
+    m = json.loads((tmp_path / "validated.json").read_text())
+    assert m["events"]["extra_columns"] == {"2026-01-02": ["coupon", "_row"]}
+    assert "extra_columns" not in m["customers"]
+    report = json.loads((tmp_path / "validated/report.json").read_text())["events"]
+    assert report["partitions"]["2026-01-02"]["extra_columns"] == ["coupon", "_row"]
+    assert report["partitions"]["2026-01-01"]["extra_columns"] == []
+    valid = pq.read_table(tmp_path / "validated/events/date=2026-01-02.parquet")
+    assert "coupon" not in valid.column_names
+    assert "column(s) ['coupon', '_row'] not in the dataset" in capsys.readouterr().err
+
+    shop_params["validate"]["extra_columns"] = "keep"
+    assert _run(tmp_path, write_params(shop_params, params), "kept") == 0
+    valid = pq.read_table(tmp_path / "kept/events/date=2026-01-02.parquet")
+    assert valid.column("coupon").to_pylist() == ["SPRING", None]
+    assert valid.column("_row").to_pylist() == [0, 1]  # validate's own row number
+    assert valid.schema.names[-1] == "coupon"
+    assert "coupon" not in pq.read_schema(tmp_path / "kept/events/date=2026-01-01.parquet").names
+    m = json.loads((tmp_path / "kept.json").read_text())
+    assert m["events"]["extra_columns"] == {"2026-01-02": ["coupon", "_row"]}
+
+    shop_params["validate"]["extra_columns"] = "rename"
+    assert _run(tmp_path, write_params(shop_params, params), "bad") == 2
+    assert "validate.extra_columns: expected one of ['drop', 'keep']" in capsys.readouterr().err

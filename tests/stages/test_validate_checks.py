@@ -13,11 +13,13 @@ import pytest
 import yaml
 
 from stages.lib.dataset import dataset_from_params
+from stages.lib.io import unread_folders
 from stages.lib.validation import (
     PartitionResult,
     ValidateConfig,
     check_thresholds,
     validate_partition,
+    validate_task,
 )
 from tests.conftest import events_frame, write_partition
 
@@ -257,3 +259,52 @@ def test_conservation_is_checked_against_the_quarantine_itself():
     twice = copy.copy(_result("2026-01-01", 10, 9))
     twice.quarantine = pd.concat([twice.quarantine] * 2)  # one row, two failed checks
     assert twice.rows_quarantined == 1 and check_thresholds([twice], ValidateConfig()) == []
+
+
+def test_a_partition_named_with_a_date_that_does_not_exist_is_a_fault(tmp_path):
+    path = _csv(tmp_path, HEADER + _row() + _row(pid="p000002"))
+    result = validate_partition([path], _plays(), "2026-02-30")
+    assert result.fault == "folder 'day=2026-02-30' is not a date (expected day=YYYY-MM-DD)"
+    assert result.rows_in == result.rows_quarantined == 2 and len(result.valid) == 0
+    assert result.quarantine["check"].tolist() == ["partition"]
+
+
+def test_folders_not_named_key_equals_date_are_listed_with_the_form_expected(tmp_path):
+    for name in ("day=2026-01-05", "day=2026-1-5", "date=2026-01-05", "_temporary", ".git"):
+        (tmp_path / "activity" / name).mkdir(parents=True)
+    (tmp_path / "activity" / "notes.txt").write_text("a file, not a folder")
+    assert unread_folders(tmp_path / "activity", "day") == {
+        "date=2026-01-05": "day=YYYY-MM-DD",
+        "day=2026-1-5": "day=YYYY-MM-DD",
+    }
+    assert unread_folders(tmp_path / "absent", "day") == {}
+
+
+def test_csv_columns_the_dataset_does_not_declare_are_reported_then_dropped_or_kept(tmp_path):
+    text = HEADER.replace("\n", ",note\n") + _row().replace("\n", ",hello\n")
+    path = _csv(tmp_path, text)
+    dropped = validate_partition([path], _plays(), "2026-01-05")
+    assert dropped.extra_columns == ["note"] and "note" not in dropped.valid.columns
+    assert dropped.summary()["extra_columns"] == ["note"] and dropped.fault is None
+    kept = validate_partition([path], _plays(), "2026-01-05", keep_extra=True)
+    assert kept.extra_columns == ["note"] and kept.valid["note"].tolist() == ["hello"]
+
+
+def test_a_kept_extra_column_whose_files_disagree_on_its_type_is_kept_as_text(
+    tmp_path, shop_params
+):
+    spec = dataset_from_params(shop_params["dataset"]).table("events")
+    first = events_frame([(1, 10, "2026-01-01 10:00", "session", None)]).assign(coupon=[5])
+    second = events_frame([(2, 10, "2026-01-01 11:00", "session", None)]).assign(coupon=["X"])
+    files = (
+        write_partition(tmp_path, "events", "2026-01-01", first),
+        write_partition(tmp_path, "events", "2026-01-01", second, name="part-0001.parquet"),
+    )
+    done = validate_task({"events": spec}, ("events", "2026-01-01", files), keep_extra=True)
+    valid = pq.read_table(pa.BufferReader(done.files["events/date=2026-01-01.parquet"]))
+    assert valid.schema.field("coupon").type == pa.string()
+    assert valid.column("coupon").to_pylist() == ["5", "X"]
+    assert done.summary["extra_columns"] == ["coupon"]
+    alone = validate_task({"events": spec}, ("events", "2026-01-01", files[:1]), keep_extra=True)
+    typed = pq.read_table(pa.BufferReader(alone.files["events/date=2026-01-01.parquet"]))
+    assert typed.schema.field("coupon").type == pa.int64()
