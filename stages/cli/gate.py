@@ -1,23 +1,40 @@
 """`evergreen gate`: bless the workspace model (the challenger) only if it holds up against the
-champion, the model recorded on a git ref (`gate.champion_ref`, `main` by default).
+champion, the model recorded on a git ref (`gate.champion_ref`, `main` by default), or, with no
+champion, against a naive baseline.
 
     evergreen gate [--ref main] [--out metrics/gate.json] [--params params.yaml]
 
 Both models are scored on the *same* current test set (`artifacts/split/test.parquet`) with the
-evaluate stage's metric code, slices included; the champion is read at the ref with DVC's Python
-API (from the local cache or the DVC remote) and scored on its own feature schema. The thresholds
-are the `gate` params section (`conf/gate/default.yaml`). The verdict is written to
-`metrics/gate.json`; the exit status is 0 when blessed, 1 when not, 2 on a usage or input error.
+evaluate stage's code, slices included; the champion is read at the ref with DVC's Python API
+(from the local cache or the DVC remote) and scored on its own feature schema. The settings are
+the `gate` params section (`conf/gate/default.yaml`) merged with the dataset's own `gate:` block
+(`conf/dataset/<name>.yaml`, which wins). The verdict is written to `metrics/gate.json`; the
+exit status is 0 when blessed, 1 when not, 2 on a usage or input error.
+
+How it decides (README: The gate). The key metric is ROC AUC for a classification and R² for a
+regression (scale-free, so one tolerance suits every target). A paired bootstrap
+(`stages/lib/bootstrap.py`: `gate.bootstrap` resamples of the test rows, seeded by params
+`seed`, a classification resampled within each class) gives the interval of the challenger's
+difference at `gate.confidence`, positive = the challenger is better:
+
+- `max_regression` (non-inferiority): ci_low >= -max_regression;
+- `min_improvement` (when set): ci_low >= min_improvement;
+- `max_slice_regression` (a harm test per slice with >= `min_slice_rows` rows and, for a
+  classification, >= `min_slice_class_rows` of each class): the gate fails when a slice's
+  ci_high < -max_slice_regression, i.e. when the slice is confidently worse beyond the
+  tolerance; a small slice's wide interval never refuses a model on its own;
+- with no champion (`gate.baseline`), against a constant at the test set's base rate (ROC AUC
+  0.5, Brier p(1 - p)) or, for a regression, at its target mean (R² 0, the mean's MAE): the key
+  metric must beat it (ci_low > 0), the error must not be worse (ci_high >= 0);
+- absolute floors (`min_roc_auc`, ..., null by default): the point estimate on the test set.
+
+Each comparison reports `detectable`: (z_{1-alpha/2} + z_{0.8}) x the bootstrap standard error of
+the difference, the smallest true difference this test set finds with 80% power.
 
 Why a command and not a dvc.yaml stage: the verdict depends on what another git ref points to.
 DVC tracks the files, params and code of the workspace, not the state of `main`; as a stage, the
 gate would be cached, and after a new champion is merged `dvc repro` would call it up to date
 and replay a stale verdict. A command is judged afresh each time it runs.
-
-A regression (the feature schema's `task`) is judged on its own metrics: floors `min_r2`,
-`max_mae`, `max_rmse` (the error floors are in the target's unit, so null by default: set them
-per dataset), and the champion comparisons (max_regression, min_improvement, slices) on R²
-instead of ROC AUC.
 """
 
 from __future__ import annotations
@@ -32,15 +49,19 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from stages.contract.card import file_md5
 from stages.contract.feature_schema import FeatureSchema, load_schema
+from stages.lib.bootstrap import METRICS, POWER, Interval, paired_bootstrap
+from stages.lib.dataset import settings_for
 from stages.lib.evaluation import (
     EvaluateConfig,
     regression_slice_metrics,
     score_metrics,
+    slice_labels,
     slice_metrics,
 )
 from stages.lib.gitref import commit_of
@@ -52,13 +73,21 @@ from stages.lib.training import check_frame, predictions
 
 SliceTable = Mapping[str, Mapping[str, Mapping[str, Any]]]
 DIGITS = 6
+_UNIT_BOUNDS = ("min_roc_auc", "min_pr_auc", "max_brier")
+_TOLERANCES = ("max_regression", "min_improvement", "max_slice_regression")
+_INTS = ("bootstrap", "min_slice_rows", "min_slice_class_rows")
 
 
 @dataclass(frozen=True)
 class GateConfig:
-    """The `gate` params section; a threshold set to None turns its check off."""
+    """The `gate` params section (with the dataset's `gate:` block); a threshold set to None
+    turns its check off."""
 
     champion_ref: str = "main"
+    # the intervals: two-sided confidence, and bootstrap resamples of the test rows
+    confidence: float = 0.95
+    bootstrap: int = 1000
+    # absolute floors on the challenger's point estimates (off by default)
     min_roc_auc: float | None = None
     min_pr_auc: float | None = None
     max_brier: float | None = None
@@ -66,21 +95,26 @@ class GateConfig:
     min_r2: float | None = None
     max_mae: float | None = None
     max_rmse: float | None = None
-    # epsilon: how far below the champion's roc_auc the challenger's may be
-    max_regression: float | None = 0.0
-    # delta: how far above the champion's roc_auc the challenger's must be
+    # with no champion: the challenger must beat a constant (base rate, target mean)
+    baseline: bool = True
+    # tolerances, in the key metric's unit (ROC AUC, or a regression's R²)
+    # non-inferiority: the interval's low end may be at most this far below 0
+    max_regression: float | None = 0.01
+    # superiority: when set, the interval's low end must be at least this
     min_improvement: float | None = None
-    max_slice_regression: float | None = None
+    # harm, per slice: a slice fails when its interval's high end is below -this
+    max_slice_regression: float | None = 0.05
     min_slice_rows: int = 100
+    min_slice_class_rows: int = 10
 
     def __post_init__(self) -> None:
         if not self.champion_ref:
             raise ValueError("gate.champion_ref: must name a git ref (e.g. main)")
-        for name in ("min_roc_auc", "min_pr_auc", "max_brier"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise ValueError(f"gate.{name}: {value} is not in [0, 1]")
-        for name in ("max_regression", "min_improvement", "max_slice_regression"):
+        if not 0.5 <= self.confidence < 1.0:
+            raise ValueError(f"gate.confidence: {self.confidence} is not in [0.5, 1)")
+        if self.bootstrap < 100:
+            raise ValueError(f"gate.bootstrap: {self.bootstrap} resamples is not >= 100")
+        for name in (*_UNIT_BOUNDS, *_TOLERANCES):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"gate.{name}: {value} is not in [0, 1]")
@@ -88,8 +122,13 @@ class GateConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"gate.{name}: {value} is not >= 0")
-        if self.min_slice_rows < 1:
-            raise ValueError(f"gate.min_slice_rows: {self.min_slice_rows} is not >= 1")
+        if self.min_r2 is not None and self.min_r2 > 1.0:
+            raise ValueError(f"gate.min_r2: {self.min_r2} is not <= 1")
+        if not isinstance(self.baseline, bool):
+            raise ValueError(f"gate.baseline: {self.baseline!r} is not true or false")
+        for name in ("min_slice_rows", "min_slice_class_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"gate.{name}: {getattr(self, name)} is not >= 1")
 
     @classmethod
     def from_params(cls, raw: Mapping[str, Any]) -> GateConfig:
@@ -97,45 +136,71 @@ class GateConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"gate: unknown key(s) {unknown} (known: {', '.join(sorted(known))})")
-        floats = {
-            k: None if v is None else float(v)
-            for k, v in raw.items()
-            if k not in ("champion_ref", "min_slice_rows")
-        }
-        return cls(
-            champion_ref=str(raw.get("champion_ref", "main")),
-            min_slice_rows=int(raw.get("min_slice_rows", 100)),
-            **floats,
-        )
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key == "champion_ref":
+                values[key] = str(value)
+            elif key == "baseline":
+                values[key] = value
+            elif key in _INTS:
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ValueError(f"gate.{key}: {value!r} is not a whole number")
+                values[key] = int(value)
+            else:
+                values[key] = None if value is None else float(value)
+        return cls(**values)
+
+
+@dataclass(frozen=True, eq=False)
+class Rows:
+    """One model's per-row test data, what the bootstrap resamples: targets, predictions
+    (scores or regression predictions) and each slicing's value per row."""
+
+    y: np.ndarray
+    predictions: np.ndarray
+    slices: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Scores:
-    """One model's test metrics (`metrics/evaluate.json` keys) and per-slice metrics."""
+    """One model's test metrics (`metrics/evaluate.json` keys), per-slice metrics and rows."""
 
     metrics: Mapping[str, Any]
     slices: SliceTable = field(default_factory=dict)
     regression: bool = False
+    rows: Rows | None = field(default=None, compare=False)
 
     @property
     def key_metric(self) -> str:
-        """What the champion comparisons compare: roc_auc, or a regression's r2."""
+        """What the comparisons compare: roc_auc, or a regression's r2."""
         return "r2" if self.regression else "roc_auc"
 
 
 @dataclass(frozen=True)
 class Check:
+    """One check. A comparison (with the champion or the baseline) also has the difference
+    (positive = the challenger is better), its interval at `confidence` and the smallest
+    difference the test set can detect; floors leave them None."""
+
     name: str
     passed: bool
     challenger: float | None
     champion: float | None
     threshold: float | None
     detail: str
+    difference: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    confidence: float | None = None
+    detectable: float | None = None
+    baseline: float | None = None
 
 
 @dataclass(frozen=True)
 class Verdict:
     checks: tuple[Check, ...]
+    # every slice compared with the champion (judged or too small), for gate.json
+    slices: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def blessed(self) -> bool:
@@ -146,10 +211,92 @@ class Verdict:
         return tuple(c for c in self.checks if not c.passed)
 
 
-def _diff(a: float, b: float) -> float:
-    # metrics are rounded to 6 digits; rounding the difference keeps 0.85 - 0.84 from reading
-    # as 0.0100000001 and failing a 0.01 bound it meets
-    return round(a - b, DIGITS) + 0.0
+def _r(value: float) -> float:
+    # numbers are judged as written in gate.json: rounded to 6 digits (+ 0.0: no -0.0)
+    return round(float(value), DIGITS) + 0.0
+
+
+def _pct(confidence: float) -> str:
+    return f"{confidence * 100:g}%"
+
+
+@dataclass(frozen=True)
+class Compared:
+    """A paired bootstrap, oriented and rounded: `difference` > 0 when the challenger is
+    better, whether the metric is higher- or lower-is-better."""
+
+    metric: str
+    challenger: float
+    reference: float
+    difference: float
+    low: float
+    high: float
+    detectable: float
+    confidence: float
+    n: int
+
+    def reading(self, what: str) -> str:
+        at = _pct(self.confidence)
+        if self.low == self.high == 0.0:
+            return f"identical to {what} on every resample"
+        if self.low > 0:
+            return f"better than {what} at {at}"
+        if self.high < 0:
+            return f"worse than {what} at {at}"
+        return f"not distinguishable from {what} at {at} (the interval covers 0)"
+
+    def interval(self) -> str:
+        return (
+            f"difference {self.difference:+} ({_pct(self.confidence)} CI {self.low:+} to "
+            f"{self.high:+}, n={self.n})"
+        )
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "difference": self.difference,
+            "ci_low": self.low,
+            "ci_high": self.high,
+            "confidence": self.confidence,
+            "detectable": self.detectable,
+        }
+
+
+def compare(
+    y: np.ndarray,
+    challenger: np.ndarray,
+    reference: np.ndarray,
+    metric: str,
+    cfg: GateConfig,
+    *,
+    seed: int,
+    regression: bool,
+) -> Compared:
+    """The challenger's difference in `metric` from `reference` on the same rows, with its
+    paired bootstrap interval (a classification resampled within each class)."""
+    spec = METRICS[metric]
+    a, b = (challenger, reference) if spec.higher_is_better else (reference, challenger)
+    found: Interval = paired_bootstrap(
+        y,
+        a,
+        b,
+        spec.fn,
+        resamples=cfg.bootstrap,
+        seed=seed,
+        confidence=cfg.confidence,
+        strata=None if regression else y,
+    )
+    new, old = found.values if spec.higher_is_better else found.values[::-1]
+    return Compared(
+        metric=metric,
+        challenger=_r(new),
+        reference=_r(old),
+        difference=_r(found.estimate),
+        low=_r(found.low),
+        high=_r(found.high),
+        detectable=_r(found.detectable),
+        confidence=cfg.confidence,
+        n=len(y),
+    )
 
 
 def judge(
@@ -158,14 +305,12 @@ def judge(
     cfg: GateConfig,
     *,
     champion_problem: str | None = None,
+    seed: int = 0,
 ) -> Verdict:
-    """Every check of the gate, in a fixed order.
-
-    Absolute floors always; with a champion, the roc_auc regression bound (epsilon), the
-    improvement bound (delta) and the per-slice regression bound. `champion_problem` says why a
-    champion that exists could not be scored on the test set: that fails the gate, since the
-    challenger cannot be compared.
-    """
+    """Every check of the gate, in a fixed order: the absolute floors that are set; then, with
+    a champion, the non-inferiority, improvement and per-slice harm checks; with none (or one
+    that cannot be scored: `champion_problem`, which fails the gate since the challenger cannot
+    be compared), the baseline checks. Comparisons need `rows` on both Scores."""
     m = challenger.metrics
     checks: list[Check] = []
     floors = (
@@ -187,83 +332,229 @@ def judge(
         checks.append(
             Check(name, passed, value, None, bound, f"{metric} {value} {relation} {bound}")
         )
+    slices: list[Mapping[str, Any]] = []
     if champion_problem is not None:
         checks.append(Check("champion_comparable", False, None, None, None, champion_problem))
     elif champion is not None:
-        checks.extend(_relative_checks(challenger, champion, cfg))
-    return Verdict(tuple(checks))
+        relative, slices = _relative_checks(challenger, champion, cfg, seed)
+        checks.extend(relative)
+    if (champion is None or champion_problem is not None) and cfg.baseline:
+        checks.extend(_baseline_checks(challenger, cfg, seed))
+    return Verdict(tuple(checks), tuple(slices))
 
 
-def _relative_checks(challenger: Scores, champion: Scores, cfg: GateConfig) -> list[Check]:
+def _rows(scores: Scores, who: str) -> Rows:
+    if scores.rows is None:
+        raise ValueError(
+            f"gate: the {who}'s per-row scores are missing: a comparison resamples the test "
+            "rows (score() gives them)"
+        )
+    return scores.rows
+
+
+def _relative_checks(
+    challenger: Scores, champion: Scores, cfg: GateConfig, seed: int
+) -> tuple[list[Check], list[Mapping[str, Any]]]:
+    new, old = _rows(challenger, "challenger"), _rows(champion, "champion")
+    if not np.array_equal(new.y, old.y):
+        raise ValueError("gate: the challenger and the champion were not scored on the same rows")
     metric = challenger.key_metric
-    new, old = float(challenger.metrics[metric]), float(champion.metrics[metric])
-    change = _diff(new, old)
-    checks = []
-    if cfg.max_regression is not None:
-        passed = -change <= cfg.max_regression
+    regression = challenger.regression
+    checks: list[Check] = []
+    if cfg.max_regression is None and cfg.min_improvement is None:
+        overall = None
+    else:
+        overall = compare(
+            new.y, new.predictions, old.predictions, metric, cfg, seed=seed, regression=regression
+        )
+    if overall is not None and cfg.max_regression is not None:
+        tol = cfg.max_regression
+        passed = overall.low >= -tol
         checks.append(
             Check(
                 "max_regression",
                 passed,
-                new,
-                old,
-                cfg.max_regression,
-                f"{metric} {new} vs champion {old}: change {change:+} "
-                f"({'within' if passed else 'beyond'} the allowed drop {cfg.max_regression})",
+                overall.challenger,
+                overall.reference,
+                tol,
+                f"{metric} {overall.challenger} vs champion {overall.reference}: "
+                f"{overall.interval()}, {overall.reading('the champion')}; may be at most "
+                f"{tol} worse: ci_low {overall.low:+} {'>=' if passed else '<'} {-tol + 0.0:+}; "
+                f"detectable difference {overall.detectable}"
+                + (
+                    f" (inconclusive: not shown worse than {-tol + 0.0:+} either; more test "
+                    "rows or a wider tolerance would decide)"
+                    if not passed and overall.high >= -tol
+                    else ""
+                ),
+                **overall.fields(),
             )
         )
-    if cfg.min_improvement is not None:
-        passed = change >= cfg.min_improvement
+    if overall is not None and cfg.min_improvement is not None:
+        delta = cfg.min_improvement
+        passed = overall.low >= delta
         checks.append(
             Check(
                 "min_improvement",
                 passed,
-                new,
-                old,
-                cfg.min_improvement,
-                f"{metric} {new} vs champion {old}: change {change:+} "
-                f"({'meets' if passed else 'short of'} the required gain {cfg.min_improvement})",
+                overall.challenger,
+                overall.reference,
+                delta,
+                f"{metric} {overall.challenger} vs champion {overall.reference}: "
+                f"{overall.interval()}, {overall.reading('the champion')}; must be at least "
+                f"{delta} better: ci_low {overall.low:+} {'>=' if passed else '<'} {delta:+}; "
+                f"detectable difference {overall.detectable}",
+                **overall.fields(),
             )
         )
+    slices: list[Mapping[str, Any]] = []
     if cfg.max_slice_regression is not None:
-        checks.append(_slice_check(challenger.slices, champion.slices, cfg, metric))
-    return checks
+        check, slices = _slice_check(new, old, cfg, metric, regression, seed)
+        checks.append(check)
+    return checks, slices
+
+
+def _judgeable(y: np.ndarray, cfg: GateConfig, regression: bool) -> str | None:
+    """Why a slice is not judged (too few rows, too few of a class, a constant target), or
+    None when it is."""
+    if len(y) < cfg.min_slice_rows:
+        return f"fewer than {cfg.min_slice_rows} rows"
+    if regression:
+        return "a constant target" if np.ptp(y) == 0 else None
+    positives = int((y == 1).sum())
+    if min(positives, len(y) - positives) < cfg.min_slice_class_rows:
+        return f"fewer than {cfg.min_slice_class_rows} rows of a class"
+    return None
 
 
 def _slice_check(
-    new: SliceTable, old: SliceTable, cfg: GateConfig, metric: str = "roc_auc"
-) -> Check:
-    """The worst per-slice drop of `metric` among slices big enough to judge."""
-    bound = cfg.max_slice_regression
-    drops: list[tuple[float, str, float, float]] = []
-    for name in sorted(new):
-        for value in sorted(new[name]):
-            a, b = new[name][value], old.get(name, {}).get(value)
-            if b is None or a["n"] < cfg.min_slice_rows:
+    new: Rows, old: Rows, cfg: GateConfig, metric: str, regression: bool, seed: int
+) -> tuple[Check, list[Mapping[str, Any]]]:
+    """The harm test of every slice big enough to judge: a slice fails when its interval's
+    high end is below -max_slice_regression (confidently worse beyond the tolerance)."""
+    tol = float(cfg.max_slice_regression or 0.0)
+    results: list[Mapping[str, Any]] = []
+    judged: list[tuple[Compared, str]] = []
+    for name in sorted(new.slices):
+        labels = np.asarray(new.slices[name])
+        for value in sorted(set(labels.tolist())):
+            mask = labels == value
+            y = new.y[mask]
+            entry: dict[str, Any] = {"slice": name, "value": str(value), "n": int(mask.sum())}
+            why = _judgeable(y, cfg, regression)
+            if why is not None:
+                results.append({**entry, "judged": False, "note": why, "harmful": False})
                 continue
-            if a.get(metric) is None or b.get(metric) is None:
-                continue
-            drops.append((_diff(b[metric], a[metric]), f"{name}={value}", a[metric], b[metric]))
-    if not drops:
-        return Check(
-            "max_slice_regression",
-            True,
-            None,
-            None,
-            bound,
-            f"no slice with >= {cfg.min_slice_rows} rows and both classes to compare",
+            found = compare(
+                y,
+                new.predictions[mask],
+                old.predictions[mask],
+                metric,
+                cfg,
+                seed=seed,
+                regression=regression,
+            )
+            harmful = found.high < -tol
+            judged.append((found, f"{name}={value}"))
+            results.append(
+                {
+                    **entry,
+                    "judged": True,
+                    "challenger": found.challenger,
+                    "champion": found.reference,
+                    **found.fields(),
+                    "harmful": harmful,
+                }
+            )
+    skipped = sum(1 for r in results if not r["judged"])
+    if not judged:
+        detail = (
+            f"no slice with >= {cfg.min_slice_rows} rows"
+            + ("" if regression else f" and >= {cfg.min_slice_class_rows} of each class")
+            + " to compare"
         )
-    worst = min(drops, key=lambda d: (-d[0], d[1]))
-    beyond = [d for d in sorted(drops, key=lambda d: (-d[0], d[1])) if d[0] > bound]
-    if beyond:
-        listed = ", ".join(f"{label} ({a} vs {b})" for _, label, a, b in beyond)
-        detail = f"{metric} drops more than {bound} in {len(beyond)} slice(s): {listed}"
+        return Check("max_slice_regression", True, None, None, tol, detail), results
+    order = sorted(judged, key=lambda j: (j[0].high, j[0].difference, j[1]))
+    worst, label = order[0]
+    harmful = [(c, lab) for c, lab in order if c.high < -tol]
+
+    def one(c: Compared, lab: str) -> str:
+        return f"{lab} {metric} {c.challenger} vs {c.reference}, {c.interval()}"
+
+    if harmful:
+        detail = (
+            f"{len(harmful)} of {len(judged)} slice(s) worse than the champion beyond {tol} at "
+            f"{_pct(cfg.confidence)} (ci_high < {-tol + 0.0:+}): "
+            + "; ".join(one(c, lab) for c, lab in harmful)
+        )
     else:
         detail = (
-            f"worst of {len(drops)} slice(s): {worst[1]} {metric} {worst[2]} vs champion "
-            f"{worst[3]} (drop {worst[0]})"
+            f"none of {len(judged)} slice(s) is worse than the champion beyond {tol} at "
+            f"{_pct(cfg.confidence)}; least favourable: {one(worst, label)}, "
+            f"{worst.reading('the champion')}, detectable difference {worst.detectable}"
         )
-    return Check("max_slice_regression", not beyond, worst[2], worst[3], bound, detail)
+    if skipped:
+        detail += f"; {skipped} slice(s) too small to judge"
+    check = Check(
+        "max_slice_regression",
+        not harmful,
+        worst.challenger,
+        worst.reference,
+        tol,
+        detail,
+        **worst.fields(),
+    )
+    return check, results
+
+
+def _baseline_checks(challenger: Scores, cfg: GateConfig, seed: int) -> list[Check]:
+    """With no champion, against a constant prediction: a classification's test base rate p
+    (ROC AUC 0.5, Brier p(1 - p)), a regression's test target mean (R² 0 on the whole test
+    set, and that mean's MAE). The key metric must beat it with confidence (ci_low > 0: the
+    model has learnt something); the error must not be worse than it with confidence (ci_high
+    >= 0: its probabilities or predictions do no harm). The error test is a harm test because
+    a sound model's gain in Brier over the base rate is small (about the variance of its
+    scores) and would need far more rows than its gain in ROC AUC to show."""
+    rows = _rows(challenger, "challenger")
+    y = np.asarray(rows.y, dtype="float64")
+    centre = float(y.mean())
+    constant = np.full(len(y), centre)
+    if challenger.regression:
+        metrics, what = ("r2", "mae"), f"the constant target mean {_r(centre)}"
+    else:
+        metrics, what = ("roc_auc", "brier"), f"a constant score at the base rate {_r(centre)}"
+    checks = []
+    for metric in metrics:
+        found = compare(
+            y,
+            rows.predictions,
+            constant,
+            metric,
+            cfg,
+            seed=seed,
+            regression=challenger.regression,
+        )
+        if metric == challenger.key_metric:
+            passed = found.low > 0
+            rule = f"must beat it: ci_low {found.low:+} {'>' if passed else '<='} 0"
+        else:
+            passed = found.high >= 0
+            rule = f"must not be worse than it: ci_high {found.high:+} {'>=' if passed else '<'} 0"
+        checks.append(
+            Check(
+                f"baseline_{metric}",
+                passed,
+                found.challenger,
+                None,
+                0.0,
+                f"{metric} {found.challenger} vs {found.reference} for {what}: "
+                f"{found.interval()}, {found.reading('the baseline')}; {rule}; detectable "
+                f"difference {found.detectable}",
+                **found.fields(),
+                baseline=found.reference,
+            )
+        )
+    return checks
 
 
 def score(
@@ -275,19 +566,23 @@ def score(
     *,
     source: str,
 ) -> Scores:
-    """A model's metrics and slice metrics on `test`, as the evaluate stage computes them."""
+    """A model's metrics and slice metrics on `test`, as the evaluate stage computes them, and
+    its per-row predictions with the slice labels, for the bootstrap."""
     scores = predictions(model, test, schema)
+    labels = {s.name: slice_labels(test, s, source=source).to_numpy() for s in cfg.slices}
     if schema.regression:
         y = test[label].to_numpy(dtype="float64")
         return Scores(
             metrics=regression_metrics(y, scores),
             slices=regression_slice_metrics(test, y, scores, cfg.slices, source),
             regression=True,
+            rows=Rows(y, np.asarray(scores, dtype="float64"), labels),
         )
     y = test[label].to_numpy()
     return Scores(
         metrics=score_metrics(y, scores, cfg.threshold),
         slices=slice_metrics(test, y, scores, cfg.slices, cfg.threshold, source=source),
+        rows=Rows(np.asarray(y, dtype="float64"), np.asarray(scores, dtype="float64"), labels),
     )
 
 
@@ -397,17 +692,35 @@ def score_champion(
         raise ValueError(f"{who} failed to score {source}: {exc}") from exc
 
 
+def bootstrap_settings(cfg: GateConfig, seed: int, challenger: Scores) -> dict[str, Any]:
+    """How the intervals were drawn (gate.json's `bootstrap`)."""
+    rows = challenger.rows
+    return {
+        "resamples": cfg.bootstrap,
+        "confidence": cfg.confidence,
+        "seed": seed,
+        "rows": None if rows is None else len(rows.y),
+        "resampled": "rows" if challenger.regression else "rows within each class",
+        "key_metric": challenger.key_metric,
+        "detectable": f"(z_{{1-alpha/2}} + z_{{{POWER:g}}}) x the bootstrap standard error of "
+        "the difference",
+    }
+
+
 def report(
     verdict: Verdict,
     challenger_md5: str,
     champion: Champion | None,
     champion_missing: str | None,
+    bootstrap: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The content of `metrics/gate.json`."""
     return round_floats(
         {
             "blessed": verdict.blessed,
             "checks": [asdict(c) for c in verdict.checks],
+            "slices": [dict(s) for s in verdict.slices],
+            "bootstrap": None if bootstrap is None else dict(bootstrap),
             "champion": None
             if champion is None
             else {"ref": champion.ref, "commit": champion.commit, "model_md5": champion.model_md5},
@@ -425,8 +738,9 @@ def _relative(path: Path, repo: Path) -> str:
 def run_gate(args: argparse.Namespace) -> tuple[dict[str, Any], Verdict]:
     """Load, score and judge; ValueError/KeyError/FileNotFoundError for bad inputs."""
     params = load_params(args.params)
-    cfg = GateConfig.from_params(section(params, "gate"))
+    cfg = GateConfig.from_params(settings_for(params, "gate"))
     eval_cfg = EvaluateConfig.from_params(section(params, "evaluate"))
+    seed = int(section(params, "seed"))
     ref = args.ref or cfg.champion_ref
     schema = load_schema(args.schema)
     test = read_frame(args.test)
@@ -458,8 +772,9 @@ def run_gate(args: argparse.Namespace) -> tuple[dict[str, Any], Verdict]:
             )
         except ValueError as exc:
             problem = str(exc)
-    verdict = judge(challenger, champion_scores, cfg, champion_problem=problem)
-    return report(verdict, file_md5(args.model), champion, missing), verdict
+    verdict = judge(challenger, champion_scores, cfg, champion_problem=problem, seed=seed)
+    settings = bootstrap_settings(cfg, seed, challenger)
+    return report(verdict, file_md5(args.model), champion, missing, settings), verdict
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -495,9 +810,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     against = (
         f"champion {champion['ref']} @ {champion['commit'][:12]}"
         if champion
-        else f"no champion ({payload['champion_missing']}): absolute thresholds only"
+        else f"no champion ({payload['champion_missing']})"
     )
     print(f"gate: {'BLESSED' if verdict.blessed else 'NOT BLESSED'} vs {against}")
+    boot = payload["bootstrap"]
+    print(
+        f"  paired bootstrap: {boot['resamples']} resamples of {boot['rows']} test rows "
+        f"({boot['resampled']}), seed {boot['seed']}, {_pct(boot['confidence'])} intervals of "
+        f"each difference (positive: the challenger is better); detectable difference = "
+        f"{boot['detectable']}"
+    )
     for check in verdict.checks:
         print(f"  {'pass' if check.passed else 'FAIL'} {check.name}: {check.detail}")
     return 0 if verdict.blessed else 1

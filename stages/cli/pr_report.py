@@ -200,8 +200,26 @@ def params_section(base: Mapping[str, Any] | None, head: Mapping[str, Any] | Non
     return "\n".join(rows)
 
 
+def _interval(check: Mapping[str, Any]) -> str:
+    """A comparison's difference and interval (`+0.012 [-0.004, +0.028] 95%`), or —."""
+    diff, low, high = (check.get(k) for k in ("difference", "ci_low", "ci_high"))
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (diff, low, high)):
+        return "—"
+    confidence = check.get("confidence")
+    at = f" {confidence * 100:g}%" if isinstance(confidence, int | float) else ""
+    return f"{diff:+} [{low:+}, {high:+}]{at}"
+
+
+def _reference(check: Mapping[str, Any]) -> str:
+    """The champion's value, or the naive baseline's for a baseline check."""
+    if check.get("champion") is None and check.get("baseline") is not None:
+        return f"{_num(check.get('baseline'))} (baseline)"
+    return _num(check.get("champion"))
+
+
 def gate_section(gate: Mapping[str, Any] | None, model_md5: str | None) -> str:
-    """The verdict and one ✅/❌ line per check, and whether it judged this model."""
+    """The verdict and one ✅/❌ line per check (with a comparison's difference, its interval
+    and the smallest difference the test set can detect), and whether it judged this model."""
     if gate is None:
         return "_metrics/gate.json not found: run `evergreen gate` first; no verdict._"
     lines = [f"**{'✅ blessed' if gate.get('blessed') else '❌ not blessed'}**"]
@@ -209,7 +227,19 @@ def gate_section(gate: Mapping[str, Any] | None, model_md5: str | None) -> str:
     if champion:
         lines[0] += f" against `{champion.get('ref')}` @ `{str(champion.get('commit'))[:12]}`"
     elif gate.get("champion_missing"):
-        lines.append(f"No champion ({gate['champion_missing']}): absolute thresholds only.")
+        lines.append(
+            f"No champion ({gate['champion_missing']}): judged against a naive baseline and "
+            "any absolute floors."
+        )
+    boot = gate.get("bootstrap")
+    if isinstance(boot, Mapping) and boot.get("resamples"):
+        confidence = boot.get("confidence")
+        at = f"{confidence * 100:g}% " if isinstance(confidence, int | float) else ""
+        lines.append(
+            f"Paired bootstrap: {boot.get('resamples')} resamples of {boot.get('rows')} test "
+            f"rows, seed {boot.get('seed')}; Δ is the challenger's difference (positive: "
+            f"better) with its {at}interval; detectable = {boot.get('detectable')}."
+        )
     judged = (gate.get("challenger") or {}).get("model_md5")
     if model_md5 is not None and judged != model_md5:
         lines.append(
@@ -218,14 +248,16 @@ def gate_section(gate: Mapping[str, Any] | None, model_md5: str | None) -> str:
         )
     lines += [
         "",
-        "| result | check | challenger | champion | threshold | detail |",
-        "|---|---|---:|---:|---:|---|",
+        "| result | check | challenger | champion | threshold | Δ [interval] | detectable "
+        "| detail |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for check in gate.get("checks") or ():
         mark = "✅" if check.get("passed") else "❌"
         lines.append(
             f"| {mark} | {check.get('name')} | {_num(check.get('challenger'))} | "
-            f"{_num(check.get('champion'))} | {_num(check.get('threshold'))} | "
+            f"{_reference(check)} | {_num(check.get('threshold'))} | {_interval(check)} | "
+            f"{_num(check.get('detectable'))} | "
             f"{str(check.get('detail', '')).replace('|', '/')} |"
         )
     return "\n".join(lines)

@@ -57,9 +57,11 @@ _DATASET_KEYS = (
     "cancel_marker",
     # evaluate's slices (conf/config.yaml reads them into evaluate.slices): not the dataset's
     "slices",
+    # thresholds of other sections that depend on the data (`settings_for`)
+    *(DATASET_SECTIONS := ("gate", "monitor")),
 )
 # a rows task's dataset: its one table, the task and the calendar
-_ROWS_DATASET_KEYS = ("name", "tables", "task", "calendar", "slices")
+_ROWS_DATASET_KEYS = ("name", "tables", "task", "calendar", "slices", *DATASET_SECTIONS)
 _TASK_KEYS = (
     "kind",
     "table",
@@ -804,3 +806,19 @@ def dataset_from_params(raw: Mapping[str, Any]) -> DatasetConfig:
         calendar=_calendar(raw.get("calendar"), w),
         cancel_marker=cancel,
     )
+
+
+def settings_for(params: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """Section `name` of params as this dataset wants it: conf/'s defaults (`params[name]`),
+    then the keys the dataset's own config sets under the same name (`dataset.<name>`), which
+    win. So a dataset with a handful of rows a day or a known seasonal column sets its gate
+    and monitor thresholds in conf/dataset/<name>.yaml, and conf/ keeps the defaults."""
+    if name not in DATASET_SECTIONS:
+        raise ValueError(f"params: a dataset cannot override section '{name}'")
+    base = params.get(name) or {}
+    dataset = params.get("dataset") or {}
+    own = dataset.get(name) or {}
+    for where, value in ((name, base), (f"dataset.{name}", own)):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"params: '{where}' must be a mapping, got {type(value).__name__}")
+    return {**base, **own}

@@ -17,9 +17,10 @@ from tests.e2e.helpers import init_repo, ran_stages, run, sh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-# Low floors, so the relative checks decide: this is a test of the gate, not of how hard the
-# small simulated shop is to learn. No tuning trials, to stay fast.
-BASE = ("gate.min_roc_auc=0.6", "gate.min_pr_auc=0.2", "gate.max_brier=0.25", "train.n_trials=0")
+# The gate's defaults (no absolute floors: the naive baseline, then the champion, decide). No
+# tuning trials, to stay fast.
+BASE = ("train.n_trials=0",)
+BASELINE = ["baseline_roc_auc", "baseline_brier"]
 # the weak challenger keeps only these of the schema's features
 WEAK_KEEPS = ("monthly_price", "tickets_28d")
 
@@ -65,7 +66,7 @@ def first_run(repo: Path) -> tuple[int, dict]:
     return result
 
 
-def test_without_a_champion_the_gate_judges_absolute_thresholds(
+def test_without_a_champion_the_gate_judges_the_naive_baseline(
     first_run: tuple[int, dict],
 ) -> None:
     code, report = first_run
@@ -73,7 +74,10 @@ def test_without_a_champion_the_gate_judges_absolute_thresholds(
     assert report["blessed"] is True
     assert report["champion"] is None
     assert "git ref 'main' not found" in report["champion_missing"]
-    assert [c["name"] for c in report["checks"]] == ["min_roc_auc", "min_pr_auc", "max_brier"]
+    assert [c["name"] for c in report["checks"]] == BASELINE
+    auc = report["checks"][0]
+    assert auc["baseline"] == 0.5 and auc["ci_low"] > 0 and auc["confidence"] == 0.95
+    assert report["bootstrap"]["seed"] == 7 and report["bootstrap"]["resamples"] == 1000
 
 
 def test_a_weaker_challenger_is_not_blessed(repo: Path, first_run: tuple) -> None:
@@ -92,8 +96,12 @@ def test_a_weaker_challenger_is_not_blessed(repo: Path, first_run: tuple) -> Non
     failed = {c["name"]: c for c in report["checks"] if not c["passed"]}
     assert "max_regression" in failed, report
     regression = failed["max_regression"]
-    assert regression["champion"] - regression["challenger"] > regression["threshold"]
-    assert "FAIL max_regression" in printed
+    # refused on its interval: confidently worse than the champion beyond the tolerance
+    assert regression["difference"] < 0 and regression["ci_low"] < -regression["threshold"]
+    assert regression["ci_low"] <= regression["difference"] <= regression["ci_high"]
+    assert "FAIL max_regression" in printed and "paired bootstrap" in printed
+    # every slice big enough was compared on its own interval
+    assert any(s["judged"] for s in report["slices"]), report["slices"]
     main_sha = sh(repo, "git", "rev-parse", "main").strip()
     main_lock = yaml.safe_load(sh(repo, "git", "show", "main:dvc.lock"))
     (main_model,) = [
@@ -125,6 +133,9 @@ def test_an_equal_challenger_is_blessed_unless_an_improvement_is_required(
     assert report["blessed"] is True
     assert report["challenger"]["model_md5"] == report["champion"]["model_md5"]
     assert {c["name"] for c in report["checks"]} >= {"max_regression", "max_slice_regression"}
+    # the same model on the same rows: a difference of 0 on every resample
+    same = next(c for c in report["checks"] if c["name"] == "max_regression")
+    assert (same["difference"], same["ci_low"], same["ci_high"]) == (0.0, 0.0, 0.0)
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["gate"]["min_improvement"] = 0.01
@@ -155,7 +166,7 @@ def test_a_champion_in_neither_cache_nor_remote_counts_as_none(
     assert code == 0, report
     assert report["champion"] is None
     assert "neither the DVC cache nor the remote" in report["champion_missing"]
-    assert [c["name"] for c in report["checks"]] == ["min_roc_auc", "min_pr_auc", "max_brier"]
+    assert [c["name"] for c in report["checks"]] == BASELINE
 
 
 def test_a_champion_whose_feature_listing_is_missing_counts_as_none(

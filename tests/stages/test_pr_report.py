@@ -115,10 +115,19 @@ def gate_report(*, blessed: bool, model_md5: str) -> dict:
         "blessed": blessed,
         "checks": [
             {"name": "min_roc_auc", "passed": True, "challenger": 0.86, "champion": None,
-             "threshold": 0.7, "detail": "roc_auc 0.86 >= 0.7"},
+             "threshold": 0.7, "detail": "roc_auc 0.86 >= 0.7", "difference": None,
+             "ci_low": None, "ci_high": None, "confidence": None, "detectable": None,
+             "baseline": None},
             {"name": "max_regression", "passed": blessed, "challenger": 0.86, "champion": 0.9,
-             "threshold": 0.01, "detail": "roc_auc 0.86 vs champion 0.9"},
+             "threshold": 0.01, "detail": "roc_auc 0.86 vs champion 0.9", "difference": -0.04,
+             "ci_low": -0.061, "ci_high": -0.019, "confidence": 0.95, "detectable": 0.0153,
+             "baseline": None},
         ],
+        "slices": [],
+        "bootstrap": {"resamples": 1000, "confidence": 0.95, "seed": 7, "rows": 2400,
+                      "resampled": "rows within each class", "key_metric": "roc_auc",
+                      "detectable": "(z_{1-alpha/2} + z_{0.8}) x the bootstrap standard error "
+                                    "of the difference"},
         "champion": {"ref": "main", "commit": "0123456789abcdef", "model_md5": "bbbb"},
         "champion_missing": None,
         "challenger": {"model_md5": model_md5},
@@ -177,6 +186,11 @@ def test_params_gate_and_data_sections_come_from_the_files(repo: Path) -> None:
     assert [cells[0] for cells in checks.values()] == [c["name"] for c in gate["checks"]]
     assert list(checks) == ["✅" if c["passed"] else "❌" for c in gate["checks"]]
     assert "**❌ not blessed** against `main` @ `0123456789ab`" in report
+    # a comparison shows its difference, interval and detectable difference; a floor has none
+    floor, regression = checks.values()
+    assert floor[4:6] == ["—", "—"]
+    assert regression[4:6] == ["-0.04 [-0.061, -0.019] 95%", "0.0153"]
+    assert "Paired bootstrap: 1000 resamples of 2400 test rows, seed 7" in report
 
     old = json.loads(git(repo, "show", "main:metrics/validation.json"))
     new = read(repo, "metrics/validation.json")
@@ -234,6 +248,36 @@ def test_a_verdict_about_another_model_is_flagged(repo: Path) -> None:
     _, report = render(repo, "--base", "main")
     assert "**✅ blessed**" in report
     assert "⚠️ the verdict is about model `cccc` but dvc.lock records `aaaa`" in report
+
+
+def test_a_first_run_verdict_shows_the_baseline_and_an_old_one_still_renders(
+    repo: Path,
+) -> None:
+    first = gate_report(blessed=True, model_md5="aaaa")
+    first["champion"], first["champion_missing"] = None, "git ref 'main' not found"
+    first["checks"] = [
+        {"name": "baseline_roc_auc", "passed": True, "challenger": 0.657, "champion": None,
+         "threshold": 0.0, "detail": "roc_auc 0.657 vs 0.5", "difference": 0.157,
+         "ci_low": 0.13, "ci_high": 0.18, "confidence": 0.95, "detectable": 0.03,
+         "baseline": 0.5},
+    ]  # fmt: skip
+    write(repo, "metrics/gate.json", first)
+    _, report = render(repo, "--base", "main")
+    assert "No champion (git ref 'main' not found): judged against a naive baseline" in report
+    (row,) = table(report, "result").values()
+    assert row[:6] == ["baseline_roc_auc", "0.657", "0.5 (baseline)", "0.0",
+                       "+0.157 [+0.13, +0.18] 95%", "0.03"]  # fmt: skip
+    # a gate.json written before the intervals: the new columns read —
+    old = gate_report(blessed=True, model_md5="aaaa")
+    old.pop("bootstrap")
+    for check in old["checks"]:
+        for key in ("difference", "ci_low", "ci_high", "confidence", "detectable", "baseline"):
+            check.pop(key)
+    write(repo, "metrics/gate.json", old)
+    _, report = render(repo, "--base", "main")
+    rows = [line.split("|")[2:-1] for line in report.splitlines() if line.startswith("| ✅ |")]
+    assert [[c.strip() for c in row[4:6]] for row in rows] == [["—", "—"], ["—", "—"]]
+    assert "Paired bootstrap" not in report
 
 
 def test_missing_challenger_metrics_or_bad_json_exit_2_and_write_nothing(
