@@ -26,6 +26,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
+from scipy.stats import chi2, norm
 
 from stages.lib.dataset import NUMERIC_TYPES, DatasetConfig
 from stages.lib.profiling import PERCENTILES
@@ -269,3 +270,155 @@ def compute_drift(
         "reference_until": train_until.isoformat(),
         "tables": tables,
     }
+
+
+# --- comparisons that know their sample size (the monitor's) ----------------------------------
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One column's reference and current windows compared: an effect size (`statistic`:
+    PSI for numbers, Jensen-Shannon distance for categories) and the p-value of a chi-square
+    test of homogeneity on the same bins, with both sample sizes. The effect size says how
+    much the distribution moved; the test says whether that is more than the noise a window of
+    this size makes (a small window's PSI is large by chance, a large window's test flags
+    any difference at all: a drift needs both)."""
+
+    statistic: str
+    value: float
+    p_value: float
+    n_reference: int
+    n_current: int
+    # how much less a row says than an independent one (rows of one day share its weather,
+    # lines of one invoice its customer): the test counts n / design_effect rows
+    design_effect: float = 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "statistic": self.statistic,
+            "value": round(self.value, DIGITS),
+            "p_value": float(f"{self.p_value:.3g}"),
+            "n_reference": self.n_reference,
+            "n_current": self.n_current,
+            "design_effect": round(self.design_effect, 3),
+        }
+
+
+def homogeneity_p_value(reference: np.ndarray, current: np.ndarray) -> float:
+    """p-value of the chi-square test that two samples, given as counts per bin (counts may be
+    fractional: shares times the sample size), come from one distribution."""
+    table = np.vstack([reference, current]).astype("float64")
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2 or (table.sum(axis=1) <= 0).any():
+        return 1.0
+    expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / table.sum()
+    stat = float(((table - expected) ** 2 / expected).sum())
+    return float(chi2.sf(stat, table.shape[1] - 1))
+
+
+def _rows(stats: Sequence[Mapping[str, Any]]) -> int:
+    return sum(int(s["count"]) + int(s["nulls"]) for s in stats)
+
+
+def _design_effect(between: float, within: float, rows_per_day: float) -> float:
+    """1 + (m - 1) ICC, the intra-day correlation estimated by one-way ANOVA: the variance of
+    the daily means (or shares) beyond what `within` variance alone gives days of m rows."""
+    if rows_per_day <= 1 or within <= 0:
+        return 1.0
+    excess = between - within / rows_per_day
+    if excess <= 0:
+        return 1.0
+    icc = excess / (excess + within)
+    return float(1.0 + (rows_per_day - 1.0) * icc)
+
+
+def numeric_design_effect(stats: Sequence[Mapping[str, Any]]) -> float:
+    """A numeric column's design effect, from its partitions' counts, means and stds (1 with
+    fewer than 3 partitions of 2+ values: too little to tell)."""
+    days = [s for s in stats if s.get("count", 0) >= 2 and s.get("std") is not None]
+    if len(days) < 3:
+        return 1.0
+    n = np.array([s["count"] for s in days], dtype="float64")
+    means = np.array([s["mean"] for s in days], dtype="float64")
+    stds = np.array([s["std"] for s in days], dtype="float64")
+    within = float(np.sum(n * stds**2) / np.sum(n - 1))
+    between = float(np.average((means - np.average(means, weights=n)) ** 2, weights=n))
+    return _design_effect(between, within, float(n.mean()))
+
+
+def categorical_design_effect(stats: Sequence[Mapping[str, Any]]) -> float:
+    """A categorical column's design effect: its daily shares of each value vary beyond the
+    binomial variance of days of that many rows (weighted over the values)."""
+    days = [(_counts([s]), int(s["count"]) + int(s["nulls"])) for s in stats]
+    days = [(c, n) for c, n in days if n >= 2]
+    if len(days) < 3:
+        return 1.0
+    n = np.array([t for _, t in days], dtype="float64")
+    keys = sorted({k for c, _ in days for k in c})
+    shares = np.array([[c.get(k, 0) / t for k in keys] for c, t in days])
+    overall = np.average(shares, axis=0, weights=n)
+    between = np.average((shares - overall) ** 2, axis=0, weights=n)
+    within = overall * (1 - overall)
+    effects = [_design_effect(b, w, float(n.mean())) for b, w in zip(between, within, strict=True)]
+    return float(np.average(effects, weights=within)) if within.sum() > 0 else 1.0
+
+
+def compare_numeric(
+    reference: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]], bins: int
+) -> Comparison:
+    """PSI and the chi-square test of a numeric column's profiles, binned at the reference's
+    quantiles (plus a null bin)."""
+    ref_parts, ref_nulls = _mixture(reference)
+    cur_parts, cur_nulls = _mixture(current)
+    edges = _edges(ref_parts, bins)
+    r, c = _shares(ref_parts, ref_nulls, edges), _shares(cur_parts, cur_nulls, edges)
+    n_ref, n_cur = _rows(reference), _rows(current)
+    deff = numeric_design_effect(reference)
+    p_value = homogeneity_p_value(r * n_ref / deff, c * n_cur / deff)
+    return Comparison("psi", psi(r, c), p_value, n_ref, n_cur, deff)
+
+
+def compare_categorical(
+    reference: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]]
+) -> Comparison:
+    """Jensen-Shannon distance and the chi-square test of a categorical column's counts (its
+    top values, the rest as one `other` bin, and nulls)."""
+    r, c = _counts(reference), _counts(current)
+    keys = sorted(set(r) | set(c))
+    p = np.array([r.get(k, 0) for k in keys], dtype="float64")
+    q = np.array([c.get(k, 0) for k in keys], dtype="float64")
+    value = js_distance(p, q) if p.sum() and q.sum() else 0.0
+    deff = categorical_design_effect(reference)
+    p_value = homogeneity_p_value(p / deff, q / deff)
+    return Comparison("js_distance", value, p_value, int(p.sum()), int(q.sum()), deff)
+
+
+def compare_values(
+    reference: Sequence[float] | np.ndarray, current: Sequence[float] | np.ndarray, bins: int
+) -> Comparison:
+    """PSI and the chi-square test of two samples of one number (scores, residuals)."""
+
+    def stats(values: Sequence[float] | np.ndarray) -> dict[str, Any]:
+        x = np.asarray(values, dtype="float64")
+        present = x[~np.isnan(x)]
+        return {
+            "count": len(present),
+            "nulls": int(len(x) - len(present)),
+            "percentiles": np.quantile(present, PERCENTILES) if len(present) else None,
+        }
+
+    return compare_numeric([stats(reference)], [stats(current)], bins)
+
+
+def rate_comparison(
+    positives_reference: int, n_reference: int, positives_current: int, n_current: int
+) -> tuple[float, float]:
+    """(relative change of a rate, two-sided p-value of the two-proportion z-test)."""
+    if not n_reference or not n_current:
+        return 0.0, 1.0
+    p0, p1 = positives_reference / n_reference, positives_current / n_current
+    pooled = (positives_reference + positives_current) / (n_reference + n_current)
+    se = np.sqrt(pooled * (1 - pooled) * (1 / n_reference + 1 / n_current))
+    p_value = 1.0 if se == 0 else float(2 * norm.sf(abs(p1 - p0) / se))
+    change = (p1 / p0 - 1) if p0 > 0 else (0.0 if p1 == 0 else float("inf"))
+    return float(change), p_value

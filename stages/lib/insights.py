@@ -583,12 +583,9 @@ def trend_and_monitoring(
         if monitor.get("retrain_recommended")
         else ("no retraining needed")
     )
+    reason_keys = ("kind", "column", "statistic", "value", "threshold", "n_reference", "n_current")
     reason_table = Table(
-        ["kind", "column", "metric", "value", "threshold"],
-        [
-            [str(r.get(k, "")) for k in ("kind", "column", "metric", "value", "threshold")]
-            for r in reasons
-        ],
+        list(reason_keys), [[str(r.get(k, "")) for k in reason_keys] for r in reasons]
     )
     served = monitor.get("served") or {}
     perf = (monitor.get("performance") or {}).get("snapshots") or {}

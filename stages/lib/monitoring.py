@@ -41,6 +41,7 @@ server logs are read at once, and with `--dispatch` starts the retrain workflow
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -49,12 +50,21 @@ from typing import Any
 import ibis
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from stages.contract.card import ModelCard
-from stages.contract.prediction_log import read_logged
-from stages.lib.dataset import DatasetConfig, dataset_from_params
-from stages.lib.drift import DriftConfig, compute_drift, values_drift
+from stages.contract.prediction_log import PREDICTION, SCORE, read_logged
+from stages.lib.dataset import NUMERIC_TYPES, DatasetConfig, dataset_from_params, settings_for
+from stages.lib.drift import (
+    Comparison,
+    DriftConfig,
+    compare_categorical,
+    compare_numeric,
+    compare_values,
+    rate_comparison,
+    values_drift,
+)
 from stages.lib.io import round_floats, write_bytes_atomic, write_metrics
 from stages.lib.params import load_params, section
 from stages.lib.predictions import PREDICTIONS, REFERENCE, SNAPSHOT_COL, read_published
@@ -72,6 +82,7 @@ HISTORY_COLUMNS = (
     "js_max",
     "score_psi",
     "served_score_psi",
+    "estimated_roc_auc",
     "live_snapshot",
     "live_roc_auc",
     "calibration_gap",
@@ -82,24 +93,43 @@ REGRESSION_HISTORY_COLUMNS = ("live_mae", "live_rmse", "residual_psi")
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """The `monitor` params section; a threshold set to None turns its check off."""
+    """The `monitor` params section (conf/config.yaml; a dataset overrides any key under
+    `monitor:` in its own config); a threshold set to None turns its check off."""
 
-    # data drift, measured as the drift stage measures it
+    # windows, in calendar days: the current window is the latest `last_days` days with data;
+    # the reference, the `reference_days` days up to the end of the data the model was last
+    # judged on (its test split's latest snapshot plus the label horizon; None: every day up to
+    # it)
     last_days: int = 14
+    reference_days: int | None = 28
     bins: int = 10
+    # an input (or the score) drifts when its effect size passes its threshold AND a
+    # chi-square test says the difference is more than this window's noise, at `confidence`
+    # (Bonferroni-corrected over the inputs compared)
+    confidence: float = 0.99
     psi_threshold: float | None = 0.25
     js_threshold: float | None = 0.1
-    rows_threshold: float | None = 0.5
-    min_count: int = 150
-    # prediction drift
+    # fewer values than this in a window: compared and listed, never a reason
+    min_count: int = 30
+    # inputs that follow the calendar (month, season, hour, temperature...): compared and
+    # listed as information, never a reason (a new month is not a drift)
+    seasonal: tuple[str, ...] = ()
+    # prior shift: the label rate's relative change (0.5: x1.5 or x0.5), when significant
+    label_rate_change: float | None = 0.5
+    # prediction drift: this run's scores, and the served ones (the server's log, its latest
+    # `served_days` days, authenticated requests only), against the model's on the test split
     score_psi_threshold: float | None = 0.2
-    min_scores: int = 200
     served_days: int = 7
-    # realised performance
+    # realised performance of published predictions once their labels matured (the latest
+    # snapshot with at least min_labelled rows is judged)
     min_roc_auc: float | None = 0.7
     max_calibration_gap: float | None = 0.1
     min_labelled: int = 200
-    # a regression's realised performance
+    # label-free: ROC AUC expected from this run's scores if the model is as calibrated as on
+    # its test split (CBPE); a reason when it falls this much below the test split's estimate
+    max_estimated_auc_drop: float | None = 0.05
+    # a regression's (rows_regression): PSI of the published predictions' residuals vs the
+    # test split's, and the live MAE's rise over the test split's MAE
     residual_psi_threshold: float | None = 0.2
     max_mae_increase: float | None = 0.5
 
@@ -109,29 +139,27 @@ class MonitorConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"params monitor: unknown keys {unknown} (known: {sorted(known)})")
-        cfg = cls(**raw)
-        for name in ("last_days", "served_days", "bins"):
+        values = dict(raw)
+        if "seasonal" in values:
+            seasonal = values["seasonal"] or ()
+            if isinstance(seasonal, str) or not all(isinstance(s, str) for s in seasonal):
+                raise ValueError("params monitor.seasonal: expected a list of column names")
+            values["seasonal"] = tuple(seasonal)
+        cfg = cls(**values)
+        for name in ("last_days", "served_days", "bins", "min_labelled"):
             if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
                 raise ValueError(f"params monitor.{name}: expected a whole number >= 1")
+        if cfg.reference_days is not None and (
+            not isinstance(cfg.reference_days, int) or cfg.reference_days < 1
+        ):
+            raise ValueError("params monitor.reference_days: expected a whole number >= 1 or null")
         if cfg.bins < 2:
             raise ValueError("params monitor.bins: expected at least 2 bins")
+        if not 0.5 <= cfg.confidence < 1:
+            raise ValueError(f"params monitor.confidence: {cfg.confidence} is not in [0.5, 1)")
+        if not isinstance(cfg.min_count, int) or cfg.min_count < 2:
+            raise ValueError("params monitor.min_count: expected a whole number >= 2")
         return cfg
-
-    def data_drift(self) -> DriftConfig:
-        off = float("inf")  # a check turned off never flags
-        return DriftConfig(
-            last_days=self.last_days,
-            bins=self.bins,
-            psi_threshold=off if self.psi_threshold is None else self.psi_threshold,
-            js_threshold=off if self.js_threshold is None else self.js_threshold,
-            rows_threshold=off if self.rows_threshold is None else self.rows_threshold,
-            min_count=self.min_count,
-        )
-
-    def score_drift(self) -> DriftConfig:
-        off = float("inf")
-        threshold = off if self.score_psi_threshold is None else self.score_psi_threshold
-        return DriftConfig(bins=self.bins, psi_threshold=threshold, min_count=self.min_scores)
 
     def residual_drift(self) -> DriftConfig:
         off = float("inf")
@@ -139,69 +167,320 @@ class MonitorConfig:
         return DriftConfig(bins=self.bins, psi_threshold=threshold, min_count=self.min_labelled)
 
 
-def _reason(kind: str, column: str, metric: str, value: float, threshold: float, **extra: Any):
+def _reason(
+    kind: str,
+    column: str,
+    statistic: str,
+    value: float,
+    threshold: float | None,
+    n_reference: int | None,
+    n_current: int | None,
+    **extra: Any,
+) -> dict[str, Any]:
     return {
         "kind": kind,
         "column": column,
-        "metric": metric,
+        "statistic": statistic,
         "value": round(float(value), DIGITS),
         "threshold": threshold,
+        "n_reference": n_reference,
+        "n_current": n_current,
         **extra,
     }
 
 
-def data_drift_reasons(drift: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """A reason per drifted column and per table whose rows per partition changed."""
-    reasons = []
-    for table, report in drift["tables"].items():
-        rows = report.get("rows") or {}
-        if rows.get("drifted"):
-            change = rows["change"] if rows["change"] is not None else float("inf")
-            reasons.append(_reason("data_volume", table, "rows_change", change, rows["threshold"]))
-        for column, m in (report.get("columns") or {}).items():
-            if m["drifted"]:
-                reasons.append(
-                    _reason(
-                        "data_drift", f"{table}.{column}", m["metric"], m["value"], m["threshold"]
-                    )
+# --- which columns can be reasons --------------------------------------------------------------
+
+INPUT, TARGET, SEASONAL, IDENTIFIER, NOT_INPUT = (
+    "input",
+    "target",
+    "seasonal",
+    "identifier",
+    "not_input",
+)
+# a string column with more distinct values than this share of its rows, in its reference
+# partitions, is an identifier or free text: its values are new every day by construction
+IDENTIFIER_SHARE = 0.5
+
+
+def column_roles(
+    dataset: DatasetConfig, inputs: Sequence[str], seasonal: Sequence[str]
+) -> dict[str, dict[str, str]]:
+    """table -> column -> role, for the columns worth comparing (keys, times and dates are
+    left out: they change by construction). Only INPUT (and a classification's TARGET: the
+    label rate) can be reasons; the rest are listed as information. The inputs are the model's
+    features, the event columns every event feature is computed from (entity churn), and the
+    columns a derived input is computed from."""
+    inputs, seasonal = set(inputs), set(seasonal)
+    # entity churn: the event table's type and amount columns feed every event feature
+    sources = set()
+    if not dataset.task.rows:
+        sources = {c for c in (dataset.event_type_column, dataset.amount_column) if c}
+    roles: dict[str, dict[str, str]] = {}
+    for table in dataset.tables:
+        skip = {table.key, table.timestamp, dataset.entity_key, table.entity_key}
+        names = {c.name for c in table.columns}
+        # a derived input (retail's amount = quantity * unit_price) reads its source columns
+        used = inputs | (sources if table.role == "events" else set())
+        for col in table.columns:
+            if col.expr and col.name in used:
+                used |= set(re.findall(r"[A-Za-z_]\w*", col.expr)) & names
+        out = {}
+        for col in table.columns:
+            if col.name in skip or col.type in ("date", "timestamp") or col.surrogate:
+                continue
+            if dataset.task.rows and col.name == dataset.task.target:
+                out[col.name] = TARGET
+            elif col.name in seasonal:
+                out[col.name] = SEASONAL
+            elif col.name in used:
+                out[col.name] = INPUT
+            else:
+                out[col.name] = NOT_INPUT
+        roles[table.name] = out
+    return roles
+
+
+def identifier_like(stats: Sequence[Mapping[str, Any]]) -> bool:
+    """A string column whose partitions hold mostly distinct values (ids, free text)."""
+    shares = [s["distinct"] / s["count"] for s in stats if s.get("count", 0) >= 20]
+    return bool(shares) and float(np.mean(shares)) > IDENTIFIER_SHARE
+
+
+def windows(
+    dates: Sequence[str], cutoff: dt.date, cfg: MonitorConfig
+) -> tuple[list[str], list[str]]:
+    """(reference, current) partition dates, by calendar days: current, the `last_days` days
+    up to the latest date; reference, the `reference_days` days up to `cutoff` (the end of the
+    data the model was judged on), less any current day."""
+    if not dates:
+        return [], []
+    last = dt.date.fromisoformat(max(dates))
+    current = [
+        d for d in sorted(dates) if dt.date.fromisoformat(d) > last - dt.timedelta(cfg.last_days)
+    ]
+    start = None if cfg.reference_days is None else cutoff - dt.timedelta(cfg.reference_days)
+    reference = [
+        d
+        for d in sorted(dates)
+        if d not in current
+        and dt.date.fromisoformat(d) <= cutoff
+        and (start is None or dt.date.fromisoformat(d) > start)
+    ]
+    return reference, current
+
+
+def _positives(
+    stats: Sequence[Mapping[str, Any]], labels: Mapping[str, int] | None
+) -> tuple[int, int]:
+    """(positives, rows with a target) of a target column's profiles: string classes mapped by
+    the task's `labels`, or a 0/1 number (its mean times its count)."""
+    positives = known = 0
+    for s in stats:
+        if "top" in s:
+            counts = {**s["top"]}
+            if labels:
+                positives += sum(n for v, n in counts.items() if labels.get(v) == 1)
+                known += sum(n for v, n in counts.items() if v in labels)
+            else:
+                positives += sum(n for v, n in counts.items() if v in ("1", "true", "True"))
+                known += s["count"]
+        elif s.get("count"):
+            positives += round(s["mean"] * s["count"])
+            known += s["count"]
+    return int(positives), int(known)
+
+
+def input_drift(
+    profiles: Mapping[str, Mapping[str, Mapping]],
+    dataset: DatasetConfig,
+    inputs: Sequence[str],
+    cutoff: dt.date,
+    cfg: MonitorConfig,
+) -> dict[str, Any]:
+    """Every compared column's measure, the periods, and the reasons: inputs that drifted
+    (effect size over threshold and significant at `confidence`, Bonferroni over the inputs
+    compared) and, for a classification whose target arrives with its rows, the label rate."""
+    roles = column_roles(dataset, inputs, cfg.seasonal)
+    columns: dict[str, dict[str, Any]] = {}
+    periods: dict[str, Any] = {}
+    pending: list[tuple[str, Comparison, float]] = []
+    label_rate = None
+    for table, by_date in profiles.items():
+        reference, current = windows(list(by_date), cutoff, cfg)
+        periods[table] = {
+            "reference": {"days": len(reference), "first": reference[0] if reference else None,
+                          "last": reference[-1] if reference else None,
+                          "rows": sum(by_date[d]["rows"] for d in reference)},
+            "current": {"days": len(current), "first": current[0] if current else None,
+                        "last": current[-1] if current else None,
+                        "rows": sum(by_date[d]["rows"] for d in current)},
+        }  # fmt: skip
+        if not reference or not current:
+            continue
+        for column, role in roles.get(table, {}).items():
+            ref = [by_date[d]["columns"][column] for d in reference]
+            cur = [by_date[d]["columns"][column] for d in current]
+            name = f"{table}.{column}"
+            if role == TARGET and not dataset.task.regression:
+                (pr, nr), (pc, nc) = (
+                    _positives(ref, dataset.task.labels),
+                    _positives(cur, dataset.task.labels),
                 )
-    return reasons
-
-
-def drift_maxima(drift: Mapping[str, Any]) -> dict[str, float | None]:
-    """The largest PSI and JS distance over the columns with enough data."""
-    out: dict[str, float | None] = {"psi": None, "js_distance": None}
-    for report in drift["tables"].values():
-        for m in (report.get("columns") or {}).values():
-            if m["enough_data"]:
-                current = out[m["metric"]]
-                out[m["metric"]] = m["value"] if current is None else max(current, m["value"])
-    return out
-
-
-def drift_summary(drift: Mapping[str, Any]) -> dict[str, Any]:
-    """What monitor.json keeps of a drift report (metrics/data_drift.json has it all): the
-    periods, the largest PSI and JS distance, and each column's measure."""
-    maxima = drift_maxima(drift)
-    columns = {
-        f"{table}.{column}": {
-            k: m[k] for k in ("metric", "value", "threshold", "drifted", "enough_data")
-        }
-        for table, report in drift["tables"].items()
-        for column, m in (report.get("columns") or {}).items()
-    }
-    periods = {
-        table: {"reference": report.get("reference"), "current": report.get("current")}
-        for table, report in drift["tables"].items()
-    }
+                change, p = rate_comparison(pr, nr, pc, nc)
+                label_rate = {
+                    "column": name, "reference_rate": pr / nr if nr else None,
+                    "current_rate": pc / nc if nc else None, "change": change, "p_value": p,
+                    "n_reference": nr, "n_current": nc,
+                }  # fmt: skip
+                continue
+            numeric = ref[0]["type"] in NUMERIC_TYPES
+            if not numeric and identifier_like(ref):
+                role = IDENTIFIER
+            measure = (
+                compare_numeric(ref, cur, cfg.bins) if numeric else compare_categorical(ref, cur)
+            )
+            threshold = cfg.psi_threshold if numeric else cfg.js_threshold
+            columns[name] = {"role": role, **measure.to_json(), "threshold": threshold}
+            if role == INPUT:
+                pending.append((name, measure, threshold))
+    reasons = []
+    alpha = (1 - cfg.confidence) / max(len(pending), 1)
+    for name, measure, threshold in pending:
+        enough = min(measure.n_reference, measure.n_current) >= cfg.min_count
+        drifted = (
+            threshold is not None
+            and enough
+            and measure.value > threshold
+            and measure.p_value < alpha
+        )
+        columns[name]["drifted"] = bool(drifted)
+        if drifted:
+            reasons.append(
+                _reason("input_drift", name, measure.statistic, measure.value, threshold,
+                        measure.n_reference, measure.n_current,
+                        p_value=columns[name]["p_value"], alpha=float(f"{alpha:.3g}"))
+            )  # fmt: skip
+    if label_rate is not None:
+        threshold = cfg.label_rate_change
+        shifted = (
+            threshold is not None
+            and min(label_rate["n_reference"], label_rate["n_current"]) >= cfg.min_count
+            and abs(label_rate["change"]) > threshold
+            and label_rate["p_value"] < 1 - cfg.confidence
+        )
+        label_rate["drifted"] = bool(shifted)
+        if shifted:
+            reasons.append(
+                _reason("label_shift", label_rate["column"], "rate_change", label_rate["change"],
+                        threshold, label_rate["n_reference"], label_rate["n_current"],
+                        p_value=float(f"{label_rate['p_value']:.3g}"),
+                        reference_rate=round(label_rate["reference_rate"], DIGITS),
+                        current_rate=round(label_rate["current_rate"], DIGITS))
+            )  # fmt: skip
     return {
-        "drifted": bool(drift.get("drifted")),
-        "reference_until": drift.get("reference_until"),
+        "cutoff": cutoff.isoformat(),
         "periods": periods,
-        "psi_max": maxima["psi"],
-        "js_max": maxima["js_distance"],
         "columns": columns,
+        "label_rate": label_rate,
+        "reasons": reasons,
+        "psi_max": _largest(columns, "psi"),
+        "js_max": _largest(columns, "js_distance"),
     }
+
+
+def _largest(columns: Mapping[str, Mapping[str, Any]], statistic: str) -> float | None:
+    """The largest `statistic` over the model's inputs (the history's psi_max, js_max)."""
+    values = [
+        c["value"] for c in columns.values() if c["role"] == INPUT and c["statistic"] == statistic
+    ]
+    return max(values, default=None)
+
+
+def _drifted(
+    measure: Comparison, threshold: float | None, alpha: float, cfg: MonitorConfig
+) -> bool:
+    """Both: an effect size past the threshold, and a test saying it is more than noise."""
+    enough = min(measure.n_reference, measure.n_current) >= cfg.min_count
+    return bool(
+        threshold is not None and enough and measure.value > threshold and measure.p_value < alpha
+    )
+
+
+def score_drift(
+    reference: np.ndarray, current: np.ndarray | None, cfg: MonitorConfig, column: str
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """PSI and chi-square test of scores against the test split's; a reason when both say so."""
+    if current is None or not len(current):
+        return None, []
+    measure = compare_values(reference, current, cfg.bins)
+    threshold = cfg.score_psi_threshold
+    enough = min(measure.n_reference, measure.n_current) >= cfg.min_count
+    alpha = 1 - cfg.confidence
+    drifted = (
+        threshold is not None and enough and measure.value > threshold and measure.p_value < alpha
+    )
+    out = {**measure.to_json(), "threshold": threshold, "drifted": bool(drifted)}
+    reasons = []
+    if drifted:
+        reasons.append(
+            _reason("prediction_drift", column, "psi", measure.value, threshold,
+                    measure.n_reference, measure.n_current, p_value=out["p_value"])
+        )  # fmt: skip
+    return out, reasons
+
+
+def expected_roc_auc(scores: np.ndarray, calibrated: np.ndarray) -> float | None:
+    """The ROC AUC these scores would have if each row's label were drawn with probability
+    `calibrated` (CBPE): P(score_i > score_j | i positive, j negative), ties counted half."""
+    order = np.argsort(scores, kind="stable")
+    s, c = scores[order], calibrated[order]
+    neg = 1.0 - c
+    # negatives strictly below each score, and tied with it (minus the row itself)
+    cum_neg = np.concatenate([[0.0], np.cumsum(neg)])
+    lo = np.searchsorted(s, s, side="left")
+    hi = np.searchsorted(s, s, side="right")
+    below = cum_neg[lo]
+    tied = cum_neg[hi] - cum_neg[lo] - neg
+    numerator = float(np.sum(c * (below + 0.5 * tied)))
+    denominator = float(c.sum() * neg.sum() - np.sum(c * neg))
+    return numerator / denominator if denominator > 0 else None
+
+
+def estimated_performance(
+    reference: pd.DataFrame, batch_scores: np.ndarray, cfg: MonitorConfig
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Label-free: the ROC AUC expected from this run's scores, with the model calibrated as on
+    its test split (isotonic fit of the test labels on the test scores), against the same
+    estimate on the test split itself."""
+    if "label" not in reference or len(reference) < cfg.min_count or not len(batch_scores):
+        return None, []
+    from sklearn.isotonic import IsotonicRegression
+
+    ref_scores = reference["score"].to_numpy(dtype="float64")
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+    iso.fit(ref_scores, reference["label"].to_numpy(dtype="float64"))
+    at_test = expected_roc_auc(ref_scores, iso.predict(ref_scores))
+    now = expected_roc_auc(batch_scores, iso.predict(batch_scores))
+    if at_test is None or now is None:
+        return None, []
+    drop = at_test - now
+    out = {
+        "estimated_roc_auc": round(now, DIGITS),
+        "test_estimated_roc_auc": round(at_test, DIGITS),
+        "drop": round(drop, DIGITS),
+        "threshold": cfg.max_estimated_auc_drop,
+        "n_reference": len(ref_scores),
+        "n_current": len(batch_scores),
+    }
+    reasons = []
+    if cfg.max_estimated_auc_drop is not None and drop > cfg.max_estimated_auc_drop:
+        reasons.append(
+            _reason("estimated_performance", "score", "estimated_roc_auc_drop", drop,
+                    cfg.max_estimated_auc_drop, len(ref_scores), len(batch_scores),
+                    estimated_roc_auc=round(now, DIGITS))
+        )  # fmt: skip
+    return out, reasons
 
 
 def realised_performance(
@@ -292,8 +571,21 @@ def _judged(performance: Mapping[str, Mapping[str, Any]], cfg: MonitorConfig) ->
     return max(judged) if judged else None
 
 
+def _z(cfg: MonitorConfig) -> float:
+    return float(norm.ppf(1 - (1 - cfg.confidence) / 2))
+
+
+def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
+    """Hanley & McNeil's standard error of a ROC AUC on this many positives and negatives."""
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    var = (
+        auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2)
+    ) / max(positives * negatives, 1)
+    return float(np.sqrt(max(var, 0.0)))
+
+
 def regression_reasons(
-    performance: Mapping[str, Mapping[str, Any]], cfg: MonitorConfig
+    performance: Mapping[str, Mapping[str, Any]], cfg: MonitorConfig, n_test: int
 ) -> list[dict[str, Any]]:
     """A regression's reasons from the latest snapshot with at least `min_labelled` rows."""
     date = _judged(performance, cfg)
@@ -303,91 +595,105 @@ def regression_reasons(
     reasons = []
     if m["residual_drifted"]:
         reasons.append(
-            _reason(
-                "residual_drift",
-                "residual",
-                "psi",
-                m["residual_psi"],
-                cfg.residual_psi_threshold,
-                snapshot=date,
-            )
-        )
+            _reason("residual_drift", "residual", "psi", m["residual_psi"],
+                    cfg.residual_psi_threshold, n_test, m["n"], snapshot=date)
+        )  # fmt: skip
     rise = m["mae_increase"]
     if cfg.max_mae_increase is not None and rise is not None and rise > cfg.max_mae_increase:
         reasons.append(
-            _reason(
-                "performance",
-                "prediction",
-                "mae_increase",
-                rise,
-                cfg.max_mae_increase,
-                snapshot=date,
-            )
-        )
+            _reason("performance", "prediction", "mae_increase", rise, cfg.max_mae_increase,
+                    n_test, m["n"], snapshot=date)
+        )  # fmt: skip
     return reasons
 
 
 def performance_reasons(
-    performance: Mapping[str, Mapping[str, Any]], cfg: MonitorConfig
+    performance: Mapping[str, Mapping[str, Any]],
+    cfg: MonitorConfig,
+    n_test: int,
+    test_rate: float | None = None,
+    *,
+    label_shift: bool = False,
 ) -> list[dict[str, Any]]:
-    """Reasons from the latest matured snapshot with at least `min_labelled` rows."""
+    """Reasons from the latest matured snapshot with at least `min_labelled` rows, each only
+    when its confidence interval lies beyond the threshold (a snapshot of a few hundred rows
+    has a wide one); with `label_shift`, the snapshot's observed label rate against the test
+    split's (`test_rate`) too (the label rate of an entity-churn task is known only then)."""
     date = _judged(performance, cfg)
     if date is None:
         return []
     m = performance[date]
     if "mae" in m:
-        return regression_reasons(performance, cfg)
+        return regression_reasons(performance, cfg, n_test)
     reasons = []
-    if cfg.min_roc_auc is not None and m["roc_auc"] is not None and m["roc_auc"] < cfg.min_roc_auc:
-        reasons.append(
-            _reason("performance", "score", "roc_auc", m["roc_auc"], cfg.min_roc_auc, snapshot=date)
-        )
+    z = _z(cfg)
+    auc = m["roc_auc"]
+    if cfg.min_roc_auc is not None and auc is not None:
+        se = auc_standard_error(auc, m["positives"], m["n"] - m["positives"])
+        if auc + z * se < cfg.min_roc_auc:
+            reasons.append(
+                _reason("performance", "score", "roc_auc", auc, cfg.min_roc_auc, n_test, m["n"],
+                        snapshot=date, ci_high=round(auc + z * se, DIGITS))
+            )  # fmt: skip
     gap = m["calibration_gap"]
-    if cfg.max_calibration_gap is not None and abs(gap) > cfg.max_calibration_gap:
+    rate = m["observed_rate"]
+    se = float(np.sqrt(max(rate * (1 - rate), 0.0) / max(m["n"], 1)))
+    if cfg.max_calibration_gap is not None and abs(gap) - z * se > cfg.max_calibration_gap:
         reasons.append(
-            _reason(
-                "calibration",
-                "score",
-                "calibration_gap",
-                gap,
-                cfg.max_calibration_gap,
-                snapshot=date,
-            )
-        )
+            _reason("calibration", "score", "calibration_gap", gap, cfg.max_calibration_gap,
+                    n_test, m["n"], snapshot=date)
+        )  # fmt: skip
+    if label_shift and test_rate is not None and cfg.label_rate_change is not None:
+        positives = m["positives"]
+        change, p = rate_comparison(round(test_rate * n_test), n_test, positives, m["n"])
+        if abs(change) > cfg.label_rate_change and p < 1 - cfg.confidence:
+            reasons.append(
+                _reason("label_shift", "label", "rate_change", change, cfg.label_rate_change,
+                        n_test, m["n"], snapshot=date, p_value=float(f"{p:.3g}"),
+                        reference_rate=round(test_rate, DIGITS), current_rate=rate)
+            )  # fmt: skip
     return reasons
 
 
 def monitor(
     *,
-    drift: Mapping[str, Any],
-    reference_scores: np.ndarray,
+    inputs: Mapping[str, Any],
+    reference: pd.DataFrame,
     batch_scores: np.ndarray,
     served_scores: np.ndarray | None,
     performance: Mapping[str, Mapping[str, Any]],
     cfg: MonitorConfig,
     output: str = "score",
+    label_shift: bool = False,
 ) -> dict[str, Any]:
     """The verdict: `retrain_recommended` and its `reasons`, with every measure behind them.
-    `served_scores` is None when the server's prediction log is absent; `output` names what
-    the scores are (a regression's: `prediction`)."""
-    score_cfg = cfg.score_drift()
-    batch = values_drift(reference_scores, batch_scores, score_cfg)
-    served = (
-        None if served_scores is None else values_drift(reference_scores, served_scores, score_cfg)
+
+    `inputs` is `input_drift`'s report; `reference` the model's scores (and labels) on its test
+    split; `served_scores` None when the server's log is absent or holds no authenticated
+    request; `output` names what the scores are (a regression's: `prediction`)."""
+    ref_scores = reference[output].to_numpy(dtype="float64")
+    batch, batch_reasons = score_drift(ref_scores, batch_scores, cfg, output)
+    served, served_reasons = score_drift(ref_scores, served_scores, cfg, f"served_{output}")
+    estimated, estimated_reasons = (None, [])
+    if output == "score":
+        estimated, estimated_reasons = estimated_performance(reference, batch_scores, cfg)
+    test_rate = (
+        float(reference["label"].mean()) if "label" in reference and len(reference) else None
     )
-    reasons = data_drift_reasons(drift)
-    for column, measure in ((output, batch), (f"served_{output}", served)):
-        if measure is not None and measure["drifted"]:
-            reasons.append(
-                _reason("prediction_drift", column, "psi", measure["value"], measure["threshold"])
-            )
-    reasons += performance_reasons(performance, cfg)
+    reasons = [
+        *inputs["reasons"],
+        *batch_reasons,
+        *served_reasons,
+        *estimated_reasons,
+        *performance_reasons(performance, cfg, len(reference), test_rate, label_shift=label_shift),
+    ]
     return round_floats(
         {
             "retrain_recommended": bool(reasons),
             "reasons": reasons,
-            "data_drift": drift_summary(drift),
+            "inputs": {k: v for k, v in inputs.items() if k != "reasons"},
             "prediction_drift": {"batch": batch, "served": served},
+            "estimated_performance": estimated,
             "performance": {"snapshots": dict(performance)},
         }
     )
@@ -462,19 +768,21 @@ def upsert_history(history: pd.DataFrame, row: Mapping[str, Any]) -> pd.DataFram
 def history_row(
     report: Mapping[str, Any], date: str, model_version: str, *, regression: bool = False
 ) -> dict[str, Any]:
-    drift = report["data_drift"]
+    inputs = report["inputs"]
     snapshots = report["performance"]["snapshots"]
     live = max(snapshots) if snapshots else None
-    served = report["prediction_drift"]["served"]
+    batch, served = report["prediction_drift"]["batch"], report["prediction_drift"]["served"]
+    estimated = report.get("estimated_performance")
     row = {
         "date": date,
         "model_version": model_version,
         "retrain_recommended": int(report["retrain_recommended"]),
         "reasons": len(report["reasons"]),
-        "psi_max": drift["psi_max"],
-        "js_max": drift["js_max"],
-        "score_psi": report["prediction_drift"]["batch"]["value"],
+        "psi_max": inputs["psi_max"],
+        "js_max": inputs["js_max"],
+        "score_psi": None if batch is None else batch["value"],
         "served_score_psi": None if served is None else served["value"],
+        "estimated_roc_auc": None if estimated is None else estimated["estimated_roc_auc"],
         "live_snapshot": live,
     }
     if regression:
@@ -519,50 +827,80 @@ def run_monitor(args: MonitorPaths) -> dict[str, Any]:
     params = load_params(args.params)
     dataset = dataset_from_params(section(params, "dataset"))
     features = FeaturesConfig.from_params(section(params, "features"))
-    cfg = MonitorConfig.from_params(section(params, "monitor"))
-    train_dates = ModelCard.read(args.card).train_snapshot_dates
+    cfg = MonitorConfig.from_params(settings_for(params, "monitor"))
+    card = ModelCard.read(args.card)
+    train_dates = card.train_snapshot_dates
     if not train_dates:
         raise ValueError(f"{args.card}: lacks data.train_snapshot_dates (the training reference)")
+    features_of_card = card.features or {}
+    model_inputs = [
+        f["name"]
+        for kind in ("numeric", "categorical")
+        for f in features_of_card.get(kind) or ()
+        if isinstance(f, Mapping) and "name" in f
+    ]
     profiles = {t.name: read_profiles(args.profile_dir, t.name) for t in dataset.tables}
     # the table whose latest partition dates the run: the events, or a rows task's table
     main_table = dataset.task.table if dataset.task.rows else dataset.events.name
     if not profiles[main_table]:
         raise FileNotFoundError(f"{args.profile_dir}/{main_table}: no profiles")
-    drift = compute_drift(profiles, dataset, train_dates, cfg.data_drift())
-    output = "prediction" if dataset.task.regression else "score"
-
     for name in (PREDICTIONS, REFERENCE):
         if not (args.predict_dir / name).is_file():
             raise FileNotFoundError(f"{args.predict_dir / name}: not found (the predict stage)")
     batch = pd.read_parquet(args.predict_dir / PREDICTIONS)
     reference = pd.read_parquet(args.predict_dir / REFERENCE)
+    horizon = dt.timedelta(days=dataset.label.horizon_days)
+    # the latest snapshot the model was judged on (its test split), and the last day of data
+    # that judgement read (its labels look `horizon` days ahead): the reference window ends
+    # there, so "now" is compared with the data the model was last shown to be good on
+    evaluated = (
+        pd.Timestamp(reference[SNAPSHOT_COL].max()).date()
+        if SNAPSHOT_COL in reference and len(reference)
+        else dt.date.fromisoformat(str(max(train_dates))[:10])
+    )
+    cutoff = evaluated + horizon
+    inputs = input_drift(profiles, dataset, model_inputs, cutoff, cfg)
+    output = PREDICTION if dataset.task.regression else SCORE
     serve = params.get("serve") or {}
     served, served_info = read_logged(serve.get("predictions_path"), cfg.served_days, output)
 
     lake = str(section(params, "lake.path"))
     published = read_published(lake)
     last_day = dt.date.fromisoformat(max(profiles[main_table]))
-    horizon = dt.timedelta(days=dataset.label.horizon_days)
+    # only predictions the model made on rows it never saw with their labels: snapshots after
+    # the latest one it was evaluated on, whose labels have matured since
     matured: list[dt.date] = []
     if not published.empty:
         dates = sorted({pd.Timestamp(d).date() for d in published[SNAPSHOT_COL]})
-        matured = [d for d in dates if d + horizon <= last_day]
+        matured = [d for d in dates if d > evaluated and d + horizon <= last_day]
     published = (
         published[pd.to_datetime(published.get(SNAPSHOT_COL, [])).dt.date.isin(matured)]
         if matured
         else published.iloc[0:0]
     )
+    if dataset.task.rows and len(batch):
+        # prequential: a rows task whose targets arrive with their rows has this run's batch
+        # scored by the model before it ever saw those rows; where they are newer than what it
+        # was judged on, their targets judge it now (a row published earlier keeps its first
+        # prediction)
+        fresh = batch[pd.to_datetime(batch[SNAPSHOT_COL]).dt.date > evaluated]
+        if len(fresh):
+            published = pd.concat([published, fresh], ignore_index=True).drop_duplicates(
+                dataset.entity_key, keep="first"
+            )
+            matured = sorted({*matured, *pd.to_datetime(fresh[SNAPSHOT_COL]).dt.date})
     performance = live_performance(
         args.history_dir, dataset, features, published, matured, reference, cfg
     )
     report = monitor(
-        drift=drift,
-        reference_scores=reference[output].to_numpy(),
-        batch_scores=batch[output].to_numpy(),
+        inputs=inputs,
+        reference=reference,
+        batch_scores=batch[output].to_numpy(dtype="float64"),
         served_scores=served,
         performance=performance,
         cfg=cfg,
         output=output,
+        label_shift=not dataset.task.rows,
     )
     model_version = str(batch["model_version"].iloc[0]) if len(batch) else ""
     report.update(
@@ -571,6 +909,7 @@ def run_monitor(args: MonitorPaths) -> dict[str, Any]:
         served=served_info,
         published={
             "lake": lake,
+            "evaluated_until": evaluated.isoformat(),
             "snapshots": len(set(published.get(SNAPSHOT_COL, []))),
             "matured": [d.isoformat() for d in matured],
         },
@@ -591,5 +930,6 @@ def print_verdict(report: Mapping[str, Any]) -> None:
     print(f"monitor {report['date']}: {verdict}")
     for r in report["reasons"]:
         print(
-            f"  {r['kind']}: {r['column']} {r['metric']}={r['value']} (threshold {r['threshold']})"
+            f"  {r['kind']}: {r['column']} {r['statistic']}={r['value']} "
+            f"(threshold {r['threshold']}; n {r['n_reference']} vs {r['n_current']})"
         )

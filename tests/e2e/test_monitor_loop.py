@@ -76,10 +76,15 @@ def test_drift_after_the_drift_day_recommends_retraining_with_its_reasons(loop: 
     flagged = {(r["kind"], r["column"]) for r in after["reasons"]}
     # the simulator's regime change: the partner channel starts acquiring customers, the
     # standard plan's price rises
-    assert ("data_drift", "customers.channel") in flagged
-    assert ("data_drift", "customers.monthly_price") in flagged
+    assert ("input_drift", "customers.channel") in flagged
+    assert ("input_drift", "customers.monthly_price") in flagged
     for r in after["reasons"]:
-        assert {"kind", "column", "metric", "value", "threshold"} <= set(r)
+        keys = {"kind", "column", "statistic", "value", "threshold", "n_reference", "n_current"}
+        assert keys <= set(r)
+    # only what the model reads: ids, keys and timestamps are never reasons
+    assert all(
+        r["column"] not in ("events.event_id", "events.customer_id") for r in after["reasons"]
+    )
     # the predictions published on day 59 and 63 have their labels now (+ 21 days)
     perf = after["performance"]["snapshots"]
     assert sorted(perf) == ["2026-03-01", "2026-03-05"]

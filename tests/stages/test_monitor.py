@@ -8,16 +8,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from sklearn.metrics import roc_auc_score
 
 from stages.cli.monitor import stage_argv
 from stages.contract.prediction_log import read_logged
+from stages.lib.dataset import dataset_from_params
 from stages.lib.monitoring import (
     MonitorConfig,
-    data_drift_reasons,
+    expected_roc_auc,
+    input_drift,
     monitor,
     realised_performance,
     upsert_history,
+    windows,
 )
+from stages.lib.profiling import profile_partition
 from tests.conftest import ROOT
 
 D1, D2 = dt.date(2026, 3, 1), dt.date(2026, 3, 8)
@@ -56,88 +61,225 @@ def test_realised_performance_matches_a_hand_computed_auc() -> None:
     assert perf["2026-03-08"]["roc_auc"] is None and perf["2026-03-08"]["n"] == 1
 
 
-def _drift(psi: float, js: float, rows_change: float = 0.0) -> dict:
-    def col(metric: str, value: float, threshold: float, enough: bool = True) -> dict:
-        return {
-            "metric": metric,
-            "value": value,
-            "threshold": threshold,
-            "drifted": enough and value > threshold,
-            "enough_data": enough,
-        }
+# --- what can be a reason, and when: windows that know their sample size -----------------------
 
-    return {
-        "tables": {
-            "events": {
-                "rows": {"change": rows_change, "threshold": 0.5, "drifted": rows_change > 0.5},
-                "columns": {"amount": col("psi", psi, 0.25)},
-            },
-            "customers": {
-                "rows": {"change": 0.0, "threshold": 0.5, "drifted": False},
-                "columns": {
-                    "plan": col("js_distance", js, 0.1),
-                    "country": col("js_distance", 0.9, 0.1, enough=False),
-                },
+CALLS = {
+    "name": "calls",
+    "tables": {
+        "calls": {
+            "timestamp": "call_time",
+            "partition": "date",
+            "format": "parquet",
+            "columns": {
+                "call_time": {"type": "timestamp", "nullable": False},
+                "call_id": {"type": "string", "nullable": False},
+                "invoice": {"type": "string"},
+                "note": {"type": "string"},
+                "age": {"type": "float64"},
+                "channel": {"type": "string"},
+                "month": {"type": "string"},
+                "extra_count": {"type": "int64"},
+                "y": {"type": "string", "allowed": ["yes", "no"]},
             },
         }
+    },
+    "task": {
+        "kind": "rows_classification",
+        "target": "y",
+        "labels": {"yes": 1, "no": 0},
+        "time": "call_time",
+        "key": "call_id",
+        "features": {"numeric": ["age"], "categorical": ["channel", "month"]},
+    },
+}
+INPUTS = ("age", "channel", "month")
+CUTOFF = dt.date(2026, 2, 28)  # the model's training data ends here
+WORDS = np.array(["great", "call", "back", "later", "no", "answer", "busy", "price", "offer"])
+
+
+def _day(rng, date, n, *, age_shift=0.0, rate=0.1, extra=5, month="feb", channels=(0.6, 0.4)):
+    """One day's calls: ids and free text new every day, the rest drawn as asked."""
+    return pd.DataFrame(
+        {
+            "call_time": pd.Timestamp(date) + pd.to_timedelta(rng.integers(0, 86400, n), "s"),
+            "call_id": [f"{date}-{i}" for i in range(n)],
+            "invoice": [f"INV{rng.integers(1e9)}" for _ in range(n)],
+            "note": [" ".join(rng.choice(WORDS, 4)) + f" #{rng.integers(1e6)}" for _ in range(n)],
+            "age": rng.normal(40 + age_shift * 10, 10, n),
+            "channel": rng.choice(["cellular", "telephone"], n, p=list(channels)),
+            "month": [month] * n,
+            "extra_count": rng.poisson(extra, n),
+            "y": np.where(rng.random(n) < rate, "yes", "no"),
+        }
+    )
+
+
+def _profiles(days: dict[dt.date, pd.DataFrame]) -> dict[str, dict[str, dict]]:
+    table = dataset_from_params(CALLS).table("calls")
+    return {"calls": {d.isoformat(): profile_partition(f, table) for d, f in days.items()}}
+
+
+def _history(seed: int, n: int, *, days_after: int = 14, **current) -> dict[str, dict[str, dict]]:
+    """28 reference days up to CUTOFF, then `days_after` days drawn with `current`'s knobs."""
+    rng = np.random.default_rng(seed)
+    days = {}
+    for i in range(28):
+        date = CUTOFF - dt.timedelta(days=27 - i)
+        days[date] = _day(rng, date, n)
+    for i in range(days_after):
+        date = CUTOFF + dt.timedelta(days=1 + i)
+        days[date] = _day(rng, date, n, **current)
+    return _profiles(days)
+
+
+def _input_drift(profiles, cfg: MonitorConfig | None = None) -> dict:
+    cfg = cfg or MonitorConfig(seasonal=("month",))
+    return input_drift(profiles, dataset_from_params(CALLS), INPUTS, CUTOFF, cfg)
+
+
+def test_ids_free_text_non_inputs_and_seasonal_columns_are_never_reasons() -> None:
+    # new ids, new free text, a tripled count the model does not read, a new month: all listed,
+    # none a reason
+    report = _input_drift(_history(0, 60, extra=15, month="mar"))
+    assert report["reasons"] == []
+    roles = {name: c["role"] for name, c in report["columns"].items()}
+    assert roles == {
+        "calls.invoice": "identifier",
+        "calls.note": "identifier",
+        "calls.age": "input",
+        "calls.channel": "input",
+        "calls.month": "seasonal",
+        "calls.extra_count": "not_input",
     }
+    # they did move: the old monitor would have cried "retrain" on each
+    assert report["columns"]["calls.invoice"]["value"] > 0.5
+    assert report["columns"]["calls.extra_count"]["value"] > 1
+    assert report["columns"]["calls.month"]["value"] > 0.5
+    # an input that moves the same way is a reason, with its statistic and both sample sizes
+    shifted = _input_drift(_history(0, 60, age_shift=1.0))
+    [reason] = shifted["reasons"]
+    assert reason["kind"] == "input_drift" and reason["column"] == "calls.age"
+    assert reason["statistic"] == "psi" and reason["value"] > reason["threshold"] == 0.25
+    assert (reason["n_reference"], reason["n_current"]) == (28 * 60, 14 * 60)
+    assert set(reason) >= {"kind", "column", "statistic", "value", "threshold", "n_reference",
+                           "n_current"}  # fmt: skip
+    # without `seasonal`, the month is an input like any other: a new month is then a reason
+    plain = _input_drift(_history(0, 60, month="mar"), MonitorConfig())
+    assert [r["column"] for r in plain["reasons"]] == ["calls.month"]
 
 
-def test_reasons_name_kind_column_value_and_threshold() -> None:
-    assert data_drift_reasons(_drift(0.1, 0.05)) == []
-    reasons = data_drift_reasons(_drift(0.4, 0.05, rows_change=0.8))
-    assert reasons == [
-        {
-            "kind": "data_volume",
-            "column": "events",
-            "metric": "rows_change",
-            "value": 0.8,
-            "threshold": 0.5,
-        },
-        {
-            "kind": "data_drift",
-            "column": "events.amount",
-            "metric": "psi",
-            "value": 0.4,
-            "threshold": 0.25,
-        },
+def test_a_24_row_day_flags_a_real_shift_within_a_week_and_noise_rarely() -> None:
+    cfg = MonitorConfig(seasonal=("month",), last_days=7)
+    flagged = [
+        bool(_input_drift(_history(seed, 24, days_after=7, age_shift=1.0), cfg)["reasons"])
+        for seed in range(5)
     ]
+    assert all(flagged)
+    false_alarms = sum(
+        bool(_input_drift(_history(seed, 24, days_after=7), cfg)["reasons"]) for seed in range(30)
+    )
+    assert false_alarms <= 1
+
+
+def test_a_tiny_effect_on_a_large_window_is_significant_but_not_a_reason() -> None:
+    report = _input_drift(_history(1, 3000, days_after=7, age_shift=0.1))
+    age = report["columns"]["calls.age"]
+    assert age["p_value"] < 0.001 and age["value"] < 0.25
+    assert report["reasons"] == []
+
+
+def test_a_label_rate_rising_tenfold_on_sparse_days_is_a_label_shift() -> None:
+    rng = np.random.default_rng(3)
+    days = {}
+    for i in range(28):
+        date = CUTOFF - dt.timedelta(days=27 - i)
+        days[date] = _day(rng, date, int(rng.integers(1, 30)), rate=0.05)
+    calm = dict(days)
+    for i in range(14):
+        date = CUTOFF + dt.timedelta(days=1 + i)
+        n = int(rng.integers(1, 10))
+        days[date] = _day(rng, date, n, rate=0.5)
+        calm[date] = _day(rng, date, n, rate=0.05)
+    report = _input_drift(_profiles(days))
+    [reason] = report["reasons"]
+    assert reason["kind"] == "label_shift" and reason["column"] == "calls.y"
+    assert reason["current_rate"] > 5 * reason["reference_rate"]
+    assert reason["n_current"] < 140  # a handful of rows a day is enough for a tenfold move
+    assert _input_drift(_profiles(calm))["reasons"] == []
+
+
+def test_the_windows_are_calendar_days_not_partitions() -> None:
+    dates = ["2026-01-05", "2026-01-20", "2026-02-10", "2026-02-27", "2026-03-02", "2026-03-14"]
+    cfg = MonitorConfig(last_days=14, reference_days=28)
+    reference, current = windows(dates, CUTOFF, cfg)
+    assert current == ["2026-03-02", "2026-03-14"]
+    assert reference == ["2026-02-10", "2026-02-27"]
+
+
+def test_the_expected_roc_auc_is_what_labels_drawn_from_the_scores_give() -> None:
+    rng = np.random.default_rng(4)
+    scores = rng.beta(2, 5, 400)
+    expected = expected_roc_auc(scores, scores)
+    draws = [roc_auc_score(rng.random(len(scores)) < scores, scores) for _ in range(300)]
+    assert abs(float(np.mean(draws)) - expected) < 0.01
+    # ties count half: one score for everything says nothing
+    assert expected_roc_auc(np.full(50, 0.3), np.full(50, 0.3)) == pytest.approx(0.5)
+
+
+def _reference(rng, n: int = 2000) -> pd.DataFrame:
+    scores = rng.beta(2, 6, n)
+    return pd.DataFrame({"score": scores, "label": (rng.random(n) < scores).astype(int)})
+
+
+NO_INPUTS = {"reasons": [], "psi_max": None, "js_max": None}
 
 
 def test_prediction_drift_and_performance_flip_the_verdict() -> None:
     rng = np.random.default_rng(0)
-    reference = rng.beta(2, 6, 2000)
+    reference = _reference(rng)
     cfg = MonitorConfig(min_labelled=5)
-    kwargs = {"drift": _drift(0.0, 0.0), "served_scores": None, "performance": {}, "cfg": cfg}
-    calm = monitor(reference_scores=reference, batch_scores=rng.beta(2, 6, 2000), **kwargs)
+    kwargs = {"inputs": NO_INPUTS, "served_scores": None, "performance": {}, "cfg": cfg}
+    calm = monitor(reference=reference, batch_scores=rng.beta(2, 6, 2000), **kwargs)
     assert calm["retrain_recommended"] is False and calm["reasons"] == []
-    shifted = monitor(reference_scores=reference, batch_scores=rng.beta(6, 2, 2000), **kwargs)
-    [reason] = shifted["reasons"]
-    assert reason["kind"] == "prediction_drift" and reason["column"] == "score"
-    assert reason["value"] > cfg.score_psi_threshold
+    shifted = monitor(reference=reference, batch_scores=rng.beta(6, 2, 2000), **kwargs)
+    kinds = {r["kind"]: r for r in shifted["reasons"]}
+    assert kinds["prediction_drift"]["column"] == "score"
+    assert kinds["prediction_drift"]["value"] > cfg.score_psi_threshold
+    assert kinds["prediction_drift"]["n_current"] == 2000
     served = monitor(
-        reference_scores=reference,
-        batch_scores=reference,
+        reference=reference,
+        batch_scores=reference["score"].to_numpy(),
         **{**kwargs, "served_scores": rng.beta(6, 2, 500)},
     )
     assert [r["column"] for r in served["reasons"]] == ["served_score"]
     perf = {
-        "2026-03-01": {"n": 50, "roc_auc": 0.9, "calibration_gap": 0.0},
-        "2026-03-08": {"n": 50, "roc_auc": 0.6, "calibration_gap": 0.2},
-        "2026-03-15": {"n": 3, "roc_auc": 0.1, "calibration_gap": 0.5},  # too few to judge
-    }
+        "2026-03-01": {"n": 400, "positives": 80, "roc_auc": 0.9, "calibration_gap": 0.0,
+                       "observed_rate": 0.2},
+        "2026-03-08": {"n": 400, "positives": 80, "roc_auc": 0.6, "calibration_gap": 0.2,
+                       "observed_rate": 0.2},
+        "2026-03-15": {"n": 3, "positives": 1, "roc_auc": 0.1, "calibration_gap": 0.5,
+                       "observed_rate": 0.3},  # too few to judge
+    }  # fmt: skip
     judged = monitor(
-        reference_scores=reference, batch_scores=reference, **{**kwargs, "performance": perf}
-    )
+        reference=reference, batch_scores=reference["score"].to_numpy(),
+        **{**kwargs, "performance": perf},
+    )  # fmt: skip
     assert [(r["kind"], r["value"], r["snapshot"]) for r in judged["reasons"]] == [
         ("performance", 0.6, "2026-03-08"),
         ("calibration", 0.2, "2026-03-08"),
     ]
+    # the same point estimates on 40 rows: the intervals reach the thresholds, no reason
+    small = {"2026-03-08": {**perf["2026-03-08"], "n": 40, "positives": 8}}
+    noisy = monitor(
+        reference=reference, batch_scores=reference["score"].to_numpy(),
+        **{**kwargs, "performance": small},
+    )  # fmt: skip
+    assert noisy["reasons"] == []
     off = MonitorConfig(min_labelled=5, min_roc_auc=None, max_calibration_gap=None)
     assert (
         monitor(
-            reference_scores=reference,
-            batch_scores=reference,
+            reference=reference,
+            batch_scores=reference["score"].to_numpy(),
             **{**kwargs, "performance": perf, "cfg": off},
         )["reasons"]
         == []
@@ -200,18 +342,18 @@ def test_a_regressions_realised_performance_and_residual_drift() -> None:
     assert m["n"] == n and m["mae"] == pytest.approx(residuals.abs().mean(), abs=1e-6)
     assert m["rmse"] == pytest.approx(np.sqrt((residuals**2).mean()), abs=1e-6)
     assert m["mae_increase"] == pytest.approx(0.0, abs=1e-6) and not m["residual_drifted"]
-    assert performance_reasons({"2026-03-01": m}, cfg) == []
+    assert performance_reasons({"2026-03-01": m}, cfg, n) == []
     # the targets drift away from the predictions: residuals shift, the MAE triples
     late = pd.DataFrame({"k": keys[:300], "target": reference["target"][:300] + 15.0})
     m = realised_regression(predictions, late, "k", reference, cfg)["2026-03-01"]
     assert m["n"] == 300 and m["residual_drifted"] and m["mae_increase"] > 0.5
-    reasons = performance_reasons({"2026-03-01": m}, cfg)
-    assert [(r["kind"], r["metric"]) for r in reasons] == [
-        ("residual_drift", "psi"),
-        ("performance", "mae_increase"),
+    reasons = performance_reasons({"2026-03-01": m}, cfg, n)
+    assert [(r["kind"], r["statistic"], r["n_reference"], r["n_current"]) for r in reasons] == [
+        ("residual_drift", "psi", n, 300),
+        ("performance", "mae_increase", n, 300),
     ]
     report = {
-        "data_drift": {"psi_max": 0.1, "js_max": None},
+        "inputs": {"psi_max": 0.1, "js_max": None},
         "performance": {"snapshots": {"2026-03-01": m}},
         "prediction_drift": {"batch": {"value": 0.0}, "served": None},
         "retrain_recommended": True,

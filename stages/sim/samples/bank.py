@@ -31,7 +31,8 @@ REGIMES = (
     {"base": -2.5, "euribor": -1.2, "cellular": 1.8, "good": ("mar", "apr", "sep", "oct"),
      "euribor_level": 0.7},
 )  # fmt: skip
-CALLS_PER_DAY = 14
+CALLS_PER_DAY = 14  # on average; a day has 1 to MAX_CALLS (quiet days, campaign bursts)
+MAX_CALLS = 60
 SCHEMA = pa.schema(
     [
         ("call_time", pa.timestamp("us")),
@@ -57,11 +58,14 @@ def day(date: dt.date, index: int, seed: int) -> pd.DataFrame | None:
         return None
     rng = np.random.default_rng([seed, index])
     regime = REGIMES[min(index // 365, len(REGIMES) - 1)]
-    n = int(rng.poisson(CALLS_PER_DAY))
-    level = regime["euribor_level"] + 0.3 * np.sin(index / 40)
-    euribor = np.round(level + rng.normal(0, 0.05, n), 3).clip(-0.9, 5.9)
-    emp = np.round(np.full(n, 1.4 - 1.2 * min(index / 365, 2.0)) + rng.normal(0, 0.1, n), 1)
-    conf = np.round(-36 - 6 * np.cos(index / 60) + rng.normal(0, 1.5, n), 1).clip(-59, -1)
+    # gamma-Poisson: most days a handful of calls, some a burst of dozens
+    n = int(np.clip(rng.poisson(rng.gamma(0.8, CALLS_PER_DAY / 0.8)), 1, MAX_CALLS))
+    # within a year the economy holds (small daily moves); at the year's turn it jumps
+    year = min(index // 365, len(REGIMES) - 1)
+    level = regime["euribor_level"] + 0.05 * np.sin(index / 40)
+    euribor = np.round(level + rng.normal(0, 0.08, n), 3).clip(-0.9, 5.9)
+    emp = np.round(np.full(n, 1.4 - 1.2 * year) + rng.normal(0, 0.1, n), 1)
+    conf = np.round(-36 - 6 * (year - 1) + rng.normal(0, 1.5, n), 1).clip(-59, -1)
     job = rng.choice(len(JOBS), n, p=JOB_WEIGHTS)
     age = np.where(np.isin(job, (5,)), rng.integers(58, 90, n), rng.integers(18, 60, n))
     cellular = rng.random(n) < (0.55 + 0.1 * min(index // 365, 2))

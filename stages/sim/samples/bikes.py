@@ -3,7 +3,13 @@ Sharing" data, generated: one row per hour, target `cnt`.
 
 Rentals follow the hour (commuter peaks on working days, a midday hump on days off), the season
 and temperature (a comfortable 20-25 °C is best), the weather (rain empties the streets) and
-holidays (which behave like weekends); the counts are Poisson around that expectation.
+holidays (which behave like weekends); the counts are Poisson around that expectation. Like the
+public data, `casual` and `registered` riders add up to `cnt`: columns that are the target's
+parts, never the model's inputs.
+
+From day REGIME_DAY on, a new metro line takes a share of the working-day commute: the
+registered riders' peaks fall, while the weather, the calendar and every other input stay as
+they were (concept drift without covariate drift: only the errors show it).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ HOLIDAYS = ("01-01", "05-01", "07-04", "11-11", "12-25", "12-26")
 SEASONS = ("winter", "spring", "summer", "fall")
 WEATHER = ("clear", "mist", "light_rain", "heavy_rain")
 WEATHER_FACTOR = (1.0, 0.85, 0.45, 0.15)
+REGIME_DAY = 120  # day index from which the commute peaks lose COMMUTE_LOSS of their riders
+COMMUTE_LOSS = 0.55
 SCHEMA = pa.schema(
     [
         ("hour_start", pa.timestamp("us")),
@@ -32,17 +40,22 @@ SCHEMA = pa.schema(
         ("temp", pa.float64()),
         ("humidity", pa.float64()),
         ("windspeed", pa.float64()),
+        ("casual", pa.int64()),
+        ("registered", pa.int64()),
         ("cnt", pa.int64()),
     ]
 )
 
 
-def _hourly_profile(working: bool) -> np.ndarray:
+def _hourly_profile(working: bool, commute: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(casual, registered) riders' shares by hour: commuters are registered riders."""
     hours = np.arange(24)
+    leisure = 0.9 * np.exp(-((hours - 14) ** 2) / 14)
     if working:
         peaks = 1.0 * np.exp(-((hours - 8) ** 2) / 2) + 1.3 * np.exp(-((hours - 17.5) ** 2) / 3)
-        return 0.04 + peaks + 0.25 * np.exp(-((hours - 13) ** 2) / 8)
-    return 0.04 + 0.9 * np.exp(-((hours - 14) ** 2) / 14)
+        midday = 0.25 * np.exp(-((hours - 13) ** 2) / 8)
+        return 0.02 + 0.3 * midday, 0.02 + commute * peaks + 0.7 * midday
+    return 0.02 + 0.6 * leisure, 0.02 + 0.4 * leisure
 
 
 def day(date: dt.date, index: int, seed: int) -> pd.DataFrame:
@@ -60,10 +73,15 @@ def day(date: dt.date, index: int, seed: int) -> pd.DataFrame:
     humidity = np.round((55 + 12 * weather + rng.normal(0, 8, 24)).clip(5, 100), 1)
     wind = np.round(rng.gamma(2.0, 6.0, 24).clip(0, 79), 1)
     comfort = np.exp(-((temp - 22) ** 2) / 150)
-    expected = (
-        420 * _hourly_profile(bool(working)) * comfort * np.take(WEATHER_FACTOR, weather)
-        * (1 - wind / 160) * (1.0 + 0.1 * index / 365)
+    scale = (
+        420 * comfort * np.take(WEATHER_FACTOR, weather) * (1 - wind / 160)
+        * (1.0 + 0.1 * index / 365)
     )  # fmt: skip
+    commute = 1.0 - COMMUTE_LOSS * (index >= REGIME_DAY)
+    casual_share, registered_share = _hourly_profile(bool(working), commute)
+    casual = rng.poisson(scale * casual_share)
+    registered = rng.poisson(scale * registered_share)
+    cnt = np.minimum(casual + registered, 1999)
     return pd.DataFrame(
         {
             "hour_start": pd.Timestamp(date) + pd.to_timedelta(hours, unit="h"),
@@ -76,7 +94,9 @@ def day(date: dt.date, index: int, seed: int) -> pd.DataFrame:
             "temp": temp.clip(-19.9, 44.9),
             "humidity": humidity,
             "windspeed": wind,
-            "cnt": rng.poisson(expected).clip(0, 1999).astype("int64"),
+            "casual": np.minimum(casual, cnt).astype("int64"),
+            "registered": (cnt - np.minimum(casual, cnt)).astype("int64"),
+            "cnt": cnt.astype("int64"),
         }
     )
 

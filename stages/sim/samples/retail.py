@@ -6,7 +6,11 @@ each open day, every customer still active places an invoice with a probability 
 the weeks before they stop, so recency and trend predict churn. Customers about to stop cancel
 more (invoice numbers prefixed C, negative quantities). About a fifth of the lines belong to
 guests (no customer id). The calendar is a real shop's: closed on Saturdays and over the
-year-end break, a first day with a handful of lines, and some days with very few.
+year-end break, a first day with a handful of lines, and some days with very few. Invoice
+numbers and free-text descriptions are columns no model reads.
+
+From day REGIME_DAY on, a new price list raises every price by PRICE_RISE: the line amounts,
+an input of every spending feature, move (covariate drift).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ CLOSED = ("12-24", "12-25", "12-26", "12-27", "12-28", "12-29", "12-30", "12-31"
           "01-02", "01-03")  # fmt: skip
 FADE_DAYS = 28  # visits thin out over the weeks before a customer stops
 GUEST_SHARE = 0.2
+REGIME_DAY = 140
+PRICE_RISE = 1.6
 SCHEMA = pa.schema(
     [
         ("invoice_no", pa.string()),
@@ -77,6 +83,8 @@ def day(date: dt.date, index: int, seed: int) -> pd.DataFrame | None:
     rng = np.random.default_rng([seed, index])
     pop = population(seed)
     codes, names, prices = _products(seed)
+    if index >= REGIME_DAY:
+        prices = np.round(prices * PRICE_RISE, 2)
     active = (pop["first"] <= index) & (index <= pop["last"])
     to_go = pop["last"] - index
     fade = np.clip(to_go / FADE_DAYS, 0.15, 1.0)
