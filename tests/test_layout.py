@@ -15,6 +15,7 @@ hidden inside a function to break a circle is still an edge of the graph.
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
@@ -197,6 +198,35 @@ def test_the_wheel_holds_every_module(tmp_path: Path):
     expected = {p.relative_to(ROOT).as_posix() for p in modules().values()}
     assert expected - names == set()
 
+    # installed (not editable) in a fresh venv, run outside any project: the sample datasets'
+    # generators ship in the wheel, and no params.yaml is needed
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-deps", str(wheel)]
+    subprocess.run(pip, check=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # the dependencies come from this interpreter's site-packages (no network in tests); a
+    # PYTHONPATH folder's .pth files are not read, so the editable checkout stays out of reach
+    deps = next(p for p in sys.path if p.endswith("site-packages"))
+    done = subprocess.run(
+        [str(venv / "bin/evergreen"), "lake", "simulate", "--dataset", "retail", "--lake", "lake"],
+        cwd=elsewhere,
+        env={**os.environ, "PYTHONPATH": deps},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (elsewhere / "lake/landing").is_dir()
+    where = subprocess.run(
+        [str(venv / "bin/python"), "-c", "import stages; print(stages.__file__)"],
+        cwd=elsewhere,
+        env={**os.environ, "PYTHONPATH": deps},
+        capture_output=True,
+        text=True,
+    )
+    assert where.stdout.startswith(str(venv)), where.stdout
+
 
 def test_every_command_is_a_module_of_the_cli_room_with_a_main():
     import importlib
@@ -206,3 +236,12 @@ def test_every_command_is_a_module_of_the_cli_room_with_a_main():
     for words, (module_name, _) in COMMANDS.items():
         assert room_of(module_name) in ("cli", "serve"), words
         assert callable(importlib.import_module(module_name).main), words
+
+
+def test_python_dash_m_stages_cli_is_the_evergreen_command():
+    # `evergreen retrain` runs its steps as `python -m stages.cli ...`
+    done = subprocess.run(
+        [sys.executable, "-m", "stages.cli", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: evergreen <command>")

@@ -51,7 +51,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(module.main(args[len(words) :]) or 0)
     print(_usage(), file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout)
     return 0 if args and args[0] in ("-h", "--help") else 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

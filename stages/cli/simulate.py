@@ -8,7 +8,7 @@ import datetime as dt
 import sys
 from collections.abc import Sequence
 
-from stages.lib.params import default_lake, load_params
+from stages.lib.params import default_lake
 from stages.sim.samples import SAMPLES, SampleLakeMismatch, write_sample
 from stages.sim.shop import (
     FAULTS,
@@ -100,7 +100,8 @@ def _write_sample(args: argparse.Namespace) -> int:
     if args.faults != "none" or args.customers is not None:
         print("evergreen lake simulate: --faults and --customers are the shop's", file=sys.stderr)
         return 2
-    seed = args.seed if args.seed is not None else int(load_params(args.params).get("seed", 7))
+    # params seed where there is a params file (a project), else the default, as for the shop
+    seed = args.seed if args.seed is not None else load_config(args.params)[1]
     lake = default_lake(args.lake, args.params)
     try:
         print(write_sample(args.dataset, lake, start=args.start, days=args.days, seed=seed))
