@@ -14,7 +14,7 @@ from pathlib import Path
 from stages.lib.dataset import dataset_from_params
 from stages.lib.drift import DriftConfig, compute_drift
 from stages.lib.io import write_json
-from stages.lib.params import load_params, section
+from stages.lib.params import section, stage_params
 from stages.lib.profiling import read_profiles
 
 
@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
 
-    params = load_params(args.params)
+    params = stage_params(args.params, "drift")
     try:
         dataset = dataset_from_params(section(params, "dataset"))
         cfg = DriftConfig.from_params(section(params, "drift"))

@@ -22,7 +22,7 @@ from stages.lib.evaluation import (
 )
 from stages.lib.io import read_frame, write_metrics
 from stages.lib.model_io import load_model
-from stages.lib.params import PARAMS_FILE, load_params, section
+from stages.lib.params import PARAMS_FILE, section, stage_params
 from stages.lib.regression import residual_table
 from stages.lib.training import (
     check_frame,
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="params.yaml")
     args = parser.parse_args(argv)
 
-    params = load_params(args.params)
+    params = stage_params(args.params, "evaluate")
     cfg = EvaluateConfig.from_params(section(params, "evaluate"))
     seed = int(section(params, "seed"))
     schema = load_schema(args.schema)

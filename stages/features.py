@@ -10,7 +10,7 @@ from pathlib import Path
 
 from stages.lib.dataset import dataset_from_params
 from stages.lib.engine import EngineConfig
-from stages.lib.params import load_params, section
+from stages.lib.params import section, stage_params
 from stages.lib.rows import write_rows
 from stages.lib.snapshots import FeaturesConfig, write_snapshots
 
@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
 
-    params = load_params(args.params)
+    params = stage_params(args.params, "features")
     try:
         dataset = dataset_from_params(section(params, "dataset"))
         cfg = FeaturesConfig.from_params(section(params, "features"))

@@ -13,7 +13,7 @@ from pathlib import Path
 from stages.lib.dataset import DatasetConfigError, dataset_from_params
 from stages.lib.engine import EngineConfig
 from stages.lib.merge import prepare_fingerprint, run_prepare
-from stages.lib.params import load_params, section
+from stages.lib.params import section, stage_params
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
 
-    params = load_params(args.params)
+    params = stage_params(args.params, "prepare")
     try:
         dataset = dataset_from_params(section(params, "dataset"))
     except DatasetConfigError as exc:  # one line naming the file and key, not a traceback

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from stages.lib.dataset import dataset_from_params
 from stages.lib.io import validated_partitions, write_json
-from stages.lib.params import load_params, section
+from stages.lib.params import section, stage_params
 from stages.lib.profiling import ProfileConfig, profile_partition
 
 
@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
 
-    params = load_params(args.params)
+    params = stage_params(args.params, "profiles")
     try:
         dataset = dataset_from_params(section(params, "dataset"))
         cfg = ProfileConfig.from_params(section(params, "profile"))

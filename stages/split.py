@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from stages.lib.io import write_frame, write_json
-from stages.lib.params import load_params, section
+from stages.lib.params import section, stage_params
 from stages.lib.predictions import SNAPSHOT_COL
 from stages.lib.splitting import SplitConfig, split_snapshots
 
@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
 
-    cfg = SplitConfig(**section(load_params(args.params), "split"))
+    cfg = SplitConfig(**section(stage_params(args.params, "split"), "split"))
     parts = split_snapshots(pd.read_parquet(args.snapshots), cfg)
     summary = {}
     for name, part in parts.items():

@@ -14,7 +14,7 @@ import pandas as pd
 from stages.contract.feature_schema import load_schema
 from stages.lib.io import read_frame, write_metrics
 from stages.lib.model_io import save_model
-from stages.lib.params import PARAMS_FILE, load_params, section
+from stages.lib.params import PARAMS_FILE, section, stage_params
 from stages.lib.training import (
     SPLITS,
     ModelConfig,
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="params.yaml")
     args = parser.parse_args(argv)
 
-    params = load_params(args.params)
+    params = stage_params(args.params, "train")
     seed = int(section(params, "seed"))
     model_cfg = ModelConfig.from_params(section(params, "model"))
     train_cfg = TrainConfig.from_params(section(params, "train"))

@@ -21,7 +21,7 @@ from stages.lib.incremental import (
 from stages.lib.io import (
     write_json,
 )
-from stages.lib.params import load_params, section
+from stages.lib.params import section, stage_params
 from stages.lib.validation import (
     ValidateConfig,
     ValidationFailed,
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
 
-    params = load_params(args.params)
+    params = stage_params(args.params, "validate")
     dataset_params, validate_params = section(params, "dataset"), section(params, "validate")
     try:
         dataset = dataset_from_params(dataset_params)

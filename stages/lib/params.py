@@ -11,6 +11,7 @@ the override, never a parser's traceback.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,16 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     if not isinstance(params, Mapping):
         raise ParamsError(f"{path}: expected a mapping at the top level")
     return dict(params)
+
+
+def stage_params(path: str | Path, stage: str) -> dict[str, Any]:
+    """params.yaml for a stage's `main`: a missing or broken file is one line on stderr naming
+    the stage and the file, and exit 2 (never a traceback)."""
+    try:
+        return load_params(path)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"{stage}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def section(params: Mapping[str, Any], name: str) -> dict[str, Any]:

@@ -54,7 +54,11 @@ class Published:
 
 def snapshot_date(data: bytes, source: str) -> str:
     """The one snapshot date of a predictions file."""
-    table = pq.read_table(io.BytesIO(data), columns=[SNAPSHOT_COL])
+    # one column of a small file: no thread pool. A threaded read of a Python file object can
+    # leave an Arrow pool thread alive at interpreter exit, which aborts the process
+    # ("terminate called without an active exception", seen in `evergreen publish`;
+    # apache/arrow#34314, #50482)
+    table = pq.read_table(io.BytesIO(data), columns=[SNAPSHOT_COL], use_threads=False)
     dates = sorted({str(d) for d in table.column(SNAPSHOT_COL).to_pylist()})
     if len(dates) != 1:
         raise ValueError(
@@ -126,12 +130,13 @@ def read_published(lake: str) -> pd.DataFrame:
         for day in days:
             name = day.rstrip("/").rsplit("/", 1)[-1]
             if PARTITION_RE.match(name) and fs.exists(f"{day}/{FILE}"):
-                frames.append(pd.read_parquet(io.BytesIO(fs.cat_file(f"{day}/{FILE}"))))
+                raw = io.BytesIO(fs.cat_file(f"{day}/{FILE}"))
+                frames.append(pd.read_parquet(raw, use_threads=False))
     else:
         folder = Path(root)
         for day in sorted(folder.iterdir()) if folder.is_dir() else []:
             if PARTITION_RE.match(day.name) and (day / FILE).is_file():
-                frames.append(pd.read_parquet(day / FILE))
+                frames.append(pd.read_parquet(day / FILE, use_threads=False))
     if not frames:
         return pd.DataFrame()
     return pd.concat(frames, ignore_index=True)

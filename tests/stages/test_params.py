@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import shutil
 
 import pytest
@@ -109,3 +110,20 @@ def test_bad_override_is_one_line_naming_it(tmp_path, capsys, override, message)
     assert not out.exists()
     if override.endswith(HUGE):
         assert "(100015 characters): Exceeds the limit (4300 digits)" in err
+
+
+@pytest.mark.parametrize(
+    "stage", ["validate", "profiles", "prepare", "features", "split", "drift", "train", "evaluate"]
+)
+def test_every_stage_names_a_broken_params_file_in_one_line(tmp_path, stage, capsys) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seed: 7\nsplit: [1, 2\n")
+    # the stage's own command line from dvc.yaml, its paths moved under tmp_path
+    cmd = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["cmd"].split()[3:]
+    argv = [a if a.startswith("--") else str(tmp_path / a) for a in cmd]
+    main = importlib.import_module(f"stages.{stage}").main
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--params", str(bad)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{stage}: {bad}, line 3: not valid YAML (") and err.count("\n") == 1
