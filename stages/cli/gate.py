@@ -635,15 +635,17 @@ def fetch_champion(
         schema = FeatureSchema.from_dict(yaml.safe_load(raw_schema))
     except (KeyError, TypeError, yaml.YAMLError) as exc:
         raise ValueError(f"{schema_path} on {where} is not a feature schema ({exc})") from exc
+    # the bytes the cache or remote gave must be the ones the commit records, before a byte of
+    # them is read as a model (whoever can write the remote must not choose what CI loads)
+    md5 = recorded_md5(yaml.safe_load(raw_lock) or {}, model_path)
     with tempfile.TemporaryDirectory(prefix="evergreen-champion-") as tmp:
         local = Path(tmp) / Path(model_path).name
         local.write_bytes(raw_model)
         try:
-            model = load_model(local)
+            model = load_model(local, expected_md5=md5)
         except ValueError as exc:
             # name the file at the ref, not the temporary copy, so gate.json stays deterministic
             raise ValueError(str(exc).replace(str(local), f"{model_path} on {where}")) from exc
-    md5 = recorded_md5(yaml.safe_load(raw_lock) or {}, model_path)
     return Champion(ref, commit, md5 or hashlib.md5(raw_model).hexdigest(), model, schema)
 
 

@@ -621,7 +621,7 @@ def _inputs(tmp_path: Path, fitted: Path, gate: dict, dataset: dict | None = Non
         params["dataset"] = dataset
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     # a fresh repository with no commit: no ref holds a champion
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(tmp_path)], check=True)
     return [
         "--model",
         str(fitted),
@@ -735,3 +735,36 @@ def test_main_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--no-such-option"])
     assert exc.value.code == 2
+
+
+def test_a_champion_whose_bytes_are_not_the_recorded_ones_is_never_loaded(
+    fitted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    from stages.cli import gate
+
+    subprocess.run(["git", "init", "-q", "-b", "main", str(tmp_path)], check=True)
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    subprocess.run(["git", "-C", str(tmp_path), "commit", "-q", "--allow-empty", "-m", "c"],
+                   check=True, env={**__import__("os").environ, **env})  # fmt: skip
+    good = fitted.read_bytes()
+    lock = {"stages": {"train": {"outs": [{"path": "models/model.skops",
+                                           "md5": hashlib.md5(good).hexdigest()}]}}}  # fmt: skip
+    files = {
+        "models/model.skops": good,
+        "schema.json": SCHEMA.to_json(),
+        "dvc.lock": yaml.safe_dump(lock),
+    }
+    monkeypatch.setattr(gate, "_read", lambda api, path, repo, rev, *, mode: files[path])
+    args = ("main", tmp_path, "models/model.skops", "schema.json", "dvc.lock")
+    assert gate.fetch_champion(*args).model_md5 == hashlib.md5(good).hexdigest()
+    # a remote (or cache) that serves other bytes for the recorded model: refused unread, even
+    # when the bytes are a perfectly loadable model
+    files["models/model.skops"] = save_model(
+        train_model(make_frame(200, seed=5), SCHEMA, ModelConfig("m", "logistic_regression", {}),
+                    seed=1), tmp_path / "other.skops"
+    ).read_bytes()  # fmt: skip
+    with pytest.raises(ValueError, match=r"models/model\.skops on 'main' .*its commit records"):
+        gate.fetch_champion(*args)
