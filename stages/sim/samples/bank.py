@@ -65,7 +65,7 @@ def day(date: dt.date, index: int, seed: int) -> pd.DataFrame | None:
     level = regime["euribor_level"] + 0.05 * np.sin(index / 40)
     euribor = np.round(level + rng.normal(0, 0.08, n), 3).clip(-0.9, 5.9)
     emp = np.round(np.full(n, 1.4 - 1.2 * year) + rng.normal(0, 0.1, n), 1)
-    conf = np.round(-36 - 6 * (year - 1) + rng.normal(0, 1.5, n), 1).clip(-59, -1)
+    conf = np.round(-36 + 6 * (year - 1) + rng.normal(0, 1.5, n), 1).clip(-59, -1)
     job = rng.choice(len(JOBS), n, p=JOB_WEIGHTS)
     age = np.where(np.isin(job, (5,)), rng.integers(58, 90, n), rng.integers(18, 60, n))
     cellular = rng.random(n) < (0.55 + 0.1 * min(index // 365, 2))
