@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
+from stages.contract.storage import write_bytes_atomic
 from stages.lib.params import PARAMS_FILE, default_lake
 
 LANDING = "landing"
@@ -235,9 +236,7 @@ def write_manifest(path: Path, manifest: Mapping[str, ObjectInfo]) -> bool:
     content = manifest_bytes(manifest)
     if path.is_file() and path.read_bytes() == content:
         return False  # an untouched file keeps its mtime, so DVC need not even rehash it
-    tmp = _tmp_path(path)
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
+    write_bytes_atomic(content, path)  # a failed write leaves no temporary file
     return True
 
 

@@ -107,3 +107,14 @@ def test_overrides_apply_writes_conf_atomically(tmp_path: Path, monkeypatch, whe
         overrides.apply_overrides(conf, overrides.parse_overrides(["seed=11"]))
     assert (conf / "config.yaml").read_bytes() == before  # not truncated half-way
     assert leftovers(conf) == []
+
+
+def test_ingest_manifest_write_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> None:
+    from stages.cli import ingest
+    from stages.contract import storage
+
+    path = tmp_path / "manifest.json"
+    monkeypatch.setattr(storage.os, "replace", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        ingest.write_manifest(path, {"landing/t/date=2026-01-01/p.parquet": ingest.ObjectInfo(3)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
