@@ -10,15 +10,23 @@ Endpoints:
   breaks the card's feature schema gets 422 naming each field and the expectation
   (serve/schema.py), checked by FastAPI in the API server before any worker sees it.
 - `GET /health`: 200 `ok` once every inference worker has loaded the model, 503 before (the
-  port only opens once the first worker is ready); never needs the API key.
+  port only opens once the first worker is ready) and as soon as a worker dies or is stuck
+  (serve/health.py: the server then answers waiting requests 503 and exits with code 1, to be
+  restarted); never needs the API key.
 - `GET /info`: model name and version (md5 of the ONNX file), data version, git commit, gate
-  verdict, test metrics, the accepted feature schema, shadow model, prediction-log counters.
-- `GET /openapi.json`, `/docs`: the generated request and response schemas.
+  verdict, test metrics, the accepted feature schema, shadow model, prediction-log counters
+  and its last failure.
+- `GET /openapi.json`, `/docs`, `/redoc`: the generated request and response schemas.
 
 With `EVERGREEN_API_KEY` (or `EVERGREEN_API_KEY_FILE`) set, every endpoint but /health needs the
-header `X-API-Key` (compared in constant time). LitServe 0.2.19 puts the API's `authorize`
-dependency on /health too, so ours lets /health through: container and load-balancer probes
-then need no secret, and /health tells nothing but readiness.
+header `X-API-Key` (compared in constant time), FastAPI's own documentation routes included,
+and the OpenAPI document declares the key on exactly those routes (on none without a key).
+LitServe 0.2.19 puts the API's `authorize` dependency on /health too, so ours lets /health
+through: container and load-balancer probes then need no secret, and /health tells nothing
+but readiness.
+
+A request's headers and body must arrive within `request_header_timeout` and
+`request_body_timeout` seconds (serve/protocol.py), else 408 and the connection is closed.
 
 Each worker loads only the ONNX graph and the card (no pickle, sklearn, torch or DVC), scores
 an optional shadow model on every request (logged, never returned), and hands each answered
@@ -28,7 +36,9 @@ request to the prediction log (serve/sink.py), off the request path.
 # No `from __future__ import annotations` here: LitServe and FastAPI read the annotations of
 # `decode_request`/`encode_response` and of the endpoints as real types to build the routes.
 import argparse
+import asyncio
 import atexit
+import contextlib
 import hmac
 import json
 import logging
@@ -37,7 +47,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -47,10 +57,15 @@ import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from starlette.requests import ClientDisconnect
+from starlette.routing import Route
 
+from serve.health import WorkerHealth, WorkerMonitor, fail_waiting_requests
 from serve.model import Feed, ServedModel, concat, load_served_model, preflight
+from serve.protocol import timed_protocol
 from serve.schema import ApiModels, WireBatch, api_models, client_errors
 from serve.settings import (
     DEFAULT_SETTINGS,
@@ -72,6 +87,8 @@ API_KEY_HEADER = "X-API-Key"
 MAX_REPORTED_ERRORS = 20
 # bytes of JSON a record may take on average before the request is refused with 413
 BYTES_PER_RECORD = 4096
+# what a request gets once an inference worker died or is stuck (the server is exiting)
+FAILING = "the server is failing (an inference worker died or is stuck) and restarting"
 
 log = logging.getLogger("evergreen.serve")
 api_key_header = APIKeyHeader(
@@ -104,7 +121,14 @@ class PredictAPI(ls.LitAPI):
     `predict` several of them, which are scored in one onnxruntime call.
     """
 
-    def __init__(self, settings: ServeSettings, *, key: str | None, counters: Counters) -> None:
+    def __init__(
+        self,
+        settings: ServeSettings,
+        *,
+        key: str | None,
+        counters: Counters,
+        health: WorkerHealth | None = None,
+    ) -> None:
         super().__init__(
             max_batch_size=settings.max_batch_size,
             batch_timeout=settings.batch_timeout,
@@ -112,11 +136,15 @@ class PredictAPI(ls.LitAPI):
         )
         self.settings = settings
         self.counters = counters
+        self.health_state = health
         self._key = key.encode() if key is not None else None
+        self._slot = 0
 
     def setup(self, device: str) -> None:
         s = self.settings
         started = time.perf_counter()
+        # LitServe numbers its inference workers 0..workers-1 and says which one this is
+        self._slot = int(os.environ.get("LITSERVE_WORKER_ID", "0"))
         self.model = load_served_model(
             s.model, s.card, range_margin=s.range_margin, name=s.model_name
         )
@@ -145,12 +173,19 @@ class PredictAPI(ls.LitAPI):
             self.sink = PredictionSink(config, self.model.schema, meta, self.counters).start()
             atexit.register(self.sink.close)
             signal.signal(signal.SIGTERM, _exit_on_signal)
+        if self.health_state is not None:
+            # from now on (loading a large model may hold the GIL longer than the stall limit)
+            self.health_state.start_beating(self._slot)
         shadow = f", shadow {self.shadow.version}" if self.shadow else ""
         print(
             f"evergreen serve: worker {os.getpid()} loaded {self.model.name} "
             f"{self.model.version}{shadow} in {time.perf_counter() - started:.2f} s",
             flush=True,
         )
+
+    def health(self) -> bool:
+        """LitServe's extra /health check, in the API server: no worker died or is stuck."""
+        return self.health_state is None or self.health_state.problem() is None
 
     def authorize(self, request: Request, key: str | None = Security(api_key_header)) -> None:
         """The API-key check LitServe puts on every route (see the module doc for /health)."""
@@ -169,6 +204,12 @@ class PredictAPI(ls.LitAPI):
         return request
 
     def predict(self, x: WireBatch | list[WireBatch]) -> Scored | list[Scored]:
+        if self.health_state is None:
+            return self._predict(x)
+        with self.health_state.busy(self._slot):  # a batch that never ends is a stuck worker
+            return self._predict(x)
+
+    def _predict(self, x: WireBatch | list[WireBatch]) -> Scored | list[Scored]:
         wires = x if isinstance(x, list) else [x]
         joined = concat(wires)
         scores = self.model.score(self.feed, joined)
@@ -225,6 +266,8 @@ class PredictAPI(ls.LitAPI):
                 output.scores,
                 decisions,
                 output.shadow_scores,
+                # with a key, only requests that carried it reach a worker
+                authenticated=self._key is not None,
             )
             self.sink.submit(entry)
         body = {
@@ -242,18 +285,25 @@ def _plain_api() -> PredictAPI:
     return PredictAPI.__new__(PredictAPI)
 
 
-def routed_api(models: ApiModels) -> type[PredictAPI]:
+def routed_api(models: ApiModels, health: WorkerHealth | None = None) -> type[PredictAPI]:
     """A PredictAPI whose /predict route validates with the card's generated models.
 
     LitServe builds the route from the annotations of `decode_request` (here a FastAPI
     dependency that reads the body and validates it into a WireBatch, in the API server) and
     `encode_response` (the response model, for the OpenAPI document). Workers need neither:
-    an instance pickles as a plain PredictAPI.
+    an instance pickles as a plain PredictAPI. Once the server is failing (`health`), a request
+    gets 503 before it is queued for a worker.
     """
 
     async def validated_body(request: Request) -> WireBatch:
+        if health is not None and health.failed:
+            raise HTTPException(status_code=503, detail=FAILING)
         try:
-            return models.parse(await request.body())
+            body = await request.body()
+        except ClientDisconnect:  # gone, or its body timed out (serve/protocol.py): no answer
+            raise HTTPException(status_code=408, detail="request body not received") from None
+        try:
+            return models.parse(body)
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_context=False, include_input=False)
             raise RequestValidationError(
@@ -321,6 +371,9 @@ def describe(
             "max_records": settings.max_records,
             "threshold": settings.threshold,
             "range_margin": settings.range_margin,
+            "request_header_timeout": settings.request_header_timeout,
+            "request_body_timeout": settings.request_body_timeout,
+            "worker_stall_timeout": settings.worker_stall_timeout,
             "auth": auth,
         },
     }
@@ -356,9 +409,10 @@ VALIDATION_ERRORS = {
 
 def document_routes(app: FastAPI, models: ApiModels, *, auth: bool) -> None:
     """Make the OpenAPI document say what the routes take and answer: /predict's body (read by
-    a dependency, so FastAPI cannot see it) and its 422; LitServe's /health and / reply
-    text/plain (FastAPI would document JSON); with an API key every route but /health can
-    answer 401."""
+    a dependency, so FastAPI cannot see it), its 422 and 503; LitServe's /health and / reply
+    text/plain (FastAPI would document JSON); with an API key every route but /health needs it
+    (`security`) and can answer 401; without one no route declares it. (`authorize` declares
+    the key on every route it guards, /health included, whether a key is set or not.)"""
     build = app.openapi
     template = "#/components/schemas/{model}"
     request_schema = TypeAdapter(models.request).json_schema(ref_template=template)
@@ -384,6 +438,10 @@ def document_routes(app: FastAPI, models: ApiModels, *, auth: bool) -> None:
                     }
                 },
             }
+            predict["responses"]["503"] = {
+                "description": FAILING,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
         if "get" in paths.get(HEALTH_PATH, {}):
             paths[HEALTH_PATH]["get"]["responses"] = {
                 "200": _text("ok: every inference worker has loaded the model"),
@@ -391,15 +449,19 @@ def document_routes(app: FastAPI, models: ApiModels, *, auth: bool) -> None:
             }
         if "get" in paths.get("/", {}):
             paths["/"]["get"]["responses"]["200"] = _text("litserve running")
-        if auth:
-            denied = {
-                "description": f"missing or wrong {API_KEY_HEADER} header",
-                "content": {"application/json": {"schema": {"type": "object"}}},
-            }
-            for path, operations in paths.items():
-                for operation in operations.values():
-                    if path != HEALTH_PATH:
-                        operation["responses"].setdefault("401", denied)
+        denied = {
+            "description": f"missing or wrong {API_KEY_HEADER} header",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+        for path, operations in paths.items():
+            for operation in operations.values():
+                if auth and path != HEALTH_PATH:
+                    operation["responses"].setdefault("401", denied)
+                else:
+                    operation.pop("security", None)
+        if not auth:
+            components_root = schema.get("components", {})
+            components_root.pop("securitySchemes", None)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -412,6 +474,42 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     )
 
 
+def guard_fastapi_routes(app: FastAPI, authorize: Callable[..., None]) -> None:
+    """FastAPI serves /openapi.json, /docs, /docs/oauth2-redirect and /redoc as plain routes,
+    outside any dependency: re-add each with `authorize`, as every LitServe route has it."""
+    for route in list(app.router.routes):
+        if isinstance(route, Route) and not isinstance(route, APIRoute):
+            app.router.routes.remove(route)
+            app.add_api_route(
+                route.path,
+                route.endpoint,
+                methods=sorted((route.methods or {"GET"}) - {"HEAD"}),
+                include_in_schema=False,
+                dependencies=[Depends(authorize)],
+            )
+
+
+def watch_for_failure(app: FastAPI, server: ls.LitServer, health: WorkerHealth) -> None:
+    """Run `fail_waiting_requests` in each API server, beside LitServe's own lifespan task
+    (the app is copied into each API server process, its router shared)."""
+    inner = app.router.lifespan_context
+
+    def failing() -> Exception:
+        return HTTPException(status_code=503, detail=FAILING)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[Any]:
+        async with inner(app) as state:
+            watch = fail_waiting_requests(server.response_buffer, health, failing)
+            task = asyncio.create_task(watch)
+            try:
+                yield state
+            finally:
+                task.cancel()
+
+    app.router.lifespan_context = lifespan
+
+
 def build_server(
     settings: ServeSettings,
     champion: ServedModel,
@@ -419,10 +517,12 @@ def build_server(
     *,
     key: str | None,
     counters: Counters,
+    health: WorkerHealth | None = None,
 ) -> ls.LitServer:
-    """The LitServer with /predict typed by the card, our /info and 422 handler."""
+    """The LitServer with /predict typed by the card, our /info and 422 handler; with
+    `health`, its workers are watched (serve/health.py: start a WorkerMonitor with it)."""
     models = api_models(champion.schema, settings.max_records)
-    api = routed_api(models)(settings, key=key, counters=counters)
+    api = routed_api(models, health)(settings, key=key, counters=counters, health=health)
     server = ls.LitServer(
         api,
         accelerator="cpu",
@@ -432,6 +532,10 @@ def build_server(
         info_path=LITSERVE_INFO_PATH,
         max_payload_size=max(1 << 20, settings.max_records * BYTES_PER_RECORD),
     )
+    if health is not None:
+        # ours replaces LitServe's watch, which sees only a dead worker, leaves /health at 200
+        # and its waiting requests hanging, and exits after uvicorn's 30 s graceful wait
+        server._monitor_workers = False
     app = server.app
     app.title = "Evergreen prediction server"
     app.version = f"{champion.name}@{champion.version}"
@@ -440,7 +544,7 @@ def build_server(
     static = describe(settings, champion, shadow, auth=key is not None)
 
     async def info() -> InfoResponse:
-        log_info = {**static["predictions_log"], **counters.snapshot()}
+        log_info = {**static["predictions_log"], **counters.snapshot(), **counters.last_error()}
         return InfoResponse(**{**static, "predictions_log": log_info})
 
     app.add_api_route(
@@ -451,6 +555,9 @@ def build_server(
         dependencies=[Depends(api.authorize)],
         summary="What is served: model, data version, commit, gate verdict, metrics, schema",
     )
+    guard_fastapi_routes(app, api.authorize)
+    if health is not None:
+        watch_for_failure(app, server, health)
     return server
 
 
@@ -480,8 +587,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def interrupt_on(signums: Sequence[int]) -> dict[int, Any]:
-    """Make `signums` raise KeyboardInterrupt here, LitServe's one graceful-shutdown path.
+def interrupt_on(
+    signums: Sequence[int], on_signal: Callable[[], None] | None = None
+) -> dict[int, Any]:
+    """Make `signums` raise KeyboardInterrupt here, LitServe's one graceful-shutdown path
+    (after calling `on_signal`, in this process only).
 
     Needed because SIGTERM (docker stop, CI runners) would kill this process and leave its
     children serving the port, a container's PID 1 ignores it outright, and SIGINT arrives
@@ -495,6 +605,8 @@ def interrupt_on(signums: Sequence[int]) -> dict[int, Any]:
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
             return
+        if on_signal is not None:
+            on_signal()
         raise KeyboardInterrupt
 
     return {signum: signal.signal(signum, handler) for signum in signums}
@@ -502,7 +614,7 @@ def interrupt_on(signums: Sequence[int]) -> dict[int, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until SIGINT or SIGTERM. Returns 2 when the settings, model or card are unusable,
-    1 when a worker fails to start."""
+    1 when a worker fails to start, or dies or gets stuck while serving (serve/health.py)."""
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "settings"}
     # Inference workers are spawned and inherit this: one OpenMP thread each keeps several
@@ -515,9 +627,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, FileNotFoundError, ValueError) as exc:
         print(f"evergreen serve: {exc}", file=sys.stderr)
         return 2
-    server = build_server(settings, champion, shadow, key=key, counters=Counters())
-    previous = interrupt_on([signal.SIGINT, signal.SIGTERM])
+    health = WorkerHealth(settings.workers, settings.worker_stall_timeout)
+    server = build_server(settings, champion, shadow, key=key, counters=Counters(), health=health)
+    monitor = WorkerMonitor(server, health)
+    previous = interrupt_on([signal.SIGINT, signal.SIGTERM], on_signal=monitor.stop)
     try:
+        monitor.start()
         server.run(
             host=settings.host,
             port=settings.port,
@@ -525,13 +640,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_level=settings.log_level,
             generate_client_file=False,
             access_log=settings.access_log,
+            http=timed_protocol(settings.request_header_timeout, settings.request_body_timeout),
         )
     except RuntimeError as exc:  # a worker failed in setup()
         print(f"evergreen serve: {exc}", file=sys.stderr)
         return 1
     finally:
+        monitor.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if monitor.failure is not None:
+        print(f"evergreen serve: stopped: {monitor.failure}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -12,12 +12,20 @@ The API key is never a setting: it comes from `EVERGREEN_API_KEY` or the file na
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 SECTION = "serve"
 ENV_PREFIX = "EVERGREEN_SERVE_"
@@ -49,6 +57,10 @@ class ServeSettings(BaseModel):
     max_batch_size: int = Field(ge=1, le=4096)
     batch_timeout: float = Field(ge=0.0, le=1.0)
     timeout: float = Field(gt=0.0)
+    request_header_timeout: float = Field(gt=0.0, le=3600.0)
+    request_body_timeout: float = Field(gt=0.0, le=3600.0)
+    # at least two heartbeats (serve/health.py: every 0.5 s)
+    worker_stall_timeout: float = Field(ge=1.0, le=3600.0)
     max_records: int = Field(ge=1, le=100_000)
     threshold: float = Field(ge=0.0, le=1.0)
     range_margin: float | None = Field(ge=0.0)
@@ -61,6 +73,15 @@ class ServeSettings(BaseModel):
     predictions_flush_seconds: float = Field(gt=0.0)
     shadow_model: Path | None
     shadow_card: Path | None
+
+    @field_validator("predictions_path")
+    @classmethod
+    def _log_destination(cls, path: str | None) -> str | None:
+        # checked here, without any network: the destination itself is opened by each
+        # worker's log writer (an S3 region lookup may fail or hang; it must not stop serving)
+        if path is not None and "://" in path and not re.fullmatch(r"s3://[^/?#]+(/.*)?", path):
+            raise ValueError(f"{path!r}: expected a local folder or s3://bucket/prefix")
+        return path
 
     @model_validator(mode="after")
     def _shadow_pair(self) -> ServeSettings:

@@ -12,8 +12,13 @@ file, and the layout is the same on a local folder and an `s3://` prefix:
     <path>/date=YYYY-MM-DD/part-<UTC time>-<pid>-<seq>.parquet|.jsonl
 
 When `max_queued` records already wait (a slow or hung sink), new records are dropped and
-counted; a write that fails loses its records, counted as failed. Neither ever reaches the
-request. Counters are shared by all workers of a server (for /info).
+counted; a write that fails loses its records, counted as failed, and leaves no file behind
+(nor a temporary one). Neither ever reaches the request. The destination is opened by the
+writer thread, not when the worker starts: an `s3://` prefix whose bucket region cannot be
+looked up (or an object store that is down) fails writes, never the server's start, and is
+retried at every write. Counters, and the last failure's message and time, are shared by all
+workers of a server (for /info); each worker also logs a warning at most every
+`WARN_EVERY_S` seconds while its writes fail.
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ import os
 import threading
 import time
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from serve.schema import ServingSchema, WireBatch
@@ -42,14 +49,20 @@ log = logging.getLogger("evergreen.serve")
 COUNTERS = ("logged", "written", "dropped", "failed", "files", "shadow_errors")
 # at most one warning per this many seconds about failing writes, per worker
 WARN_EVERY_S = 60.0
+# bytes kept of the last failure's message
+ERROR_BYTES = 512
 
 
 class Counters:
-    """Integer counters in shared memory: created before the workers start, so every
-    process of the server (inference workers, API servers) sees the same values."""
+    """Integer counters, and the last failure of the log, in shared memory: created before
+    the workers start, so every process of the server (inference workers, API servers) sees
+    the same values."""
 
     def __init__(self) -> None:
-        self._values = multiprocessing.get_context("spawn").Array("q", len(COUNTERS))
+        ctx = multiprocessing.get_context("spawn")
+        self._values = ctx.Array("q", len(COUNTERS))
+        self._error = ctx.Array("c", ERROR_BYTES)
+        self._error_at = ctx.Value("d", 0.0, lock=False)  # guarded by _error's lock
 
     def add(self, name: str, n: int = 1) -> None:
         i = COUNTERS.index(name)
@@ -59,6 +72,22 @@ class Counters:
     def snapshot(self) -> dict[str, int]:
         with self._values.get_lock():
             return dict(zip(COUNTERS, self._values[:], strict=True))
+
+    def record_error(self, message: str, at: float | None = None) -> None:
+        """Keep `message` (its first ERROR_BYTES - 1 bytes) as the last failure, at `at`."""
+        data = message.encode("utf-8", "replace").replace(b"\0", b" ")[: ERROR_BYTES - 1]
+        with self._error.get_lock():
+            self._error.value = data
+            self._error_at.value = time.time() if at is None else at
+
+    def last_error(self) -> dict[str, str | None]:
+        """{"last_error": message, "last_error_at": ISO time (UTC)}, both None before any."""
+        with self._error.get_lock():
+            data, at = self._error.value, self._error_at.value
+        if not at:
+            return {"last_error": None, "last_error_at": None}
+        when = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+        return {"last_error": data.decode("utf-8", "replace"), "last_error_at": when}
 
 
 @dataclass(frozen=True)
@@ -82,6 +111,8 @@ class LogEntry:
     scores: np.ndarray
     decisions: np.ndarray
     shadow_scores: np.ndarray | None
+    # the request carried a valid API key (False: the server runs without one)
+    authenticated: bool = False
 
     def __len__(self) -> int:
         return len(self.wire)
@@ -118,6 +149,7 @@ def log_table(
             np.repeat([int(e.time * 1000) for e in entries], rows), pa.timestamp("ms", tz="UTC")
         ),
         "latency_ms": pa.array(np.repeat([e.latency_ms for e in entries], rows)),
+        "authenticated": pa.array(np.repeat([e.authenticated for e in entries], rows)),
         "model_name": repeated(meta.get("model_name")),
         "model_version": repeated(meta.get("model_version")),
         "data_version": repeated(meta.get("data_version")),
@@ -177,7 +209,10 @@ class PredictionSink:
         self.schema = schema
         self.meta = dict(meta)
         self.counters = counters
-        self.fs, self.base, self.local = open_destination(config.path)
+        # opened by the writer thread (`_destination`); a local folder is known without it
+        self.fs: pafs.FileSystem | None = None
+        self.base = ""
+        self.local = not config.path.startswith("s3://")
         self._pending: list[LogEntry] = []
         self._pending_rows = 0
         self._oldest = 0.0
@@ -229,7 +264,25 @@ class PredictionSink:
             return True
         return time.monotonic() - self._oldest >= self.config.flush_seconds
 
+    def _destination(self) -> pafs.FileSystem:
+        if self.fs is None:
+            self.fs, self.base, self.local = open_destination(self.config.path)
+        return self.fs
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        """Record a failure for /info and warn (at most every WARN_EVERY_S per worker)."""
+        message = f"{what} {self.config.path}: {type(exc).__name__}: {exc}"
+        self.counters.record_error(message)
+        now = time.monotonic()
+        if now - self._last_warning >= WARN_EVERY_S:
+            self._last_warning = now
+            log.warning("prediction log: %s (counted in /info)", message)
+
     def _run(self) -> None:
+        try:  # open early, so that a destination that cannot be reached shows before a flush
+            self._destination()
+        except Exception as exc:
+            self._failed("cannot open", exc)
         while True:
             with self._cond:
                 while not self._closing and not self._due():
@@ -254,25 +307,26 @@ class PredictionSink:
         rows = sum(len(e) for e in batch)
         try:
             data = encode(log_table(batch, self.schema, self.meta), self.config.format)
+            fs = self._destination()
             path = self._file_path(batch[0].time)
             directory, name = path.rsplit("/", 1)
             if self.local:
-                self.fs.create_dir(directory, recursive=True)
+                fs.create_dir(directory, recursive=True)
                 tmp = f"{directory}/.{name}.tmp"
-                with self.fs.open_output_stream(tmp) as out:
-                    out.write(data)
-                self.fs.move(tmp, path)
+                try:
+                    with fs.open_output_stream(tmp) as out:
+                        out.write(data)
+                    fs.move(tmp, path)
+                except BaseException:
+                    with suppress(Exception):  # a full disk: leave no partial file behind
+                        fs.delete_file(tmp)
+                    raise
             else:
-                with self.fs.open_output_stream(path) as out:
+                with fs.open_output_stream(path) as out:
                     out.write(data)
         except Exception as exc:  # any sink failure: count it, never raise into serving
             self.counters.add("failed", rows)
-            now = time.monotonic()
-            if now - self._last_warning >= WARN_EVERY_S:
-                self._last_warning = now
-                log.warning(
-                    "prediction log: %d records lost writing to %s: %s", rows, self.config.path, exc
-                )
+            self._failed(f"{rows} records lost writing to", exc)
             return
         self.counters.add("written", rows)
         self.counters.add("files", 1)

@@ -73,9 +73,11 @@ def running_server(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
     polls: list[int | None] | None = None,
+    exit_code: int = 0,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """Start `cmd` (which must serve on `port`), yield (url, process) once /health answers,
-    then stop it with SIGINT and check it exited cleanly and freed the port."""
+    then stop it with SIGINT (unless it exited by itself) and check it exited with
+    `exit_code` and freed the port."""
     with log.open("w") as out:
         proc = subprocess.Popen(
             list(cmd),
@@ -91,5 +93,5 @@ def running_server(
         yield url, proc
     finally:
         code = stop(proc)
-        assert code == 0, f"server did not exit cleanly on SIGINT ({code}):\n{log.read_text()}"
+        assert code == exit_code, f"server exited with {code}, not {exit_code}:\n{log.read_text()}"
         assert port_refuses(port), f"port {port} still served after the server exited"

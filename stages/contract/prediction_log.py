@@ -53,6 +53,9 @@ def log_schema(
             ("row", pa.int32()),
             ("time", pa.timestamp("ms", tz="UTC")),
             ("latency_ms", pa.float64()),
+            # the request carried a valid API key (always False on a server without one):
+            # traffic anyone can send is told apart from the authenticated clients'
+            ("authenticated", pa.bool_()),
             ("model_name", pa.string()),
             ("model_version", pa.string()),
             ("data_version", pa.string()),
@@ -83,11 +86,13 @@ def _output_fields(regression: bool) -> list[tuple[str, pa.DataType]]:
 
 
 def read_logged(
-    path: str | None, days: int, column: str = "score"
+    path: str | None, days: int, column: str = SCORE, *, authenticated_only: bool = False
 ) -> tuple[np.ndarray | None, dict[str, Any]]:
     """Scores (or a regression's `prediction`: `column`) of the server's prediction log in its
     latest `days` days (parquet or JSON lines, local folder or s3://); None with the reason
-    when there is no log."""
+    when there is no log. With `authenticated_only`, only the rows of requests that carried the
+    API key (`authenticated`; a file written before the column existed counts as
+    unauthenticated); the info says how many rows were read and how many were authenticated."""
     if not path:
         return None, {"status": "absent", "detail": "serve.predictions_path is not set"}
     if path.startswith("s3://"):
@@ -106,19 +111,44 @@ def read_logged(
     if not by_day:
         return None, {"status": "absent", "path": path, "detail": "no prediction log files"}
     chosen = sorted(by_day)[-days:]
-    scores = []
+    scores, keyed = [], []
     for day in chosen:
         for file in sorted(by_day[day]):
-            if file.endswith(".parquet"):
-                scores.append(
-                    pq.read_table(file, columns=[column], filesystem=fs)[column].to_numpy(
-                        zero_copy_only=False
-                    )
-                )
-            else:
-                with fs.open_input_stream(file) as f:
-                    rows = [json.loads(line) for line in f.read().splitlines() if line.strip()]
-                values = [row.get(column) for row in rows]
-                scores.append(np.array([np.nan if v is None else v for v in values], "float64"))
+            values, authenticated = _read_file(fs, file, column)
+            scores.append(values)
+            keyed.append(authenticated)
     values = np.concatenate(scores).astype("float64")
-    return values, {"status": "read", "path": path, "days": chosen, "rows": len(values)}
+    authenticated = np.concatenate(keyed).astype(bool)
+    info = {
+        "status": "read",
+        "path": path,
+        "days": chosen,
+        "rows": len(values),
+        "authenticated_rows": int(authenticated.sum()),
+        "unauthenticated_share": round(float(1 - authenticated.mean()), 6) if len(values) else 0.0,
+    }
+    if authenticated_only:
+        values = values[authenticated]
+        if not len(values):
+            return None, {**info, "status": "unauthenticated", "detail": (
+                "no request carried the API key: unauthenticated traffic never moves the "
+                "monitor (anyone could have sent it)")}  # fmt: skip
+    return values, info
+
+
+def _read_file(fs: pafs.FileSystem, file: str, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """One log file's `column` (float64, NaN for null) and its `authenticated` flags."""
+    if file.endswith(".parquet"):
+        names = pq.read_schema(file, filesystem=fs).names
+        wanted = [column, *(["authenticated"] if "authenticated" in names else [])]
+        table = pq.read_table(file, columns=wanted, filesystem=fs, use_threads=False)
+        values = table[column].to_numpy(zero_copy_only=False).astype("float64")
+        if "authenticated" in names:
+            flags = table["authenticated"].fill_null(False).to_numpy(zero_copy_only=False)
+        else:
+            flags = np.zeros(len(values), dtype=bool)
+        return values, flags.astype(bool)
+    with fs.open_input_stream(file) as f:
+        rows = [json.loads(line) for line in f.read().splitlines() if line.strip()]
+    values = np.array([np.nan if r.get(column) is None else r[column] for r in rows], "float64")
+    return values, np.array([r.get("authenticated") is True for r in rows], dtype=bool)

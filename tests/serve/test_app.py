@@ -34,13 +34,18 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from serve import healthcheck
+from serve.app import HEALTH_PATH, build_server
 from serve.context import build_context
+from serve.model import preflight
+from serve.settings import load_settings
+from serve.sink import Counters
 from tests.serve.artifacts import SCHEMA, Artifacts, settings_file, write_model
 from tests.server_process import free_port, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_RECORDS = 5
 API_KEY = "s3cret-key-for-tests"
+API_KEY_HEADER = "X-API-Key"
 
 pytestmark = pytest.mark.slow
 
@@ -297,8 +302,23 @@ def test_predictions_are_logged_with_versions_and_shadow_scores(image_server: Se
         "plan": "basic",
     }
     assert (rows["latency_ms"] > 0).all()
+    assert not rows["authenticated"].any()  # a server without an API key
     counters = requests.get(f"{image_server.url}/info", timeout=10).json()["predictions_log"]
     assert counters["written"] >= 4 and counters["dropped"] == counters["failed"] == 0
+    assert counters["last_error"] is None and counters["last_error_at"] is None
+
+
+def test_without_a_key_no_route_declares_one(image_server: Server) -> None:
+    response = requests.get(f"{image_server.url}/openapi.json", timeout=10)
+    assert response.status_code == 200
+    document = response.json()
+    operations = [op for ops in document["paths"].values() for op in ops.values()]
+    assert len(operations) == 5
+    assert not any("security" in op or "401" in op["responses"] for op in operations)
+    assert "securitySchemes" not in document.get("components", {})
+    assert API_KEY_HEADER.lower() not in response.text.lower()
+    for path in ("/docs", "/redoc"):  # FastAPI's pages are served as usual
+        assert requests.get(f"{image_server.url}{path}", timeout=10).status_code == 200
 
 
 def test_the_image_healthcheck_passes_against_it(image_server: Server) -> None:
@@ -317,9 +337,10 @@ def openapi(image_server: Server):
     [
         ("POST", "/predict", GenerationMode.POSITIVE, 200),
         ("POST", "/predict", GenerationMode.NEGATIVE, 100),
-        ("GET", "/info", GenerationMode.POSITIVE, 5),
-        ("GET", "/health", GenerationMode.POSITIVE, 5),
-        ("GET", "/", GenerationMode.POSITIVE, 5),
+        # without an API key these take no input at all: one request each
+        ("GET", "/info", GenerationMode.POSITIVE, 1),
+        ("GET", "/health", GenerationMode.POSITIVE, 1),
+        ("GET", "/", GenerationMode.POSITIVE, 1),
     ],
 )
 def test_openapi_no_server_error_and_responses_match_the_schema(
@@ -347,7 +368,7 @@ def test_openapi_no_server_error_and_responses_match_the_schema(
     assert len(statuses) >= min(examples, 50)
     if mode == GenerationMode.POSITIVE:  # the schema and the validation agree on what is valid
         assert set(statuses) == {200}, sorted(set(statuses))
-    else:  # invalid bodies get 422; a broken X-API-Key alone changes nothing with auth off
+    else:  # invalid bodies get 422 (no route declares a key with auth off)
         assert 422 in statuses and set(statuses) <= {200, 422}, sorted(set(statuses))
 
 
@@ -374,12 +395,37 @@ def test_auth_batching_and_the_log_written_at_shutdown(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "serve.app", "--settings", str(settings)]
     good = {"X-API-Key": API_KEY}
     records = [record(i, days_since_last_order=float(i)) for i in range(24)]
+    # every route the server has, as built from these settings (FastAPI's own included)
+    built = load_settings(settings, env)
+    app = build_server(built, *preflight(built), key=API_KEY, counters=Counters()).app
+    routes = {(route.path, method) for route in app.routes for method in route.methods}
+    assert {("/openapi.json", "GET"), ("/docs", "GET"), ("/redoc", "GET")} <= routes
     with running_server(cmd, port, tmp_path / "server.log", env=env) as (url, _):
         assert requests.get(f"{url}/health", timeout=5).status_code == 200  # no key needed
         for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": API_KEY + "x"}):
             denied = requests.post(f"{url}/predict", json=records[0], headers=headers, timeout=10)
             assert denied.status_code == 401, denied.text
             assert requests.get(f"{url}/info", headers=headers, timeout=10).status_code == 401
+        for path, method in sorted(routes):
+            if method == "HEAD":
+                continue
+            denied = requests.request(method, f"{url}{path}", timeout=10)
+            allowed = requests.request(method, f"{url}{path}", headers=good, json={}, timeout=10)
+            if path == HEALTH_PATH:
+                assert denied.status_code == allowed.status_code == 200
+            else:  # the documentation too: it tells the model version and every input's range
+                assert denied.status_code == 401, (path, method, denied.text)
+                assert allowed.status_code != 401, (path, method, allowed.text)
+        document = requests.get(f"{url}/openapi.json", headers=good, timeout=10).json()
+        for path, operations in document["paths"].items():
+            for operation in operations.values():
+                if path == HEALTH_PATH:
+                    assert "security" not in operation and "401" not in operation["responses"]
+                else:
+                    assert operation["security"] == [{"APIKeyHeader": []}], path
+                    assert "401" in operation["responses"], path
+        scheme = document["components"]["securitySchemes"]["APIKeyHeader"]
+        assert scheme == {**scheme, "type": "apiKey", "in": "header", "name": API_KEY_HEADER}
         info = requests.get(f"{url}/info", headers=good, timeout=10).json()
         assert info["server"]["auth"] is True and info["server"]["max_batch_size"] == 8
 
@@ -401,3 +447,4 @@ def test_auth_batching_and_the_log_written_at_shutdown(tmp_path: Path) -> None:
     assert {line["model_version"] for line in lines} == {champion.version}
     assert {line["git_commit"] for line in lines} == {champion.card_json["git_commit"]}
     assert {line["shadow_score"] for line in lines} == {None}
+    assert {line["authenticated"] for line in lines} == {True}  # every request carried the key

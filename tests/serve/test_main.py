@@ -66,7 +66,8 @@ def test_bad_settings_and_a_mismatched_shadow_are_refused(
 
 
 def test_interrupt_on_raises_in_owner_and_kills_forked_children() -> None:
-    previous = interrupt_on([signal.SIGTERM])
+    calls: list[int] = []
+    previous = interrupt_on([signal.SIGTERM], on_signal=lambda: calls.append(os.getpid()))
     try:
         child = os.fork()
         if child == 0:  # a forked child (as uvicorn's) must die by the signal, not raise
@@ -82,6 +83,7 @@ def test_interrupt_on_raises_in_owner_and_kills_forked_children() -> None:
     finally:
         signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+    assert calls == [os.getpid()]  # told first (the worker monitor stops), in the owner only
 
 
 def test_the_api_scores_batches_and_survives_a_failing_shadow(

@@ -50,6 +50,17 @@ def test_environment_overrides_the_file_and_flags_override_both(tmp_path: Path) 
         ({}, {"EVERGREEN_SERVE_WORKERS": "two"}, r"workers: .* \(from environment EVERGREEN_"),
         ({}, {"EVERGREEN_SERVE_HOST": "10.0.0.1"}, r"host: .*'127.0.0.1'"),
         ({"shadow_model": "s.onnx"}, {}, "shadow_model and shadow_card go together"),
+        (
+            {},
+            {"EVERGREEN_SERVE_PREDICTIONS_PATH": "gs://bucket/logs"},
+            r"predictions_path: .*'gs://bucket/logs': expected a local folder or s3://",
+        ),
+        ({}, {"EVERGREEN_SERVE_PREDICTIONS_PATH": "s3:///logs"}, "predictions_path: .*s3://"),
+        (
+            {},
+            {"EVERGREEN_SERVE_REQUEST_BODY_TIMEOUT": "0"},
+            r"request_body_timeout: Input should be greater than 0 \(from environment",
+        ),
     ],
 )
 def test_a_bad_setting_is_refused_naming_key_and_source(
@@ -74,6 +85,14 @@ def test_a_settings_file_must_hold_every_key_and_only_known_ones(tmp_path: Path)
         load_settings(other, {})
     with pytest.raises(SettingsError, match="settings file not found"):
         load_settings(tmp_path / "missing.yaml", {})
+
+
+def test_an_s3_log_path_is_accepted_without_opening_it(tmp_path: Path) -> None:
+    # no network here: the bucket's region is looked up by each worker's log writer
+    path = settings_file(tmp_path / "s.yaml")
+    env = {"EVERGREEN_SERVE_PREDICTIONS_PATH": "s3://evergreen-logs/serve?region=eu-west-1"}
+    assert load_settings(path, env).predictions_path == env["EVERGREEN_SERVE_PREDICTIONS_PATH"]
+    assert load_settings(path, {}).request_header_timeout == 10.0  # conf/serve/default.yaml
 
 
 def test_api_key_from_environment_or_file(tmp_path: Path) -> None:

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pytest
 
+from serve import sink as sink_module
 from serve.schema import CategoricalFeature, NumericFeature, ServingSchema, WireBatch
 from serve.sink import Counters, LogEntry, PredictionSink, SinkConfig
 from stages.contract.prediction_log import open_destination
@@ -35,7 +41,9 @@ META = {
 }
 
 
-def entry(keys: list, *, shadow: bool = True, at: float | None = None) -> LogEntry:
+def entry(
+    keys: list, *, shadow: bool = True, at: float | None = None, authenticated: bool = False
+) -> LogEntry:
     n = len(keys)
     wire = WireBatch(
         keys=keys,
@@ -52,6 +60,7 @@ def entry(keys: list, *, shadow: bool = True, at: float | None = None) -> LogEnt
         scores=scores,
         decisions=scores >= 0.5,
         shadow_scores=scores / 2 if shadow else None,
+        authenticated=authenticated,
     )
 
 
@@ -74,7 +83,7 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
 def test_records_carry_versions_features_scores_and_shadow(tmp_path: Path) -> None:
     counters = Counters()
     sink = PredictionSink(config(str(tmp_path)), SCHEMA, META, counters).start()
-    first, second = entry([1, "c-2", 3]), entry([4], shadow=False)
+    first, second = entry([1, "c-2", 3]), entry([4], shadow=False, authenticated=True)
     assert sink.submit(first) and sink.submit(second)
     sink.close()
     files = sorted(tmp_path.rglob("*.parquet"))
@@ -92,6 +101,7 @@ def test_records_carry_versions_features_scores_and_shadow(tmp_path: Path) -> No
     assert [r["decision"] for r in rows] == [False, True, True, False]
     assert [r["shadow_score"] for r in rows[:3]] == pytest.approx([0.05, 0.25, 0.45])
     assert rows[3]["shadow_score"] is None  # no shadow score for that request
+    assert [r["authenticated"] for r in rows] == [False, False, False, True]
     assert counters.snapshot() == {
         "logged": 4,
         "written": 4,
@@ -113,6 +123,13 @@ def test_jsonl_lines_are_json_with_null_for_missing(tmp_path: Path) -> None:
     assert lines[0]["features"] == {"tenure": 0.0, "plan": None}
     assert [line["customer_id"] for line in lines] == ["7", "8"]
     assert lines[1]["model_version"] == "v1" and lines[1]["shadow_score"] == pytest.approx(0.45)
+    assert lines[0]["authenticated"] is False  # the same columns as the Parquet files
+    parquet = tmp_path / "parquet"
+    other = PredictionSink(config(str(parquet)), SCHEMA, META, Counters()).start()
+    other.submit(entry([7, 8], at=1_780_000_000.25))
+    other.close()
+    [file] = parquet.rglob("*.parquet")
+    assert list(lines[0]) == ds.dataset(file, format="parquet").schema.names
 
 
 def test_a_file_is_written_when_enough_records_wait_or_the_oldest_is_old(tmp_path: Path) -> None:
@@ -153,6 +170,98 @@ def test_a_failing_sink_counts_lost_records_and_never_raises(tmp_path: Path) -> 
         "files": 0,
         "shadow_errors": 0,
     }
+    last = counters.last_error()
+    assert last["last_error"].startswith(f"1 records lost writing to {blocker / 'logs'}: ")
+    at = datetime.fromisoformat(last["last_error_at"])
+    assert abs((datetime.now(UTC) - at).total_seconds()) < 60
+
+
+class FullDisk:
+    """A local filesystem whose disk is full: a file opens (and exists, empty), writing to
+    it fails with ENOSPC."""
+
+    def __init__(self) -> None:
+        self.fs = pafs.LocalFileSystem()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fs, name)
+
+    def open_output_stream(self, path: str) -> FullStream:
+        return FullStream(self.fs.open_output_stream(path))
+
+
+class FullStream:
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def __enter__(self) -> FullStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stream.close()
+
+    def write(self, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failed_write_leaves_no_file_and_is_reported_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    logs = tmp_path / "logs"
+    monkeypatch.setattr(sink_module, "open_destination", lambda path: (FullDisk(), path, True))
+    counters = Counters()
+    sink = PredictionSink(config(str(logs), flush_records=1), SCHEMA, META, counters).start()
+    with caplog.at_level(logging.WARNING, logger="evergreen.serve"):
+        sink.submit(entry([1, 2]))
+        wait_for(lambda: counters.snapshot()["failed"] == 2)
+        sink.submit(entry([3]))
+        sink.close()
+    assert counters.snapshot()["failed"] == 3 and counters.snapshot()["written"] == 0
+    # no zero-byte temporary file (nor any other) is left in the log folder
+    assert [p for p in logs.rglob("*") if p.is_file()] == []
+    assert "No space left on device" in counters.last_error()["last_error"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "evergreen.serve"]
+    assert len(warnings) == 1 and "records lost writing to" in warnings[0]  # once a minute
+
+
+def test_an_s3_log_whose_region_lookup_fails_fails_writes_not_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pyarrow looks an s3:// bucket's region up when the filesystem is opened (unless an
+    # endpoint or region is given) and raises this when it cannot: the server must start
+    # anyway, count what it cannot write, say why, and write once the lookup works
+    reachable = threading.Event()
+    opened = []
+
+    def open_destination(path: str):
+        opened.append(path)
+        if not reachable.is_set():
+            raise OSError(
+                "When resolving region for bucket 'evergreen-logs': AWS Error "
+                "NETWORK_CONNECTION during HeadBucket operation: curlCode: 6, Could not "
+                "resolve hostname"
+            )
+        return pafs.LocalFileSystem(), str(tmp_path), True
+
+    monkeypatch.setattr(sink_module, "open_destination", open_destination)
+    counters = Counters()
+    started = time.perf_counter()
+    sink = PredictionSink(
+        config("s3://evergreen-logs/serve", flush_records=1), SCHEMA, META, counters
+    )
+    sink.start()
+    assert time.perf_counter() - started < 0.5  # the lookup is the writer thread's
+    wait_for(lambda: counters.last_error()["last_error"] is not None)
+    assert counters.last_error()["last_error"].startswith(
+        "cannot open s3://evergreen-logs/serve: OSError: When resolving region"
+    )
+    assert sink.submit(entry([1, 2]))
+    wait_for(lambda: counters.snapshot()["failed"] == 2)
+    reachable.set()  # the network is back: the next write opens the destination again
+    assert sink.submit(entry([3]))
+    wait_for(lambda: counters.snapshot()["written"] == 1)
+    sink.close()
+    assert len(opened) == 3 and [r["customer_id"] for r in read_log(tmp_path)] == ["3"]
 
 
 def test_records_go_to_an_s3_prefix(
@@ -259,3 +368,4 @@ def test_a_classification_log_keeps_its_columns_in_order(tmp_path: Path) -> None
     [file] = tmp_path.rglob("*.parquet")
     names = ds.dataset(file, format="parquet").schema.names
     assert names[-4:] == ["score", "decision", "shadow_model_version", "shadow_score"]
+    assert names[:5] == ["request_id", "row", "time", "latency_ms", "authenticated"]
