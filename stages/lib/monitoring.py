@@ -862,7 +862,11 @@ def run_monitor(args: MonitorPaths) -> dict[str, Any]:
     inputs = input_drift(profiles, dataset, model_inputs, cutoff, cfg)
     output = PREDICTION if dataset.task.regression else SCORE
     serve = params.get("serve") or {}
-    served, served_info = read_logged(serve.get("predictions_path"), cfg.served_days, output)
+    # only requests that carried the API key: anyone can send the others, and 400 extreme
+    # requests would otherwise move the served-score drift (the info says how many there were)
+    served, served_info = read_logged(
+        serve.get("predictions_path"), cfg.served_days, output, authenticated_only=True
+    )
 
     lake = str(section(params, "lake.path"))
     published = read_published(lake)

@@ -300,6 +300,36 @@ def test_served_logs_absent_are_reported_and_present_ones_read(tmp_path: Path) -
     scores, info = read_logged(str(logs), 2)
     assert info["days"] == ["2026-03-02", "2026-03-03"] and info["rows"] == 4
     assert sorted(scores.tolist()) == [0.3, 0.4, 0.5, 0.9]
+    # files before the `authenticated` column count as unauthenticated: none is kept
+    scores, info = read_logged(str(logs), 2, authenticated_only=True)
+    assert scores is None and info["status"] == "unauthenticated"
+    assert info["unauthenticated_share"] == 1.0
+
+
+def test_only_authenticated_requests_move_the_served_score_drift(tmp_path: Path) -> None:
+    # 400 extreme requests without the key, and 300 ordinary ones with it
+    rng = np.random.default_rng(5)
+    day = tmp_path / "logs" / "date=2026-03-03"
+    day.mkdir(parents=True)
+    extreme = pd.DataFrame({"score": rng.beta(8, 1, 400), "authenticated": False})
+    ordinary = pd.DataFrame({"score": rng.beta(2, 6, 300), "authenticated": True})
+    extreme.to_parquet(day / "part-1.parquet")
+    ordinary.to_parquet(day / "part-2.parquet")
+    rows = [{"score": 0.99, "authenticated": False}, {"score": 0.2, "authenticated": True}]
+    (day / "part-3.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    every, _ = read_logged(str(tmp_path / "logs"), 7)
+    keyed, info = read_logged(str(tmp_path / "logs"), 7, authenticated_only=True)
+    assert len(every) == 702 and len(keyed) == 301
+    assert info["authenticated_rows"] == 301 and info["unauthenticated_share"] == round(
+        401 / 702, 6
+    )
+    reference = _reference(rng)
+    kwargs = {"inputs": NO_INPUTS, "performance": {}, "cfg": MonitorConfig()}
+    batch = reference["score"].to_numpy()
+    poisoned = monitor(reference=reference, batch_scores=batch, served_scores=every, **kwargs)
+    assert [r["column"] for r in poisoned["reasons"]] == ["served_score"]
+    honest = monitor(reference=reference, batch_scores=batch, served_scores=keyed, **kwargs)
+    assert honest["reasons"] == []
 
 
 def test_history_upserts_one_row_per_date() -> None:
