@@ -115,13 +115,14 @@ def section_checks() -> dict[str, Callable[[Mapping[str, Any], Path], object]]:
     here. Imported when called, so `evergreen --help` stays light."""
     from serve.settings import load_settings
     from stages.cli.gate import GateConfig
-    from stages.lib.dataset import dataset_from_params
+    from stages.lib.dataset import dataset_from_params, settings_for
     from stages.lib.drift import DriftConfig
     from stages.lib.engine import EngineConfig
     from stages.lib.evaluation import EvaluateConfig
     from stages.lib.monitoring import MonitorConfig
     from stages.lib.profiling import ProfileConfig
     from stages.lib.snapshots import FeaturesConfig
+    from stages.lib.splitting import SplitConfig
     from stages.lib.training import ModelConfig, TrainConfig
     from stages.lib.validation import ValidateConfig
     from stages.sim.shop import FaultConfig, SimulateConfig
@@ -131,13 +132,15 @@ def section_checks() -> dict[str, Callable[[Mapping[str, Any], Path], object]]:
         "model": lambda p, _: ModelConfig.from_params(p["model"]),
         "train": lambda p, _: TrainConfig.from_params(p["train"]),
         "evaluate": lambda p, _: EvaluateConfig.from_params(p["evaluate"]),
-        "gate": lambda p, _: GateConfig.from_params(p["gate"]),
+        # as the gate and the monitor read them: the dataset's own keys win
+        "gate": lambda p, _: GateConfig.from_params(settings_for(p, "gate")),
         "validate": lambda p, _: ValidateConfig(**p["validate"]),
         "drift": lambda p, _: DriftConfig.from_params(p["drift"]),
         "profile": lambda p, _: ProfileConfig.from_params(p["profile"]),
         "features": lambda p, _: FeaturesConfig.from_params(p["features"]),
         "engine": lambda p, _: EngineConfig.from_params(p["engine"]),
-        "monitor": lambda p, _: MonitorConfig.from_params(p["monitor"]),
+        "monitor": lambda p, _: MonitorConfig.from_params(settings_for(p, "monitor")),
+        "split": lambda p, _: SplitConfig(**p["split"]),
         # the file alone: no EVERGREEN_SERVE_* variable of this shell
         "serve": lambda _, path: load_settings(path, env={}),
         "simulate": lambda p, _: (

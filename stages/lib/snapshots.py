@@ -41,6 +41,14 @@ class FeaturesConfig:
     # keep every computed column, so a champion that used them can still be scored on them
     exclude: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        for name in ("snapshot_every_days", "max_snapshots", "min_history_days"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"features.{name}: {value} is not a whole number >= 1")
+        if not self.windows or any(not isinstance(w, int) or w < 1 for w in self.windows):
+            raise ValueError(f"features.windows: {list(self.windows)} must be whole days >= 1")
+
     @classmethod
     def from_params(cls, raw: dict) -> FeaturesConfig:
         moved = sorted(set(raw) & set(MOVED_TO_LABEL))

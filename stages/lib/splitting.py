@@ -22,6 +22,12 @@ class SplitConfig:
     valid_snapshots: int = 1
     test_snapshots: int = 1
 
+    def __post_init__(self) -> None:
+        for name in ("valid_snapshots", "test_snapshots"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"split.{name}: {value} is not a whole number >= 1")
+
 
 def split_snapshots(frame: pd.DataFrame, cfg: SplitConfig) -> dict[str, pd.DataFrame]:
     """Newest `test_snapshots` dates: test; the `valid_snapshots` before: valid; rest: train."""

@@ -96,6 +96,10 @@ class ValidateConfig:
     extra_columns: str = "drop"
 
     def __post_init__(self) -> None:
+        for name in ("max_quarantine_fraction", "max_faulty_fraction", "max_missing_fraction"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"validate.{name}: {value} is not a fraction in [0, 1]")
         if self.extra_columns not in EXTRA_COLUMNS:
             raise ValueError(
                 f"validate.extra_columns: expected one of {list(EXTRA_COLUMNS)}, "

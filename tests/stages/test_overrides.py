@@ -93,6 +93,10 @@ def test_main_check_and_apply_from_environment(conf, monkeypatch, capsys):
         ("simulate.faults.null_rate=2", "simulate.faults.null_rate: must be in [0, 1]"),
         ("monitor.confidence=1.5", "monitor.confidence: 1.5 is not in [0.5, 1)"),
         ("serve.port=80", "port: Input should be greater than or equal to 1024 (from {conf}/)"),
+        ("validate.max_quarantine_fraction=7", "validate.max_quarantine_fraction: 7 is not a"),
+        ("split.test_snapshots=0", "split.test_snapshots: 0 is not a whole number >= 1"),
+        ("features.snapshot_every_days=0", "features.snapshot_every_days: 0 is not a whole"),
+        ("features.windows=[7,0]", "features.windows: [7, 0] must be whole days >= 1"),
     ],
 )
 def test_out_of_range_overrides_are_refused_naming_key_and_range(conf, override, message):
