@@ -168,18 +168,19 @@ def values_drift(
 ) -> dict[str, Any]:
     """PSI of two samples of one number (NaN = null), binned as a profiled column is: at the
     reference's quantiles, from the same percentiles a profile keeps, plus a null bin."""
+    return _numeric_drift([sample_stats(reference)], [sample_stats(current)], cfg)
 
-    def stats(values: Sequence[float] | np.ndarray) -> dict[str, Any]:
-        x = np.asarray(values, dtype="float64")
-        present = x[~np.isnan(x)]
-        return {
-            "count": len(present),
-            "nulls": int(len(x) - len(present)),
-            "mean": float(present.mean()) if len(present) else None,
-            "percentiles": np.quantile(present, PERCENTILES) if len(present) else None,
-        }
 
-    return _numeric_drift([stats(reference)], [stats(current)], cfg)
+def sample_stats(values: Sequence[float] | np.ndarray) -> dict[str, Any]:
+    """A sample of one number (NaN = null) summarised as a profile summarises a column."""
+    x = np.asarray(values, dtype="float64")
+    present = x[~np.isnan(x)]
+    return {
+        "count": len(present),
+        "nulls": int(len(x) - len(present)),
+        "mean": float(present.mean()) if len(present) else None,
+        "percentiles": np.quantile(present, PERCENTILES) if len(present) else None,
+    }
 
 
 def _categorical_drift(ref: list[Mapping], cur: list[Mapping], cfg: DriftConfig) -> dict[str, Any]:
@@ -397,17 +398,7 @@ def compare_values(
     reference: Sequence[float] | np.ndarray, current: Sequence[float] | np.ndarray, bins: int
 ) -> Comparison:
     """PSI and the chi-square test of two samples of one number (scores, residuals)."""
-
-    def stats(values: Sequence[float] | np.ndarray) -> dict[str, Any]:
-        x = np.asarray(values, dtype="float64")
-        present = x[~np.isnan(x)]
-        return {
-            "count": len(present),
-            "nulls": int(len(x) - len(present)),
-            "percentiles": np.quantile(present, PERCENTILES) if len(present) else None,
-        }
-
-    return compare_numeric([stats(reference)], [stats(current)], bins)
+    return compare_numeric([sample_stats(reference)], [sample_stats(current)], bins)
 
 
 def rate_comparison(
