@@ -109,25 +109,22 @@ def test_predictions_monitoring_and_the_report_follow_the_kind(loop) -> None:
     assert isinstance(monitor["retrain_recommended"], bool) and "reasons" in monitor
     assert monitor["prediction_drift"]["batch"]["value"] is not None
     live = monitor["performance"]["snapshots"]
+    # right after training, every published row was in the model's test split (its target was
+    # known when it was judged): realised performance has nothing to judge yet, on every kind
+    # (the rows after the split are judged as they arrive: tests/e2e/test_monitor_datasets.py)
+    assert live == {}, live
+    assert monitor["published"]["matured"] == []
     if schema.regression:
         assert "prediction" in predictions and not {"score", "decision"} & set(predictions)
-        # the sample lake's outcomes arrive with their rows: the published predictions are
-        # judged at once, against the test split's residuals
-        [m] = live.values()
-        assert m["n"] == len(predictions) and m["mae"] > 0 and m["residual_psi"] is not None
-        assert "Residuals of published predictions" in page
         for word in ("at risk", "churn", "decision threshold", "roc_auc"):
             assert word not in page.lower(), word
     else:
         assert {"score", "decision", "threshold"} <= set(predictions)
         assert "Realised performance" not in page or live
     if name == "bank":
-        [m] = live.values()
-        assert m["n"] == len(predictions) and 0 < m["positives"] < m["n"]
         assert "Top 20 rows by score" in page and "Predicted y rate" in page
     if name == "retail":
-        # a churn label matures only after the horizon: nothing is judged yet
-        assert live == {} and "revenue at risk" in page.lower()
+        assert "revenue at risk" in page.lower()
 
 
 def test_the_real_server_answers_what_the_model_predicts(loop, tmp_path: Path) -> None:

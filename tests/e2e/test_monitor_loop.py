@@ -57,10 +57,12 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict:
     model = (repo / "models/model.onnx").read_bytes()
     _simulate(repo, "--days", "4")  # days 60..63: still before the drift day
     before = _monitor_champion(repo)
-    _simulate(repo, "--days", "22")  # days 64..85: the new regime
+    _simulate(repo, "--days", "14")  # days 64..77: the new regime's first 14 days
+    within = _monitor_champion(repo)
+    _simulate(repo, "--days", "8")  # days 78..85: the first published labels mature
     after = _monitor_champion(repo)
     assert (repo / "models/model.onnx").read_bytes() == model  # the champion was kept
-    return {"repo": repo, "first": first, "before": before, "after": after}
+    return {"repo": repo, "first": first, "before": before, "within": within, "after": after}
 
 
 def test_no_drift_before_the_drift_day(loop: dict) -> None:
@@ -68,6 +70,13 @@ def test_no_drift_before_the_drift_day(loop: dict) -> None:
         assert verdict["retrain_recommended"] is False, verdict["reasons"]
         assert verdict["reasons"] == []
         assert verdict["performance"]["snapshots"] == {}  # no label has matured yet
+
+
+def test_the_regime_change_is_flagged_within_14_days_for_its_inputs(loop: dict) -> None:
+    within = loop["within"]
+    assert within["retrain_recommended"] is True
+    flagged = {(r["kind"], r["column"]) for r in within["reasons"]}
+    assert ("input_drift", "customers.monthly_price") in flagged, within["reasons"]
 
 
 def test_drift_after_the_drift_day_recommends_retraining_with_its_reasons(loop: dict) -> None:
@@ -94,16 +103,16 @@ def test_drift_after_the_drift_day_recommends_retraining_with_its_reasons(loop: 
 
 def test_monitor_history_has_a_row_per_monitored_date(loop: dict) -> None:
     history = pd.read_csv(loop["repo"] / "metrics/monitor_history.csv")
-    assert history["date"].tolist() == ["2026-03-01", "2026-03-05", "2026-03-27"]
-    assert history["retrain_recommended"].tolist() == [0, 0, 1]
-    assert history["live_roc_auc"].notna().tolist() == [False, False, True]
+    assert history["date"].tolist() == ["2026-03-01", "2026-03-05", "2026-03-19", "2026-03-27"]
+    assert history["retrain_recommended"].tolist() == [0, 0, 1, 1]
+    assert history["live_roc_auc"].notna().tolist() == [False, False, False, True]
     plots = json.loads(sh(loop["repo"], "dvc", "plots", "show", "--json"))["data"]
     assert "live_roc_auc" in json.dumps(plots["Monitoring history"])
 
 
 def test_publish_wrote_one_file_per_run(loop: dict) -> None:
     days = sorted(p.name for p in (loop["repo"] / "lake/predictions").iterdir())
-    assert days == ["date=2026-03-01", "date=2026-03-05", "date=2026-03-27"]
+    assert days == ["date=2026-03-01", "date=2026-03-05", "date=2026-03-19", "date=2026-03-27"]
 
 
 def test_monitor_dispatch_calls_the_retrain_workflow(loop: dict) -> None:
