@@ -6,7 +6,7 @@ model was trained on.
 
 The reference is every partition up to the last train snapshot plus the label horizon (what fed
 the train split's features and labels); the current period is the latest `last_days`
-partitions. Both are combined from the per-partition profiles (`stages/profile.py`), so no
+partitions. Both are combined from the per-partition profiles (`stages/profiles.py`), so no
 partition is read again. Per column: numbers get the population stability index (PSI) over
 bins at the reference's deciles plus a null bin, strings and booleans the Jensen-Shannon
 distance (base 2, in [0, 1]) of their value frequencies; per table the change in median rows
