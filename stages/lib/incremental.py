@@ -36,6 +36,18 @@ TEMP_GLOB = ".*.tmp-*"
 # changing ("racy git"): its md5 is not cached, so the next run reads it again.
 RACY_NS = 2_000_000_000
 CHUNK = 1 << 20
+# where a stage's CODE_FILES are relative to
+STAGES_ROOT = Path(__file__).resolve().parents[1]
+# the library an incremental stage (validate, prepare) runs besides its own two modules: with
+# them, exactly its code deps in dvc.yaml (tested); an edit to any of it rebuilds every output
+SHARED_CODE = (
+    "lib/dataset.py",
+    "lib/io.py",
+    "lib/incremental.py",
+    "lib/engine.py",
+    "contract/card.py",
+    "contract/storage.py",
+)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ from stages.lib.incremental import (
     MANIFEST_FORMAT,
     PARTITION_COL,
     ROW_COL,
+    SHARED_CODE,
+    STAGES_ROOT,
     StatCache,
     fingerprint,
     load_stat_cache,
@@ -43,20 +45,10 @@ from stages.lib.io import validated_partitions, write_json
 
 Key = str | Sequence[str]
 
-# The modules whose code decides prepare's outputs (its deps in dvc.yaml): an edit to any of
-# them rebuilds every history rather than upsert into one the old code wrote.
-# the stage's code, relative to stages/ (exactly its code deps in dvc.yaml, tested): a change
-# to any of it rebuilds every partition
-CODE_FILES = (
-    "prepare.py",
-    "lib/merge.py",
-    "lib/dataset.py",
-    "lib/io.py",
-    "lib/incremental.py",
-    "lib/engine.py",
-    "contract/card.py",
-    "contract/storage.py",
-)
+# The modules whose code decides the stage's outputs, relative to stages/ (its code deps in
+# dvc.yaml, tested): an edit to any of them rebuilds every history rather than mix old and
+# new outputs.
+CODE_FILES = ("prepare.py", "lib/merge.py", *SHARED_CODE)
 LIBRARIES = ("duckdb", "ibis-framework", "pyarrow")
 COUNTS = "counts.json"
 
@@ -152,9 +144,8 @@ class PrepareRun:
 
 def prepare_fingerprint(tables_params: Mapping) -> str:
     """What the histories depend on besides the data: code, `dataset.tables`, libraries."""
-    here = Path(__file__).resolve().parents[1]
     return fingerprint(
-        code=[here / name for name in CODE_FILES],
+        code=[STAGES_ROOT / name for name in CODE_FILES],
         params={"dataset.tables": tables_params},
         libraries=LIBRARIES,
         version=MANIFEST_FORMAT,

@@ -43,6 +43,8 @@ from stages.lib.incremental import (
     MANIFEST_FORMAT,
     PARTITION_COL,
     ROW_COL,
+    SHARED_CODE,
+    STAGES_ROOT,
     StatCache,
     content_hash,
     fingerprint,
@@ -533,20 +535,10 @@ def check_thresholds(
 
 # --- incremental runs: only new or changed partitions are validated (DESIGN.md, principle 2) ---
 
-# The modules whose code decides validate's outputs (dvc.yaml lists them as the stage's deps):
-# an edit to any of them rebuilds every partition rather than mix old and new outputs.
-# the stage's code, relative to stages/ (exactly its code deps in dvc.yaml, tested): a change
-# to any of it rebuilds every partition
-CODE_FILES = (
-    "validate.py",
-    "lib/validation.py",
-    "lib/dataset.py",
-    "lib/io.py",
-    "lib/incremental.py",
-    "lib/engine.py",
-    "contract/card.py",
-    "contract/storage.py",
-)
+# The modules whose code decides the stage's outputs, relative to stages/ (its code deps in
+# dvc.yaml, tested): an edit to any of them rebuilds every partition rather than mix old and
+# new outputs.
+CODE_FILES = ("validate.py", "lib/validation.py", *SHARED_CODE)
 LIBRARIES = ("numpy", "pandas", "pandera", "pyarrow")
 REPORT = "report.json"
 QUARANTINE_DIR = "quarantine"
@@ -624,9 +616,8 @@ def plan_partitions(
 
 def validate_fingerprint(dataset_params: Mapping, validate_params: Mapping) -> str:
     """What the outputs depend on besides the data: code, the two params sections, libraries."""
-    here = Path(__file__).resolve().parents[1]
     return fingerprint(
-        code=[here / name for name in CODE_FILES],
+        code=[STAGES_ROOT / name for name in CODE_FILES],
         params={"dataset": dataset_params, "validate": validate_params},
         libraries=LIBRARIES,
         version=MANIFEST_FORMAT,
