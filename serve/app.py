@@ -9,10 +9,10 @@ Endpoints:
   [{<entity key>, "score", <label>: score >= threshold}, ...]}` in request order. A request that
   breaks the card's feature schema gets 422 naming each field and the expectation
   (serve/schema.py), checked by FastAPI in the API server before any worker sees it.
-- `GET /health`: 200 `ok` once every inference worker has loaded the model, 503 before (the
-  port only opens once the first worker is ready) and as soon as a worker dies or is stuck
-  (serve/health.py: the server then answers waiting requests 503 and exits with code 1, to be
-  restarted); never needs the API key.
+- `GET /health`: 200 `ok` once every scoring process (inference worker, or API server in
+  direct mode) has loaded the model, 503 before (the port only opens once the first one is
+  ready) and as soon as one dies or is stuck (serve/health.py: the server then answers waiting
+  requests 503 and exits with code 1, to be restarted); never needs the API key.
 - `GET /info`: model name and version (md5 of the ONNX file), data version, git commit, gate
   verdict, test metrics, the accepted feature schema, shadow model, prediction-log counters
   and its last failure.
@@ -28,9 +28,16 @@ but readiness.
 A request's headers and body must arrive within `request_header_timeout` and
 `request_body_timeout` seconds (serve/protocol.py), else 408 and the connection is closed.
 
-Each worker loads only the ONNX graph and the card (no pickle, sklearn, torch or DVC), scores
-an optional shadow model on every request (logged, never returned), and hands each answered
-request to the prediction log (serve/sink.py), off the request path.
+Two modes (`serve.mode`), the same answers byte for byte but the request id:
+- `direct` (the default): each API-server process (LitServe's uvicorn processes and FastAPI
+  app, its auth and /health) loads the model and validates, scores and encodes /predict
+  requests itself (serve/direct.py): no inference worker, no queue hop;
+- `queued`: the API servers validate, then hand each request to `workers` inference processes
+  through LitServe's manager queues (cross-request batching with `max_batch_size`).
+
+Each scoring process loads only the ONNX graph and the card (no pickle, sklearn, torch or DVC),
+scores an optional shadow model on every request (logged, never returned), and hands each
+answered request to the prediction log (serve/sink.py), off the request path.
 """
 
 # No `from __future__ import annotations` here: LitServe and FastAPI read the annotations of
@@ -54,6 +61,7 @@ from typing import Annotated, Any
 
 import litserve as ls
 import numpy as np
+import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -63,6 +71,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
+from serve.direct import DirectLitServer, serve_directly
 from serve.health import WorkerHealth, WorkerMonitor, fail_waiting_requests
 from serve.model import Feed, ServedModel, concat, load_served_model, preflight
 from serve.protocol import timed_protocol
@@ -87,8 +96,11 @@ API_KEY_HEADER = "X-API-Key"
 MAX_REPORTED_ERRORS = 20
 # bytes of JSON a record may take on average before the request is refused with 413
 BYTES_PER_RECORD = 4096
-# what a request gets once an inference worker died or is stuck (the server is exiting)
-FAILING = "the server is failing (an inference worker died or is stuck) and restarting"
+# what a request gets once a scoring process died or is stuck (the server is exiting)
+FAILING = (
+    "the server is failing (an inference worker or API server died or is stuck) and restarting"
+)
+NOT_RECEIVED = "request body not received"
 
 log = logging.getLogger("evergreen.serve")
 api_key_header = APIKeyHeader(
@@ -106,6 +118,15 @@ class Scored:
     wire: WireBatch
     scores: np.ndarray
     shadow_scores: np.ndarray | None
+
+
+def encode_json(body: Any) -> bytes:
+    """Compact JSON, UTF-8, as both modes answer (orjson; the stdlib for what it refuses,
+    such as an integer key beyond 64 bits)."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
@@ -139,12 +160,23 @@ class PredictAPI(ls.LitAPI):
         self.health_state = health
         self._key = key.encode() if key is not None else None
         self._slot = 0
+        # direct mode: the model is loaded in the API servers (load), not in workers (setup)
+        self.direct = settings.mode == "direct"
+        self.loaded = False
 
     def setup(self, device: str) -> None:
+        # LitServe numbers its inference workers 0..workers-1 and says which one this is
+        self.load(int(os.environ.get("LITSERVE_WORKER_ID", "0")), role="worker")
+        if self.sink is not None:
+            atexit.register(self.sink.close)
+            signal.signal(signal.SIGTERM, _exit_on_signal)
+
+    def load(self, slot: int, *, role: str) -> None:
+        """Load the champion, the shadow and the prediction log in this process, as scoring
+        process `slot`, and start its heartbeat."""
         s = self.settings
         started = time.perf_counter()
-        # LitServe numbers its inference workers 0..workers-1 and says which one this is
-        self._slot = int(os.environ.get("LITSERVE_WORKER_ID", "0"))
+        self._slot = slot
         self.model = load_served_model(
             s.model, s.card, range_margin=s.range_margin, name=s.model_name
         )
@@ -171,32 +203,45 @@ class PredictAPI(ls.LitAPI):
                 "shadow_model_version": self.shadow.version if self.shadow else None,
             }
             self.sink = PredictionSink(config, self.model.schema, meta, self.counters).start()
-            atexit.register(self.sink.close)
-            signal.signal(signal.SIGTERM, _exit_on_signal)
         if self.health_state is not None:
             # from now on (loading a large model may hold the GIL longer than the stall limit)
             self.health_state.start_beating(self._slot)
         shadow = f", shadow {self.shadow.version}" if self.shadow else ""
+        self.loaded = True
         print(
-            f"evergreen serve: worker {os.getpid()} loaded {self.model.name} "
+            f"evergreen serve: {role} {os.getpid()} loaded {self.model.name} "
             f"{self.model.version}{shadow} in {time.perf_counter() - started:.2f} s",
             flush=True,
         )
 
-    def health(self) -> bool:
-        """LitServe's extra /health check, in the API server: no worker died or is stuck."""
-        return self.health_state is None or self.health_state.problem() is None
+    def close(self) -> None:
+        """Write what the prediction log still holds (direct mode: at the API server's end)."""
+        if getattr(self, "sink", None) is not None:
+            self.sink.close()
 
-    def authorize(self, request: Request, key: str | None = Security(api_key_header)) -> None:
-        """The API-key check LitServe puts on every route (see the module doc for /health)."""
-        if self._key is None or request.url.path == HEALTH_PATH:
+    def health(self) -> bool:
+        """LitServe's extra /health check, in the API server: no worker died or is stuck; in
+        direct mode also this process holds the model and every API server has loaded it."""
+        state = self.health_state
+        if self.direct and not (self.loaded and (state is None or state.all_started())):
+            return False
+        return state is None or state.problem() is None
+
+    def check_key(self, key: str | None) -> None:
+        """401 unless the server has no key or `key` is it (compared in constant time)."""
+        if self._key is None:
             return
-        if key is None or not hmac.compare_digest(key.encode(), self._key):
+        if not key or not hmac.compare_digest(key.encode(), self._key):
             raise HTTPException(
                 status_code=401,
                 detail=f"missing or wrong {API_KEY_HEADER} header",
                 headers={"WWW-Authenticate": "ApiKey"},
             )
+
+    def authorize(self, request: Request, key: str | None = Security(api_key_header)) -> None:
+        """The API-key check LitServe puts on every route (see the module doc for /health)."""
+        if request.url.path != HEALTH_PATH:
+            self.check_key(key)
 
     def decode_request(self, request: Any) -> WireBatch:
         if not isinstance(request, WireBatch):  # made by the route's validating dependency
@@ -238,6 +283,12 @@ class PredictAPI(ls.LitAPI):
             return None
 
     def encode_response(self, output: Scored) -> Response:
+        # encoded here, in the worker: the API server passes a Response through untouched
+        # (FastAPI would otherwise validate and encode it again, in the busier process)
+        return Response(self.encode_body(output), media_type="application/json")
+
+    def encode_body(self, output: Scored) -> bytes:
+        """The answer's JSON, after handing the request to the prediction log."""
         request_id = uuid.uuid4().hex
         key, label = self.model.schema.entity_key, self.model.schema.label
         if self.model.schema.regression:
@@ -275,9 +326,17 @@ class PredictAPI(ls.LitAPI):
             "model": {"name": self.model.name, "version": self.model.version},
             "predictions": predictions,
         }
-        # encoded here, in the worker: the API server passes a Response through untouched
-        # (FastAPI would otherwise validate and encode it again, in the busier process)
-        return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+        return encode_json(body)
+
+
+def validate(models: ApiModels, body: bytes) -> WireBatch:
+    """The request body as a WireBatch, or RequestValidationError (422, by
+    `validation_error`) naming each field."""
+    try:
+        return models.parse(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
 
 
 def _plain_api() -> PredictAPI:
@@ -301,14 +360,8 @@ def routed_api(models: ApiModels, health: WorkerHealth | None = None) -> type[Pr
         try:
             body = await request.body()
         except ClientDisconnect:  # gone, or its body timed out (serve/protocol.py): no answer
-            raise HTTPException(status_code=408, detail="request body not received") from None
-        try:
-            return models.parse(body)
-        except ValidationError as exc:
-            errors = exc.errors(include_url=False, include_context=False, include_input=False)
-            raise RequestValidationError(
-                [{**e, "loc": ("body", *e["loc"])} for e in errors]
-            ) from None
+            raise HTTPException(status_code=408, detail=NOT_RECEIVED) from None
+        return validate(models, body)
 
     request_type = Annotated[WireBatch, Depends(validated_body)]
     response_type = models.response
@@ -365,6 +418,7 @@ def describe(
             "max_queued": settings.predictions_max_queued,
         },
         "server": {
+            "mode": settings.mode,
             "workers": settings.workers,
             "max_batch_size": settings.max_batch_size,
             "batch_timeout": settings.batch_timeout,
@@ -520,17 +574,19 @@ def build_server(
     health: WorkerHealth | None = None,
 ) -> ls.LitServer:
     """The LitServer with /predict typed by the card, our /info and 422 handler; with
-    `health`, its workers are watched (serve/health.py: start a WorkerMonitor with it)."""
+    `health`, its scoring processes are watched (serve/health.py: start a WorkerMonitor with
+    it). In direct mode /predict is answered in the API servers (serve/direct.py)."""
     models = api_models(champion.schema, settings.max_records)
     api = routed_api(models, health)(settings, key=key, counters=counters, health=health)
-    server = ls.LitServer(
+    max_payload = max(1 << 20, settings.max_records * BYTES_PER_RECORD)
+    server = (DirectLitServer if api.direct else ls.LitServer)(
         api,
         accelerator="cpu",
         workers_per_device=settings.workers,
         timeout=settings.timeout,
         healthcheck_path=HEALTH_PATH,
         info_path=LITSERVE_INFO_PATH,
-        max_payload_size=max(1 << 20, settings.max_records * BYTES_PER_RECORD),
+        max_payload_size=max_payload,
     )
     if health is not None:
         # ours replaces LitServe's watch, which sees only a dead worker, leaves /health at 200
@@ -556,7 +612,18 @@ def build_server(
         summary="What is served: model, data version, commit, gate verdict, metrics, schema",
     )
     guard_fastapi_routes(app, api.authorize)
-    if health is not None:
+    if api.direct:
+        serve_directly(
+            app,
+            api,
+            lambda body: validate(models, body),
+            health,
+            path=API_PATH,
+            failing=FAILING,
+            not_received=NOT_RECEIVED,
+            limit=max_payload,
+        )
+    elif health is not None:
         watch_for_failure(app, server, health)
     return server
 
@@ -627,16 +694,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, FileNotFoundError, ValueError) as exc:
         print(f"evergreen serve: {exc}", file=sys.stderr)
         return 2
-    health = WorkerHealth(settings.workers, settings.worker_stall_timeout)
+    direct = settings.mode == "direct"
+    health = WorkerHealth(
+        settings.scoring_processes,
+        settings.worker_stall_timeout,
+        kind="API server" if direct else "inference worker",
+    )
     server = build_server(settings, champion, shadow, key=key, counters=Counters(), health=health)
-    monitor = WorkerMonitor(server, health)
+    processes = (lambda: getattr(server, "api_server_processes", [])) if direct else None
+    monitor = WorkerMonitor(server, health, processes)
     previous = interrupt_on([signal.SIGINT, signal.SIGTERM], on_signal=monitor.stop)
     try:
         monitor.start()
         server.run(
             host=settings.host,
             port=settings.port,
-            num_api_servers=settings.api_servers,
+            num_api_servers=settings.scoring_processes if direct else settings.api_servers,
             log_level=settings.log_level,
             generate_client_file=False,
             access_log=settings.access_log,

@@ -1,10 +1,13 @@
-"""Is every inference worker alive and making progress? Shared by all processes of a server.
+"""Is every scoring process alive and making progress? Shared by all processes of a server.
+
+The scoring processes are the inference workers in queued mode, and the API servers (uvicorn
+processes, each with its own model) in direct mode (serve/direct.py); below, "worker" is either.
 
 LitServe 0.2.19 answers /health from its workers' setup status alone, so a worker that dies or
 hangs after setup leaves /health at 200 while every request waits for an answer that never
 comes. Here:
 
-- each inference worker, once it has loaded its model, beats (a daemon thread writes the time
+- each worker, once it has loaded its model, beats (a daemon thread writes the time
   every `BEAT_EVERY_S`) and marks when it starts and ends scoring a batch;
 - the server's main process watches the worker processes (their exit is seen at once) and
   the beats: a worker that exited, stopped beating or spent more than `stall_timeout`
@@ -51,10 +54,11 @@ _MONITOR, _FAILED, _FAILED_AT = 0, 1, 2
 class WorkerHealth:
     """Beats and busy marks of `workers` inference workers, and the server's failed flag."""
 
-    def __init__(self, workers: int, stall_timeout: float) -> None:
+    def __init__(self, workers: int, stall_timeout: float, kind: str = "inference worker") -> None:
         ctx = multiprocessing.get_context("spawn")
         self.workers = workers
         self.stall_timeout = stall_timeout
+        self.kind = kind  # what the workers are, in messages
         # 0.0: not started (beats), idle (busy); single doubles are written and read whole
         self._beats = ctx.RawArray("d", workers)
         self._busy = ctx.RawArray("d", workers)
@@ -88,6 +92,10 @@ class WorkerHealth:
     def failed(self) -> bool:
         return self._state[_FAILED] != 0.0
 
+    def all_started(self) -> bool:
+        """Every worker has loaded its model (and beats)."""
+        return all(self._beats[slot] for slot in range(self.workers))
+
     def stalled(self, now: float | None = None) -> tuple[int, str] | None:
         """(worker slot, what is wrong) for the first worker that stopped beating or is stuck
         on one batch; None when every started worker is fine."""
@@ -105,12 +113,12 @@ class WorkerHealth:
         """Why the server is not healthy (None: it is, as far as beats tell)."""
         now = time.monotonic()
         if self.failed:
-            return "failed: an inference worker died or is stuck; the server is exiting"
+            return f"failed: an {self.kind} died or is stuck; the server is exiting"
         monitor = self._state[_MONITOR]
         if monitor and now - monitor > max(self.stall_timeout, 2.0):
             return "the server's main process stopped watching its workers"
         stalled = self.stalled(now)
-        return None if stalled is None else f"inference worker {stalled[0]}: {stalled[1]}"
+        return None if stalled is None else f"{self.kind} {stalled[0]}: {stalled[1]}"
 
     # ------------------------------------------------------------------ in the main process
 
@@ -135,7 +143,8 @@ def _exit_code(process: Any) -> str:
 
 
 class WorkerMonitor:
-    """The main process's watch over a LitServer's inference workers (see the module doc).
+    """The main process's watch over a LitServer's scoring processes (see the module doc):
+    its inference workers, or those `processes()` returns (direct mode: the API servers).
 
     `start()` before `LitServer.run()`: it waits for the workers to be launched, then checks
     them every `POLL_S`. `stop()` (at SIGINT/SIGTERM, before LitServe stops the workers
@@ -143,9 +152,17 @@ class WorkerMonitor:
     why the server was shut down (None: it was not).
     """
 
-    def __init__(self, server: Any, health: WorkerHealth) -> None:
+    def __init__(
+        self,
+        server: Any,
+        health: WorkerHealth,
+        processes: Callable[[], list[Any]] | None = None,
+    ) -> None:
         self.server = server
         self.health = health
+        self._processes = processes or (
+            lambda: list(getattr(server, "inference_workers", None) or [])
+        )
         self.failure: str | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="evergreen-monitor", daemon=True)
@@ -159,7 +176,7 @@ class WorkerMonitor:
 
     def _workers(self) -> list[Any] | None:
         while not self._stopping.is_set():
-            workers = list(getattr(self.server, "inference_workers", None) or [])
+            workers = self._processes()
             if len(workers) >= self.health.workers:
                 return workers
             self.health.beat_monitor()
@@ -177,13 +194,15 @@ class WorkerMonitor:
                 for slot, worker in enumerate(workers):
                     if not worker.is_alive():
                         how = _exit_code(worker)
-                        self._fail(slot, f"inference worker {slot} (pid {worker.pid}) {how}")
+                        kind = self.health.kind
+                        self._fail(slot, f"{kind} {slot} (pid {worker.pid}) {how}")
                         return
                 stalled = self.health.stalled()
                 if stalled is not None:
                     slot, what = stalled
                     worker = workers[slot]
-                    self._fail(slot, f"inference worker {slot} (pid {worker.pid}) is stuck: {what}")
+                    kind = self.health.kind
+                    self._fail(slot, f"{kind} {slot} (pid {worker.pid}) is stuck: {what}")
                     worker.kill()  # it cannot be trusted to stop by itself
                     return
         except Exception as exc:  # the watch must never take the server down by itself

@@ -35,7 +35,7 @@ API_KEY_ENV = "EVERGREEN_API_KEY"
 API_KEY_FILE_ENV = "EVERGREEN_API_KEY_FILE"
 PATH_KEYS = ("model", "card", "shadow_model", "shadow_card")
 # keys whose environment value is taken as text (not parsed as YAML: `yes` stays "yes")
-TEXT_KEYS = (*PATH_KEYS, "model_name", "host", "log_level", "predictions_path")
+TEXT_KEYS = (*PATH_KEYS, "model_name", "mode", "host", "log_level", "predictions_path")
 
 
 class SettingsError(ValueError):
@@ -50,6 +50,9 @@ class ServeSettings(BaseModel):
     model: Path
     card: Path
     model_name: str | None
+    # direct: each API-server process validates, scores and encodes (serve/direct.py);
+    # queued: API servers hand requests to inference workers through LitServe's queues
+    mode: Literal["direct", "queued"]
     host: Literal["127.0.0.1", "0.0.0.0", "::"]
     port: int = Field(ge=1024, le=65535)
     workers: int = Field(ge=1, le=64)
@@ -88,6 +91,24 @@ class ServeSettings(BaseModel):
         if (self.shadow_model is None) != (self.shadow_card is None):
             raise ValueError("shadow_model and shadow_card go together: set both or neither")
         return self
+
+    @model_validator(mode="after")
+    def _batching_needs_workers(self) -> ServeSettings:
+        # cross-request batching is done by LitServe's inference workers, which direct mode
+        # does not start: accepting the setting there would silently do nothing
+        if self.mode == "direct" and self.max_batch_size > 1:
+            raise ValueError(
+                f"max_batch_size {self.max_batch_size} batches across requests in inference "
+                "workers: set mode: queued (direct mode scores each request as it comes)"
+            )
+        return self
+
+    @property
+    def scoring_processes(self) -> int:
+        """Processes holding the model: the API servers in direct mode, else the workers."""
+        if self.mode == "direct":
+            return self.api_servers or self.workers
+        return self.workers
 
     def public(self) -> dict[str, Any]:
         """The settings as /info shows them (paths as text)."""

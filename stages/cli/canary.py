@@ -7,7 +7,9 @@ the image); without, starts the server from the build context as the image's ent
 (`python -m serve.app` in `app/`, the context's settings, 127.0.0.1 on a free port), checks it
 and stops it. The checks: `/health` answers 200, `/info` reports the model version (md5 of the
 context's `model/model.onnx`) and the git commit of the context's stamped card, and `/predict`
-scores a record built from the card's feature schema with one probability in [0, 1].
+scores a record built from the card's feature schema with one probability in [0, 1]; `/info`
+also says the server runs the serving mode of the context's settings (`model/serve.yaml`:
+`direct` unless the settings chose `queued`), so the image is checked as it will serve.
 Exit 0 when every check passes, 1 when one fails (the message names it), 2 on a bad context.
 """
 
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import yaml
 
 from stages.contract.card import ModelCard, file_md5
 
@@ -50,7 +53,20 @@ def canary_record(card: ModelCard) -> dict[str, Any]:
     return record
 
 
-def check_server(url: str, card: ModelCard, version: str) -> dict[str, Any]:
+def context_mode(context: Path) -> str:
+    """The serving mode the context's settings give (ValueError: no readable mode)."""
+    path = context / "model/serve.yaml"
+    try:
+        section = (yaml.safe_load(path.read_text()) or {}).get("serve") or {}
+    except (OSError, yaml.YAMLError, AttributeError) as exc:
+        raise ValueError(f"{path}: cannot read the settings ({exc})") from exc
+    mode = section.get("mode")
+    if mode not in ("direct", "queued"):
+        raise ValueError(f"{path}: serve.mode is {mode!r}, expected direct or queued")
+    return mode
+
+
+def check_server(url: str, card: ModelCard, version: str, mode: str) -> dict[str, Any]:
     """Run the checks against `url`; returns what was seen, or CanaryFailed."""
     health = requests.get(f"{url}/health", timeout=10)
     if health.status_code != 200:
@@ -68,6 +84,11 @@ def check_server(url: str, card: ModelCard, version: str) -> dict[str, Any]:
         raise CanaryFailed(
             f"/info git_commit is {served.get('git_commit')}, expected {card.git_commit}"
         )
+    got_mode = (served.get("server") or {}).get("mode")
+    if got_mode != mode:
+        raise CanaryFailed(
+            f"/info server.mode is {got_mode}, expected {mode} (the context's serve.yaml)"
+        )
     record = canary_record(card)
     answer = requests.post(f"{url}/predict", json=record, timeout=30)
     if answer.status_code != 200:
@@ -78,6 +99,7 @@ def check_server(url: str, card: ModelCard, version: str) -> dict[str, Any]:
     return {
         "version": got,
         "git_commit": served.get("git_commit"),
+        "mode": got_mode,
         "score": predictions[0]["score"],
     }
 
@@ -117,7 +139,7 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def run_from_context(context: Path, card: ModelCard, version: str) -> dict[str, Any]:
+def run_from_context(context: Path, card: ModelCard, version: str, mode: str) -> dict[str, Any]:
     """Start the server from `context` as a process, check it, stop it."""
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="evergreen-canary-") as tmp:
@@ -142,7 +164,7 @@ def run_from_context(context: Path, card: ModelCard, version: str) -> dict[str, 
         try:
             url = f"http://127.0.0.1:{port}"
             wait_ready(url, READY_TIMEOUT_S, proc, log)
-            return check_server(url, card, version)
+            return check_server(url, card, version, mode)
         finally:
             _stop(proc)
 
@@ -165,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     try:
         card = ModelCard.read(card_path)
+        mode = context_mode(args.context)
     except ValueError as exc:
         print(f"canary: {exc}", file=sys.stderr)
         return 2
@@ -172,15 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.url:
             wait_ready(args.url.rstrip("/"), args.wait)
-            seen = check_server(args.url.rstrip("/"), card, version)
+            seen = check_server(args.url.rstrip("/"), card, version, mode)
         else:
-            seen = run_from_context(args.context.resolve(), card, version)
+            seen = run_from_context(args.context.resolve(), card, version, mode)
     except (CanaryFailed, requests.RequestException) as exc:
         print(f"canary: FAILED: {exc}", file=sys.stderr)
         return 1
     print(
         f"canary: ok: /health 200, /info version {seen['version']} commit "
-        f"{str(seen['git_commit'])[:12]}, /predict score {seen['score']}"
+        f"{str(seen['git_commit'])[:12]} mode {seen['mode']}, /predict score {seen['score']}"
     )
     return 0
 

@@ -5,8 +5,11 @@ Two servers start here (~10 s each on two cores):
   sees only the image's packages (serve/requirements.txt; no scikit-learn, torch or DVC), with
   two workers, a shadow model and a Parquet prediction log; most tests and the schemathesis run
   use it;
-- an authenticated one, from the repository, configured through the environment, with
-  cross-request batching and a JSONL log written only at shutdown.
+- an authenticated one, from the repository, configured through the environment, in queued
+  mode with cross-request batching and a JSONL log written only at shutdown.
+
+The image's server runs the default mode (direct: the API servers score); test_direct.py
+checks that both modes answer the same bytes.
 """
 
 from __future__ import annotations
@@ -160,7 +163,7 @@ def test_health_answers_only_once_every_worker_has_loaded(image_server: Server) 
     assert polls[-1] == 200 and None in polls
     assert set(polls[:-1]) <= {None, 503}
     loaded = image_server.log.read_text().count(f"loaded logreg {image_server.champion.version}")
-    assert loaded == 2  # both workers logged their load before the first 200
+    assert loaded == 2  # both scoring processes logged their load before the first 200
     response = requests.get(f"{image_server.url}/health", timeout=5)
     assert (response.status_code, response.text) == (200, "ok")
 
@@ -263,6 +266,7 @@ def test_info_tells_what_is_served(image_server: Server) -> None:
     assert categorical == {"plan": ["basic", "standard", "premium"]}
     assert info["shadow"]["version"] == image_server.shadow.version
     assert info["server"]["workers"] == 2 and info["server"]["auth"] is False
+    assert info["server"]["mode"] == "direct"  # the default
     assert set(info["predictions_log"]) >= {"logged", "dropped", "failed", "written"}
 
 
@@ -386,6 +390,8 @@ def test_auth_batching_and_the_log_written_at_shutdown(tmp_path: Path) -> None:
         "EVERGREEN_SERVE_MODEL": str(champion.onnx),
         "EVERGREEN_SERVE_CARD": str(champion.card),
         "EVERGREEN_SERVE_PORT": str(port),
+        # cross-request batching is done by inference workers: queued mode
+        "EVERGREEN_SERVE_MODE": "queued",
         "EVERGREEN_SERVE_MAX_BATCH_SIZE": "8",
         "EVERGREEN_SERVE_BATCH_TIMEOUT": "0.02",
         "EVERGREEN_SERVE_PREDICTIONS_PATH": str(predictions),

@@ -37,9 +37,10 @@ def parent_of(pid: int) -> int:
     return int(re.search(r"^PPid:\s+(\d+)", status, re.MULTILINE).group(1))
 
 
-def worker_pid(log: Path, server: subprocess.Popen) -> int:
-    """The inference worker's pid, as it logged its load; a child of the server process."""
-    (pid,) = (int(p) for p in re.findall(r"worker (\d+) loaded", log.read_text()))
+def worker_pid(log: Path, server: subprocess.Popen, role: str = "worker") -> int:
+    """The (first) scoring process's pid, as it logged its load (an inference worker, or an
+    API server in direct mode); a child of the server process."""
+    pid = int(re.findall(rf"serve: {role} (\d+) loaded", log.read_text())[0])
     assert parent_of(pid) == server.pid
     return pid
 
@@ -51,7 +52,7 @@ def first_unhealthy(url: str, limit_s: float) -> tuple[float, int | None]:
     while time.monotonic() - started < limit_s:
         try:
             status: int | None = requests.get(f"{url}/health", timeout=2).status_code
-        except requests.ConnectionError:
+        except requests.RequestException:  # refused, or taken by a frozen API server
             status = None
         if status != 200:
             return time.monotonic() - started, status
@@ -63,6 +64,7 @@ def first_unhealthy(url: str, limit_s: float) -> tuple[float, int | None]:
 def test_a_dead_or_stuck_worker_turns_health_to_503_and_the_server_exits(
     tmp_path: Path, fault: str
 ) -> None:
+    # queued mode: requests wait for the inference worker, and are answered 503 when it fails
     # killed: SIGKILL (the stall limit is far); frozen: SIGSTOP, found by its stopped heartbeat
     stall_s = 2.0 if fault == "frozen" else 60.0
     champion = write_model(tmp_path / "models")
@@ -72,6 +74,7 @@ def test_a_dead_or_stuck_worker_turns_health_to_503_and_the_server_exits(
         model=str(champion.onnx),
         card=str(champion.card),
         port=port,
+        mode="queued",
         predictions_path=None,
         worker_stall_timeout=stall_s,
     )
@@ -97,6 +100,39 @@ def test_a_dead_or_stuck_worker_turns_health_to_503_and_the_server_exits(
         assert proc.wait(timeout=15) == 1  # at once, not after uvicorn's 30 s graceful wait
     text = log.read_text()
     assert f"inference worker 0 (pid {pid})" in text
+    assert ("killed by SIGKILL" if fault == "killed" else "is stuck: no heartbeat") in text
+
+
+@pytest.mark.parametrize("fault", ["killed", "frozen"])
+def test_a_dead_or_stuck_api_server_turns_health_to_503_in_direct_mode(
+    tmp_path: Path, fault: str
+) -> None:
+    # direct mode: the API servers hold the model; the monitor watches them as it watches
+    # workers, and the one left answers /health 503 until the server exits
+    stall_s = 2.0 if fault == "frozen" else 60.0
+    champion = write_model(tmp_path / "models")
+    port = free_port()
+    settings = settings_file(
+        tmp_path / "params.yaml",
+        model=str(champion.onnx),
+        card=str(champion.card),
+        port=port,
+        mode="direct",
+        predictions_path=None,
+        worker_stall_timeout=stall_s,
+    )
+    cmd = [sys.executable, "-m", "serve.app", "--settings", str(settings)]
+    log = tmp_path / "server.log"
+    with running_server(cmd, port, log, exit_code=1) as (url, proc):
+        for _ in range(4):  # both API servers answer (each with its own model)
+            assert requests.post(f"{url}/predict", json=RECORD, timeout=10).status_code == 200
+        pid = worker_pid(log, proc, role="API server")
+        os.kill(pid, signal.SIGKILL if fault == "killed" else signal.SIGSTOP)
+        took, status = first_unhealthy(url, limit_s=stall_s + 8)
+        assert took <= stall_s + 2.0 and status in (503, None), (took, status)
+        assert proc.wait(timeout=15) == 1
+    text = log.read_text()
+    assert re.search(rf"API server \d \(pid {pid}\)", text), text
     assert ("killed by SIGKILL" if fault == "killed" else "is stuck: no heartbeat") in text
 
 

@@ -34,6 +34,7 @@ SERVING_IMPORTS = (
     "httptools",
     "pydantic",
     "onnxruntime",
+    "orjson",
     "numpy",
     "pandas",
     "pyarrow",
@@ -143,6 +144,7 @@ def test_build_context_holds_the_app_the_model_and_the_image_settings(
     assert image["model"] == "model.onnx" and image["card"] == "model_card.json"
     assert (image["shadow_model"], image["shadow_card"]) == ("shadow.onnx", "shadow_card.json")
     assert image["host"] == "0.0.0.0" and image["port"] == 8123
+    assert image["mode"] == "direct"  # the image serves the default mode
     assert image["predictions_path"] == "/app/logs/predictions"
     assert not list(tmp_path.glob(".context.tmp-*"))
 

@@ -107,3 +107,17 @@ def test_api_key_from_environment_or_file(tmp_path: Path) -> None:
         api_key({"EVERGREEN_API_KEY": "a", "EVERGREEN_API_KEY_FILE": str(secret)})
     with pytest.raises(SettingsError, match="cannot read"):
         api_key({"EVERGREEN_API_KEY_FILE": str(tmp_path / "nope")})
+
+
+def test_direct_is_the_default_mode_and_refuses_cross_request_batching(tmp_path: Path) -> None:
+    path = settings_file(tmp_path / "s.yaml")
+    direct = load_settings(path, {})
+    assert direct.mode == "direct" and direct.scoring_processes == direct.api_servers == 2
+    one = load_settings(path, {"EVERGREEN_SERVE_API_SERVERS": "null"})
+    assert one.scoring_processes == direct.workers == 1  # null: as many as workers
+    queued = load_settings(path, {"EVERGREEN_SERVE_MODE": "queued"}, {"max_batch_size": 8})
+    assert queued.mode == "queued" and queued.scoring_processes == queued.workers == 1
+    with pytest.raises(SettingsError, match=r"max_batch_size 8 batches .* set mode: queued"):
+        load_settings(path, {"EVERGREEN_SERVE_MAX_BATCH_SIZE": "8"})
+    with pytest.raises(SettingsError, match=r"mode: Input should be 'direct' or 'queued'"):
+        load_settings(path, {"EVERGREEN_SERVE_MODE": "fast"})
