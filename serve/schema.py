@@ -13,7 +13,15 @@ server process checks (a dependency of the /predict route), before a request rea
   that was never negative in training (counts, amounts, days); `range_margin: null` turns the
   range check off;
 - a categorical feature is one of the card's allowed values (or, where the dataset config
-  lists none, the values seen in training).
+  lists none, the values seen in training), sent as the data holds it: a string, or for an
+  integer-coded category (the card's `type: int64`: season 1-4) a JSON integer (`"season": 2`;
+  `"2"`, `2.0` or `true` is refused naming the field). An unknown code is refused like an
+  unknown string. The API server turns a code into its digits ("2"), the text the model was
+  trained on, so what crosses to a worker is text either way;
+- the entity key is required, except where it is a surrogate key (a hash of the row, the card's
+  `features.surrogate_key`: no client can compute it): a record without it is answered, and
+  logged, under a request-local id, `"#<i>"` for the record's position i (from 0) in the
+  request; a key the client sends is echoed as sent.
 
 The API server validates a request body into a `WireBatch` (columns, not models), which is
 what crosses LitServe's queue to a worker: workers never need the generated classes.
@@ -50,6 +58,14 @@ BATCH_FIELD = "records"
 # names the response itself uses, which no column may take
 RESERVED = frozenset({BATCH_FIELD, "score", "prediction", "request_id", "model"})
 CLASSIFICATION, REGRESSION = "classification", "regression"
+# the storage types of a categorical feature in the card; an int64 one is sent as JSON integers
+TEXT, CODES = "string", "int64"
+
+
+def local_id(position: int) -> str:
+    """The id a record without a (surrogate) key is answered and logged under: its position in
+    the request. Not a key's form (16 hex digits), so the two never mix in a log."""
+    return f"#{position}"
 
 
 @dataclass(frozen=True)
@@ -64,7 +80,12 @@ class NumericFeature:
 @dataclass(frozen=True)
 class CategoricalFeature:
     name: str
-    allowed: tuple[str, ...]
+    allowed: tuple[str, ...] | tuple[int, ...]
+    type: str = TEXT  # CODES: integer codes, sent as JSON integers
+
+    @property
+    def coded(self) -> bool:
+        return self.type == CODES
 
 
 @dataclass(frozen=True)
@@ -79,6 +100,8 @@ class ServingSchema:
     # the card's features.task: a classification answers a score and a decision, a regression
     # its `prediction`
     task: str = CLASSIFICATION
+    # the entity key is a hash of the row: a request may leave it out (see the module doc)
+    surrogate_key: bool = False
 
     @property
     def regression(self) -> bool:
@@ -96,14 +119,17 @@ class ServingSchema:
             label=self.label,
             numeric=tuple(f.name for f in self.numeric),
             categorical=tuple(f.name for f in self.categorical),
-            categories={f.name: f.allowed for f in self.categorical},
+            categories={f.name: tuple(str(v) for v in f.allowed) for f in self.categorical},
             task=self.task,
+            category_types={f.name: f.type for f in self.categorical if f.coded},
+            surrogate_key=self.surrogate_key,
         )
 
     def describe(self) -> dict[str, Any]:
         """The schema as /info shows it: what is accepted, and the training ranges."""
         return {
             "entity_key": self.entity_key,
+            "entity_key_required": not self.surrogate_key,
             "label": self.label,
             "task": self.task,
             "numeric": [
@@ -118,7 +144,11 @@ class ServingSchema:
                 for f in self.numeric
             ],
             "categorical": [
-                {"name": f.name, "type": "string", "allowed": list(f.allowed)}
+                {
+                    "name": f.name,
+                    "type": "integer" if f.coded else "string",
+                    "allowed": list(f.allowed),
+                }
                 for f in self.categorical
             ],
         }
@@ -154,6 +184,29 @@ def _entries(features: Mapping[str, Any], kind: str) -> list[Mapping[str, Any]]:
     return entries
 
 
+def _categorical_features(features: Mapping[str, Any]) -> list[CategoricalFeature]:
+    """The card's categorical features: text, or integer codes (`type: int64`)."""
+    categorical = []
+    for i, entry in enumerate(_entries(features, "categorical")):
+        where = f"features.categorical[{i}] ({entry['name']})"
+        kind = entry.get("type", TEXT)
+        if kind not in (TEXT, CODES):
+            raise ValueError(f"model card: {where}.type is {kind!r}, expected {TEXT} or {CODES}")
+        values = entry.get("allowed") or entry.get("observed")
+        what = "integers" if kind == CODES else "strings"
+        if (
+            not isinstance(values, list)
+            or not values
+            or not all(_is_code(v) if kind == CODES else isinstance(v, str) for v in values)
+        ):
+            raise ValueError(
+                f"model card: {where} has no allowed or observed values (a non-empty list of "
+                f"{what})"
+            )
+        categorical.append(CategoricalFeature(entry["name"], tuple(values), kind))
+    return categorical
+
+
 def schema_from_card(
     card: ModelCard | Mapping[str, Any], *, range_margin: float | None
 ) -> ServingSchema:
@@ -182,24 +235,15 @@ def schema_from_card(
             raise ValueError(f"model card: {where} has min {lo} > max {hi}")
         minimum, maximum = accepted_range(lo, hi, range_margin)
         numeric.append(NumericFeature(entry["name"], lo, hi, minimum, maximum))
-    categorical = []
-    for i, entry in enumerate(_entries(features, "categorical")):
-        values = entry.get("allowed") or entry.get("observed")
-        if (
-            not isinstance(values, list)
-            or not values
-            or not all(isinstance(v, str) for v in values)
-        ):
-            raise ValueError(
-                f"model card: features.categorical[{i}] ({entry['name']}) has no allowed or "
-                "observed values (a non-empty list of strings)"
-            )
-        categorical.append(CategoricalFeature(entry["name"], tuple(values)))
+    categorical = _categorical_features(features)
     task = features.get("task", CLASSIFICATION)  # a card from before the rows kinds
     if task not in (CLASSIFICATION, REGRESSION):
         raise ValueError(
             f"model card: features.task is {task!r}, expected {CLASSIFICATION} or {REGRESSION}"
         )
+    surrogate = features.get("surrogate_key", False)  # a card from before it: a key column
+    if not isinstance(surrogate, bool):
+        raise ValueError(f"model card: features.surrogate_key is {surrogate!r}, expected a bool")
     schema = ServingSchema(
         entity_key=features["entity_key"],
         time=features["time"],
@@ -207,6 +251,7 @@ def schema_from_card(
         numeric=tuple(numeric),
         categorical=tuple(categorical),
         task=task,
+        surrogate_key=surrogate,
     )
     names = [schema.entity_key, *schema.features]
     clashes = sorted({n for n in names if names.count(n) > 1} | (set(names) & RESERVED))
@@ -245,15 +290,20 @@ class WireBatch:
         return len(self.keys)
 
 
+def _is_code(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def to_wire(rows: Sequence[Sequence[Any]], n_numeric: int, n_categorical: int) -> WireBatch:
-    """Rows of (key, numeric..., categorical...) values as a WireBatch."""
+    """Rows of (key, numeric..., categorical...) values as a WireBatch; a row without a key
+    (None: a surrogate key left out) gets its request-local id (`local_id`)."""
     columns = list(zip(*rows, strict=True))
     numeric = np.array(columns[1 : 1 + n_numeric], dtype=np.float64).reshape(n_numeric, len(rows))
     categorical = columns[1 + n_numeric :]
     if len(categorical) != n_categorical:
         raise ValueError(f"expected {n_categorical} categorical columns, got {len(categorical)}")
     return WireBatch(
-        keys=list(columns[0]),
+        keys=[local_id(i) if k is None else k for i, k in enumerate(columns[0])],
         numeric=numeric.T.copy(),
         categorical=[tuple(c) for c in categorical],
         received=time.time(),
@@ -318,9 +368,37 @@ def _numeric_field(f: NumericFeature) -> tuple[Any, Any]:
 
 
 def _categorical_field(f: CategoricalFeature) -> tuple[Any, Any]:
-    allowed = Literal[f.allowed]  # type: ignore[valid-type]
     described = f"one of {list(f.allowed)}, null if missing"
+    if f.coded:
+        return (_code_type(f), Field(alias=f.name, title=f.name, description=described))
+    allowed = Literal[f.allowed]  # type: ignore[valid-type]
     return (allowed | None, Field(alias=f.name, title=f.name, description=described))
+
+
+def _code_type(f: CategoricalFeature) -> Any:
+    """An integer-coded category: a JSON integer among the known codes (strictly: no "2", 2.0
+    or true), validated into its digits, the text the model reads (feature_schema's
+    `category_text`)."""
+    known = frozenset(f.allowed)
+    listed = " or ".join(", ".join(str(v) for v in f.allowed).rsplit(", ", 1))
+
+    def code(value: Any) -> str | None:
+        if value is None:
+            return None
+        if not _is_code(value):
+            raise PydanticCustomError(
+                "int_type", "Input should be an integer (a code of the category) or null"
+            )
+        if value not in known:
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {
+                "expected": listed})  # fmt: skip
+        return str(value)
+
+    return Annotated[
+        Any,
+        PlainValidator(code),
+        WithJsonSchema({"anyOf": [{"type": "integer", "enum": list(f.allowed)}, {"type": "null"}]}),
+    ]
 
 
 @dataclass(frozen=True)
@@ -354,9 +432,11 @@ def _request_shape(value: Any) -> str:
 
 def api_models(schema: ServingSchema, max_records: int) -> ApiModels:
     """Request and response models for `schema`, batches of 1..max_records records."""
-    fields: dict[str, Any] = {
-        "f0": (EntityKey, Field(alias=schema.entity_key, title=schema.entity_key))
-    }
+    key = Field(alias=schema.entity_key, title=schema.entity_key)
+    if schema.surrogate_key:
+        described = "optional (a hash of the row): left out, the answer names the record #<i>"
+        key = Field(None, alias=schema.entity_key, title=schema.entity_key, description=described)
+    fields: dict[str, Any] = {"f0": (EntityKey | None if schema.surrogate_key else EntityKey, key)}
     for f in schema.numeric:
         fields[f"f{len(fields)}"] = _numeric_field(f)
     for f in schema.categorical:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stages.lib.dataset import dataset_from_params
-from stages.lib.drift import DriftConfig, compute_drift
+from stages.lib.drift import DriftConfig, compute_drift, drift_summary
 from stages.lib.io import write_json
 from stages.lib.params import section, stage_params
 from stages.lib.profiling import read_profiles
@@ -22,7 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages.drift", description=__doc__)
     parser.add_argument("profile_dir", type=Path, help="profile's output")
     parser.add_argument("split_summary", type=Path, help="split's summary.json (train dates)")
-    parser.add_argument("metrics", type=Path, help="data drift metrics JSON")
+    parser.add_argument("metrics", type=Path, help="data drift metrics JSON (the headline)")
+    parser.add_argument("report", type=Path, help="the whole drift report JSON (every column)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
 
@@ -36,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     train = json.loads(args.split_summary.read_text())["train"]["snapshot_dates"]
     profiles = {t.name: read_profiles(args.profile_dir, t.name) for t in dataset.tables}
     report = compute_drift(profiles, dataset, train, cfg)
-    write_json(report, args.metrics)
+    write_json(report, args.report)
+    write_json(drift_summary(report), args.metrics)
     for name, t in report["tables"].items():
         flagged = sorted(c for c, m in t.get("columns", {}).items() if m["drifted"])
         print(

@@ -17,9 +17,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("card", type=Path, help="the model card")
     parser.add_argument("predict_dir", type=Path, help="predict's output")
     parser.add_argument("history_dir", type=Path, help="prepare's output")
-    parser.add_argument("out", type=Path, help="monitor.json to write")
+    parser.add_argument("out", type=Path, help="monitor.json to write (the headline)")
     parser.add_argument("history_out", type=Path, help="history CSV to upsert")
+    parser.add_argument("report", type=Path, help="the whole report JSON to write")
     parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
+    parser.add_argument(
+        "--train", type=Path, help="the train split: the served inputs' reference (serving skew)"
+    )
     return parser
 
 

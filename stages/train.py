@@ -6,6 +6,7 @@ dvc.yaml passes and the params section, and writes the outputs."""
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from stages.lib.training import (
     SPLITS,
     ModelConfig,
     TrainConfig,
+    build_estimator,
     check_frame,
     train_metrics,
     tune_model,
@@ -46,6 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_cfg = ModelConfig.from_params(section(params, "model"))
     train_cfg = TrainConfig.from_params(section(params, "train"))
     schema = load_schema(args.schema)
+    try:  # a family with no estimator for the task (ridge for a classification): one line
+        build_estimator(model_cfg, seed, regression=schema.regression)
+    except ValueError as exc:
+        print(f"train: conf/model/{model_cfg.name}.yaml: {exc}", file=sys.stderr)
+        return 2
 
     frames: dict[str, pd.DataFrame] = {}
     for split in SPLITS:

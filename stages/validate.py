@@ -30,6 +30,7 @@ from stages.lib.validation import (
     results_of,
     run_validate,
     summarize,
+    unlanded_tables,
     validate_fingerprint,
 )
 
@@ -62,27 +63,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.landing_dir.is_dir():
         print(f"validate: {args.landing_dir} not found (run `evergreen ingest`)", file=sys.stderr)
         return 2
+    unlanded = unlanded_tables(args.landing_dir, dataset)
+    if unlanded:  # a table or partition key naming nothing: fail here, not in a later stage
+        for line in unlanded:
+            print(f"validate: {line}", file=sys.stderr)
+        return 2
     remove_temp_siblings(args.metrics)
     fp = validate_fingerprint(dataset_params, validate_params)
     run = run_validate(args.landing_dir, args.out_dir, dataset, fp, engine, cfg.extra_columns)
-    metrics, _ = summarize(run.entries, dataset.calendar, run.unread)
+    metrics, report = summarize(run.entries, dataset.calendar, run.unread)
     write_json(metrics, args.metrics)
     print(
         f"validate: {len(run.plan.todo)} partition(s) validated, {len(run.plan.keep)} unchanged, "
         f"{len(run.plan.drop)} removed" + (f" ({run.rebuilt})" if run.rebuilt else "")
     )
     for name in run.entries:
-        m = metrics[name]
+        m = report[name]["totals"]
         print(
             f"validate {name}: {m['partitions']} partitions, {m['rows_in']} rows in, "
             f"{m['rows_valid']} valid, {m['rows_quarantined']} quarantined"
         )
-        for folder, expected in m.get("folders_not_read", {}).items():
+        for folder, expected in report[name]["folders_not_read"].items():
             print(
                 f"validate {name}: folder '{folder}' not read (expected {expected})",
                 file=sys.stderr,
             )
-        extra = m.get("extra_columns", {})
+        parts = report[name]["partitions"].items()
+        extra = {p: e["extra_columns"] for p, e in parts if e.get("extra_columns")}
         if extra:
             columns = list(dict.fromkeys(c for cols in extra.values() for c in cols))
             print(

@@ -13,6 +13,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "stages.cli.simulate",
         "write the simulated shop lake (daily partitions)",
     ),
+    ("new",): (
+        "stages.cli.new",
+        "start the project over for a dataset: make it the default, clear the previous state",
+    ),
     ("ingest",): ("stages.cli.ingest", "copy new lake objects into data/ and record data.dvc"),
     ("params",): ("stages.cli.params", "compose conf/ into params.yaml"),
     ("serve", "build-context"): (
@@ -26,6 +30,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("dispatch",): ("stages.cli.dispatch", "run the retrain workflow on GitHub with overrides"),
     ("publish",): ("stages.cli.publish", "copy the batch predictions to <lake>/predictions/"),
     ("monitor",): ("stages.cli.monitor", "drift + realised performance; --dispatch retrains"),
+    ("shadow",): (
+        "stages.cli.shadow",
+        "the shadow model's live record and verdict, and the serving skew",
+    ),
     ("report", "pr"): ("stages.cli.pr_report", "the pull request's report: challenger vs champion"),
     ("retrain",): ("stages.cli.retrain", "ingest, reproduce, gate, report; push retrain/<date>"),
     ("promote",): (

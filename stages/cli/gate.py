@@ -2,14 +2,18 @@
 champion, the model recorded on a git ref (`gate.champion_ref`, `main` by default), or, with no
 champion, against a naive baseline.
 
-    evergreen gate [--ref main] [--out metrics/gate.json] [--params params.yaml]
+    evergreen gate [--ref main] [--out metrics/gate.json] [--report-out reports/gate.json]
+        [--params params.yaml]
 
 Both models are scored on the *same* current test set (`artifacts/split/test.parquet`) with the
 evaluate stage's code, slices included; the champion is read at the ref with DVC's Python API
 (from the local cache or the DVC remote) and scored on its own feature schema. The settings are
 the `gate` params section (`conf/gate/default.yaml`) merged with the dataset's own `gate:` block
-(`conf/dataset/<name>.yaml`, which wins). The verdict is written to `metrics/gate.json`; the
-exit status is 0 when blessed, 1 when not, 2 on a usage or input error.
+(`conf/dataset/<name>.yaml`, which wins). The verdict is written to `metrics/gate.json` (the
+headline: blessed, the champion, each check's pass; a DVC metrics file) and the whole report,
+every check's numbers and every slice compared, to `reports/gate.json` (both committed: the
+verdict depends on another ref, so DVC cannot rebuild them); the exit status is 0 when
+blessed, 1 when not, 2 on a usage or input error.
 
 How it decides (README: The gate). The key metric is ROC AUC for a classification and R² for a
 regression (scale-free, so one tolerance suits every target). A paired bootstrap
@@ -27,6 +31,12 @@ difference at `gate.confidence`, positive = the challenger is better:
   0.5, Brier p(1 - p)) or, for a regression, at its target mean (R² 0, the mean's MAE): the key
   metric must beat it (ci_low > 0), the error must not be worse (ci_high >= 0);
 - absolute floors (`min_roc_auc`, ..., null by default): the point estimate on the test set.
+
+A champion that answers another question is "no comparable champion", judged as with none (the
+report says why): one of another dataset (the params.yaml committed on the ref names another
+`dataset.name`; its model is not even fetched), of another task, or one reading features the
+test set lacks. A champion of this dataset that cannot be loaded or scored (an md5 that is not
+the one dvc.lock records, say) fails the gate: `champion_comparable`.
 
 Each comparison reports `detectable`: (z_{1-alpha/2} + z_{0.8}) x the bootstrap standard error of
 the difference, the smallest true difference this test set finds with 80% power.
@@ -64,7 +74,7 @@ from stages.lib.evaluation import (
     slice_labels,
     slice_metrics,
 )
-from stages.lib.gitref import commit_of
+from stages.lib.gitref import commit_of, file_at
 from stages.lib.io import read_frame, round_floats, write_metrics
 from stages.lib.model_io import load_model
 from stages.lib.params import PARAMS_FILE, load_params, section
@@ -590,6 +600,15 @@ class NoChampion(Exception):
     """The ref has no champion to compare with; the message says why."""
 
 
+class NotComparable(ValueError):
+    """The ref holds a sound champion that answers another question (another dataset, task or
+    feature set): the challenger is judged as with no champion. The message says why."""
+
+
+# features named in a "features differ" message, before "(+N more)"
+SHOWN_FEATURES = 5
+
+
 @dataclass(frozen=True)
 class Champion:
     ref: str
@@ -597,6 +616,31 @@ class Champion:
     model_md5: str | None
     model: Any
     schema: FeatureSchema
+
+
+def dataset_at(commit: str, params_path: str, repo: Path) -> str | None:
+    """The dataset name the params file committed at `commit` records, or None when that file
+    is not there or names none (nothing to tell the champion's dataset by)."""
+    text = file_at(commit, params_path, repo)
+    try:
+        params = yaml.safe_load(text) if text is not None else None
+    except yaml.YAMLError:
+        return None
+    dataset = params.get("dataset") if isinstance(params, Mapping) else None
+    name = dataset.get("name") if isinstance(dataset, Mapping) else None
+    return str(name) if name is not None else None
+
+
+def check_same_dataset(
+    ref: str, commit: str, champion_dataset: str | None, dataset: str | None
+) -> None:
+    """NotComparable when the champion on `ref` was trained on another dataset than this
+    workspace's (a project started from a clone of another one's main, say)."""
+    if champion_dataset is not None and dataset is not None and champion_dataset != dataset:
+        raise NotComparable(
+            f"champion '{ref}' ({commit[:12]}) is a model of dataset '{champion_dataset}', "
+            f"this workspace's dataset is '{dataset}'"
+        )
 
 
 def resolve_commit(ref: str, repo: Path) -> str:
@@ -672,19 +716,23 @@ def score_champion(
     source: str,
     task: str | None = None,
 ) -> Scores:
-    """Score the champion on its own features; ValueError says why it cannot be."""
+    """Score the champion on its own features: NotComparable when it predicts another kind
+    of target or reads features the test set does not have; ValueError when it should score
+    but cannot."""
     who = f"champion '{champion.ref}' ({champion.commit[:12]})"
     if task is not None and champion.schema.task != task:
-        raise ValueError(
+        raise NotComparable(
             f"{who} is a {champion.schema.task} model and the challenger a {task} one: "
             "they cannot be judged on the same metrics"
         )
     missing = [f for f in champion.schema.features if f not in test.columns]
     if missing:
-        raise ValueError(
-            f"{who} needs feature(s) {missing}, absent from {source}: it cannot be scored on "
-            "the same test set (keep the columns in the features stage; features.exclude only "
-            "narrows the schema)"
+        shown = missing[:SHOWN_FEATURES]
+        more = f" (+{len(missing) - len(shown)} more)" if len(missing) > len(shown) else ""
+        raise NotComparable(
+            f"{who} reads feature(s) {shown}{more} absent from {source}: the features differ, "
+            "so it cannot be scored on the same test set (to compare with it, keep those "
+            "columns in the features stage; features.exclude only narrows the schema)"
         )
     schema = replace(champion.schema, label=label)
     check_frame(test, schema, source=source)
@@ -715,11 +763,17 @@ def report(
     champion: Champion | None,
     champion_missing: str | None,
     bootstrap: Mapping[str, Any] | None = None,
+    *,
+    dataset: str | None = None,
+    not_comparable: str | None = None,
 ) -> dict[str, Any]:
-    """The content of `metrics/gate.json`."""
+    """The content of `metrics/gate.json`: `champion` is the model compared with (None when
+    there was none: `champion_missing` says why; or none comparable: `champion_not_comparable`
+    says why), `dataset` the dataset the verdict is about."""
     return round_floats(
         {
             "blessed": verdict.blessed,
+            "dataset": dataset,
             "checks": [asdict(c) for c in verdict.checks],
             "slices": [dict(s) for s in verdict.slices],
             "bootstrap": None if bootstrap is None else dict(bootstrap),
@@ -727,9 +781,26 @@ def report(
             if champion is None
             else {"ref": champion.ref, "commit": champion.commit, "model_md5": champion.model_md5},
             "champion_missing": champion_missing,
+            "champion_not_comparable": not_comparable,
             "challenger": {"model_md5": challenger_md5},
         }
     )
+
+
+def headline(report: Mapping[str, Any]) -> dict[str, Any]:
+    """metrics/gate.json: the verdict a person compares across runs (`dvc metrics show`) and
+    what `evergreen promote` and `card stamp` check (blessed, the judged model's md5); each
+    check's numbers and the slices stay in the report."""
+    champion = report.get("champion")
+    return {
+        "blessed": report["blessed"],
+        "checks": {c["name"]: c["passed"] for c in report.get("checks") or ()},
+        "champion": None if champion is None else {k: champion.get(k) for k in ("ref", "commit")},
+        "champion_missing": report.get("champion_missing"),
+        "champion_not_comparable": report.get("champion_not_comparable"),
+        "dataset": report.get("dataset"),
+        "challenger": dict(report["challenger"]),
+    }
 
 
 def _relative(path: Path, repo: Path) -> str:
@@ -751,11 +822,19 @@ def run_gate(args: argparse.Namespace) -> tuple[dict[str, Any], Verdict]:
         load_model(args.model), test, schema, schema.label, eval_cfg, source=str(args.test)
     )
 
+    dataset = params.get("dataset") or {}
+    dataset_name = dataset.get("name") if isinstance(dataset, Mapping) else None
     champion: Champion | None = None
     champion_scores: Scores | None = None
     missing: str | None = None
     problem: str | None = None
+    not_comparable: str | None = None
     try:
+        # the champion's dataset first: another dataset's model is not even fetched (a clone
+        # of another project need not reach its DVC remote)
+        commit = resolve_commit(ref, args.repo)
+        champion_dataset = dataset_at(commit, _relative(args.params, args.repo), args.repo)
+        check_same_dataset(ref, commit, champion_dataset, dataset_name)
         champion = fetch_champion(
             ref,
             args.repo,
@@ -765,6 +844,8 @@ def run_gate(args: argparse.Namespace) -> tuple[dict[str, Any], Verdict]:
         )
     except NoChampion as exc:
         missing = str(exc)
+    except NotComparable as exc:
+        not_comparable = str(exc)
     except ValueError as exc:  # the champion's files exist but will not load
         problem = f"the champion cannot be loaded: {exc}"
     if champion is not None:
@@ -772,11 +853,22 @@ def run_gate(args: argparse.Namespace) -> tuple[dict[str, Any], Verdict]:
             champion_scores = score_champion(
                 champion, test, schema.label, eval_cfg, source=str(args.test), task=schema.task
             )
+        except NotComparable as exc:
+            champion, not_comparable = None, str(exc)
         except ValueError as exc:
             problem = str(exc)
     verdict = judge(challenger, champion_scores, cfg, champion_problem=problem, seed=seed)
     settings = bootstrap_settings(cfg, seed, challenger)
-    return report(verdict, file_md5(args.model), champion, missing, settings), verdict
+    payload = report(
+        verdict,
+        file_md5(args.model),
+        champion,
+        missing,
+        settings,
+        dataset=None if dataset_name is None else str(dataset_name),
+        not_comparable=not_comparable,
+    )
+    return payload, verdict
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -791,7 +883,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--test", type=Path, default=Path("artifacts/split/test.parquet"))
     parser.add_argument("--lock", type=Path, default=Path("dvc.lock"), help="dvc.lock path")
-    parser.add_argument("--out", type=Path, default=Path("metrics/gate.json"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("metrics/gate.json"), help="the verdict (metrics)"
+    )
+    parser.add_argument(
+        "--report-out",
+        type=Path,
+        default=Path("reports/gate.json"),
+        help="the whole report: every check's numbers, every slice compared",
+    )
     parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE))
     parser.add_argument("--repo", type=Path, default=Path("."), help="git + DVC repo root")
     return parser
@@ -807,13 +907,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyError as exc:
         print(f"gate: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
-    write_metrics(args.out, payload)
+    write_metrics(args.report_out, payload)
+    write_metrics(args.out, headline(payload))
     champion = payload["champion"]
-    against = (
-        f"champion {champion['ref']} @ {champion['commit'][:12]}"
-        if champion
-        else f"no champion ({payload['champion_missing']})"
-    )
+    if champion:
+        against = f"champion {champion['ref']} @ {champion['commit'][:12]}"
+    elif payload["champion_not_comparable"]:
+        against = (
+            f"no comparable champion ({payload['champion_not_comparable']}): judged as with no "
+            "champion"
+        )
+    else:
+        against = f"no champion ({payload['champion_missing']})"
     print(f"gate: {'BLESSED' if verdict.blessed else 'NOT BLESSED'} vs {against}")
     boot = payload["bootstrap"]
     print(

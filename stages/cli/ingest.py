@@ -2,10 +2,16 @@
 
 Only new or changed objects are copied: a local lake is compared by size and modification time,
 an S3 lake by ETag and size, against `data/ingest-manifest.json` (which lives in `data/`, so DVC
-versions it with the data). Objects that vanished from the lake are kept and reported, never
-deleted. We do not use `dvc import-url` + `dvc update` because on S3 an update downloads every
-object of the directory again when any one of them changed, while ingest must cost in proportion
-to the increment.
+versions it with the data). A replaced object (same name, new bytes) is copied again, so validate
+sees its new content hash and redoes that partition. What happens to objects gone from the lake is
+`ingest.deleted`: `mirror` (the default) removes them from data/landing, so a partition deleted
+or replaced under another file name stops feeding validate; `keep` keeps and reports them, for a
+lake whose retention expires objects the history must still hold. Either way nothing is lost:
+every earlier data.dvc still restores what was removed.
+
+We do not use `dvc import-url` + `dvc update` because on S3 an update downloads every object of
+the directory again when any one of them changed, while ingest must cost in proportion to the
+increment.
 """
 
 from __future__ import annotations
@@ -16,17 +22,20 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from stages.contract.storage import write_bytes_atomic
-from stages.lib.params import PARAMS_FILE, default_lake
+from stages.lib.params import PARAMS_FILE, default_lake, load_params
 
 LANDING = "landing"
 MANIFEST = "ingest-manifest.json"
 TMP_SUFFIX = ".ingest-tmp"
+# `ingest.deleted`: what becomes of a landed object that is gone from the lake
+MIRROR, KEEP = "mirror", "keep"
+DELETED_POLICIES = (MIRROR, KEEP)
 
 
 class LakeNotFoundError(FileNotFoundError):
@@ -58,7 +67,8 @@ class ObjectInfo:
 
 @dataclass(frozen=True)
 class IngestPlan:
-    """Relative paths (`landing/...`) sorted into what ingest must do with them."""
+    """Relative paths (`landing/...`) sorted into what ingest must do with them; `missing`: in
+    data/ (recorded or not) but no longer in the lake."""
 
     new: tuple[str, ...] = ()
     changed: tuple[str, ...] = ()
@@ -77,24 +87,37 @@ class IngestReport:
     data_dir: Path
     manifest: Mapping[str, ObjectInfo] = field(default_factory=dict)
     manifest_written: bool = False
+    deleted: str = MIRROR
+    # the missing objects removed from data/ (all of them under `mirror`, none under `keep`)
+    removed: tuple[str, ...] = ()
 
     @property
     def copied(self) -> int:
         return len(self.plan.to_copy)
 
+    @property
+    def data_changed(self) -> bool:
+        """Whether data/ differs from before the run (so data.dvc must be recorded again)."""
+        return self.manifest_written or bool(self.removed)
+
     def summary(self) -> str:
         p = self.plan
+        fate = "removed" if self.removed else "kept" if p.missing else ""
         return (
             f"ingest: {len(p.new)} new, {len(p.changed)} changed, {len(p.unchanged)} unchanged, "
-            f"{len(p.missing)} missing in lake; {self.bytes_copied} bytes copied into "
-            f"{self.data_dir}/{LANDING}"
+            f"{len(p.missing)} missing in lake{f' ({fate})' if fate else ''}; "
+            f"{self.bytes_copied} bytes copied into {self.data_dir}/{LANDING}"
         )
 
 
 def plan_ingest(
-    lake_listing: Mapping[str, ObjectInfo], manifest: Mapping[str, ObjectInfo]
+    lake_listing: Mapping[str, ObjectInfo],
+    manifest: Mapping[str, ObjectInfo],
+    landed: Iterable[str] = (),
 ) -> IngestPlan:
-    """Compare the lake's objects with what the manifest says data/ holds."""
+    """Compare the lake's objects with what the manifest says data/ holds (and with the files
+    `landed` in data/, which a manifest may not record: put there by hand, or left by a
+    project this one was cloned from)."""
     new, changed, unchanged = [], [], []
     for relpath in sorted(lake_listing):
         if relpath not in manifest:
@@ -103,7 +126,7 @@ def plan_ingest(
             changed.append(relpath)
         else:
             unchanged.append(relpath)
-    missing = sorted(set(manifest) - set(lake_listing))
+    missing = sorted((set(manifest) | set(landed)) - set(lake_listing))
     return IngestPlan(tuple(new), tuple(changed), tuple(unchanged), tuple(missing))
 
 
@@ -280,21 +303,57 @@ def _copy_atomic(lake: Lake, relpath: str, dest: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def ingest(lake_url: str, data_dir: str | Path) -> IngestReport:
-    """Copy the lake's new and changed landing objects into `data_dir` and update its manifest.
+def _landed(data_dir: Path) -> list[str]:
+    """The files under data/landing, as lake-relative paths (temporary copies left out)."""
+    landing = data_dir / LANDING
+    if not landing.is_dir():
+        return []
+    return [
+        p.relative_to(data_dir).as_posix()
+        for p in _walk_files(landing)
+        if not p.name.endswith(TMP_SUFFIX)
+    ]
+
+
+def _remove(data_dir: Path, relpath: str) -> None:
+    """Delete a landed file and the partition folders it leaves empty (landing/ stays)."""
+    path = data_dir / relpath
+    path.unlink(missing_ok=True)
+    landing = (data_dir / LANDING).resolve()
+    parent = path.parent
+    while parent.resolve() != landing and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+
+
+def check_deleted(value: Any, where: str) -> str:
+    """`ingest.deleted` as given, or ValueError naming `where` and the choices."""
+    if value not in DELETED_POLICIES:
+        raise ValueError(
+            f"{where}: ingest.deleted is {value!r}, expected one of {DELETED_POLICIES}"
+        )
+    return str(value)
+
+
+def ingest(lake_url: str, data_dir: str | Path, *, deleted: str = MIRROR) -> IngestReport:
+    """Copy the lake's new and changed landing objects into `data_dir` and update its manifest;
+    objects gone from the lake are removed from `data_dir` (`deleted="mirror"`) or kept
+    (`"keep"`).
 
     Nothing is written if the lake or its landing zone does not exist (LakeNotFoundError).
     """
+    check_deleted(deleted, "ingest()")
     lake = open_lake(lake_url)
     listing = lake.list()
     data_dir = Path(data_dir)
     manifest_path = data_dir / MANIFEST
     manifest = _present(data_dir, read_manifest(manifest_path))
-    plan = plan_ingest(listing, manifest)
+    _remove_stale_tmp(data_dir)
+    plan = plan_ingest(listing, manifest, _landed(data_dir))
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(data_dir)
     copied_bytes = 0
+    removed: list[str] = []
     written = False
     try:
         for relpath in plan.to_copy:
@@ -303,10 +362,23 @@ def ingest(lake_url: str, data_dir: str | Path) -> IngestReport:
             # next run sees a different version and copies it again
             manifest[relpath] = listing[relpath]
             copied_bytes += listing[relpath].size
+        if deleted == MIRROR:
+            for relpath in plan.missing:
+                _remove(data_dir, relpath)
+                manifest.pop(relpath, None)
+                removed.append(relpath)
     finally:
         # record what did arrive, so an interrupted run is resumed rather than redone
         written = write_manifest(manifest_path, manifest)
-    return IngestReport(plan, copied_bytes, data_dir, manifest, manifest_written=written)
+    return IngestReport(
+        plan,
+        copied_bytes,
+        data_dir,
+        manifest,
+        manifest_written=written,
+        deleted=deleted,
+        removed=tuple(removed),
+    )
 
 
 # --- DVC ----------------------------------------------------------------------------------------
@@ -342,6 +414,16 @@ def dvc_file(data_dir: str | Path) -> Path:
     return Path(f"{str(data_dir).rstrip('/')}.dvc")
 
 
+def deleted_policy(params_path: str | Path) -> str:
+    """`ingest.deleted` from the params file (`mirror` when the file or the key is absent)."""
+    if not Path(params_path).is_file():
+        return MIRROR
+    raw = load_params(params_path).get("ingest") or {}
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{params_path}: 'ingest' must be a mapping, got {type(raw).__name__}")
+    return check_deleted(raw.get("deleted", MIRROR), str(params_path))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="evergreen ingest",
@@ -351,26 +433,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", default="data", help="where the landing zone is mirrored")
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (for lake.path)")
     parser.add_argument("--no-dvc", action="store_true", help="do not run `dvc add`")
+    parser.add_argument(
+        "--deleted",
+        choices=DELETED_POLICIES,
+        help="objects gone from the lake: mirror (remove from data/) or keep (default: "
+        f"ingest.deleted in params, else {MIRROR})",
+    )
     args = parser.parse_args(argv)
 
-    lake_url = default_lake(args.lake, args.params)
     try:
-        report = ingest(lake_url, args.data)
-    except LakeNotFoundError as e:
+        lake_url = default_lake(args.lake, args.params)
+        deleted = args.deleted or deleted_policy(args.params)
+        report = ingest(lake_url, args.data, deleted=deleted)
+    except (LakeNotFoundError, ValueError) as e:  # ParamsError too: one line naming the file
         print(f"evergreen ingest: {e}", file=sys.stderr)
         return 2
     print(report.summary())
     if report.plan.missing:
-        shown = ", ".join(report.plan.missing[:5])
-        more = f" (+{len(report.plan.missing) - 5} more)" if len(report.plan.missing) > 5 else ""
-        print(
-            f"warning: {len(report.plan.missing)} objects in {args.data}/ are no longer in the "
-            f"lake {lake_url}; kept: {shown}{more}",
-            file=sys.stderr,
+        missing = report.plan.missing
+        shown = ", ".join(missing[:5]) + (
+            f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
         )
+        if report.removed:
+            print(
+                f"removed {len(missing)} object(s) from {args.data}/ that are no longer in the "
+                f"lake {lake_url} (ingest.deleted: {MIRROR}): {shown}"
+            )
+        else:
+            print(
+                f"warning: {len(missing)} objects in {args.data}/ are no longer in the lake "
+                f"{lake_url}; kept (ingest.deleted: {KEEP}): {shown}",
+                file=sys.stderr,
+            )
     dvc_path = dvc_file(args.data)
     # data/ unchanged and already recorded: skipping `dvc add` keeps data.dvc byte-identical
-    if not args.no_dvc and (report.manifest_written or not dvc_path.exists()):
+    if not args.no_dvc and (report.data_changed or not dvc_path.exists()):
         try:
             record_snapshot(args.data)
         except (RuntimeError, FileNotFoundError) as e:

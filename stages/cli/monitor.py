@@ -54,10 +54,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         stage = stage_argv(args.dvc_yaml)
-        paths = [Path(p) for p in stage if not p.startswith("-")][:6]
-        if len(paths) != 6:
-            raise ValueError(f"{args.dvc_yaml}: stage 'monitor' does not give the six paths")
-        report = run_monitor(MonitorPaths(*paths, params=args.params))
+        # the train split (serving skew's reference) is an option: its value is no position
+        train = Path(stage[stage.index("--train") + 1]) if "--train" in stage[:-1] else None
+        stage = [p for i, p in enumerate(stage) if "--train" not in stage[max(i - 1, 0) : i + 1]]
+        paths = [Path(p) for p in stage if not p.startswith("-")][:7]
+        if len(paths) != 7:
+            raise ValueError(f"{args.dvc_yaml}: stage 'monitor' does not give the seven paths")
+        *inputs, report_path = paths
+        report = run_monitor(
+            MonitorPaths(*inputs, params=args.params, report=report_path, train=train)
+        )
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"monitor: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2

@@ -27,7 +27,14 @@ from typing import Any
 import yaml
 
 from stages.contract.storage import write_bytes_atomic
-from stages.lib.params import CONF_DIR, abbreviate, compose_params, load_params, reason
+from stages.lib.params import (
+    CONF_DIR,
+    DATASET_SECTIONS,
+    abbreviate,
+    compose_params,
+    load_params,
+    reason,
+)
 
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 # no quotes, spaces, `$`, `;`, `|`, `&`, backticks, redirections or globs: a value can never
@@ -109,6 +116,18 @@ def _same_kind(current: Any, value: Any) -> bool:
     return isinstance(value, type(current))
 
 
+def model_fits_task(model: Any, dataset: Any) -> object:
+    """The estimator `model` (a ModelConfig) builds for `dataset`'s task: a family with none
+    for it (ridge for a classification, the MLP for a regression) is a ValueError naming
+    model.estimator and the task, as train would raise it."""
+    from stages.lib.training import build_estimator
+
+    try:
+        return build_estimator(model, 0, regression=dataset.task.regression)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; the dataset's task.kind is {dataset.task.kind}") from None
+
+
 def section_checks() -> dict[str, Callable[[Mapping[str, Any], Path], object]]:
     """Each params section -> what builds its config class from the composed params (and the
     file they were written to). The classes check their own ranges: no second table of ranges
@@ -129,7 +148,11 @@ def section_checks() -> dict[str, Callable[[Mapping[str, Any], Path], object]]:
 
     return {
         "dataset": lambda p, _: dataset_from_params(p["dataset"]),
-        "model": lambda p, _: ModelConfig.from_params(p["model"]),
+        # a family that has no estimator for the dataset's task (a regressor for a
+        # classification) is refused here, not by a traceback at train
+        "model": lambda p, _: model_fits_task(
+            ModelConfig.from_params(p["model"]), dataset_from_params(p["dataset"])
+        ),
         "train": lambda p, _: TrainConfig.from_params(p["train"]),
         "evaluate": lambda p, _: EvaluateConfig.from_params(p["evaluate"]),
         # as the gate and the monitor read them: the dataset's own keys win
@@ -221,6 +244,14 @@ def _set_dotted(tree: Any, parts: Sequence[str], value: Any) -> None:
     tree[parts[-1]] = value
 
 
+def _sets(tree: Any, parts: Sequence[str]) -> bool:
+    for part in parts:
+        if not isinstance(tree, Mapping) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
+
+
 def apply_overrides(conf_dir: Path, overrides: Sequence[Override]) -> list[Path]:
     """Write validated overrides into conf/ (comments kept); returns the files changed."""
     conf_dir = Path(conf_dir)
@@ -241,6 +272,14 @@ def apply_overrides(conf_dir: Path, overrides: Sequence[Override]) -> list[Path]
         selected[o.key] = o.value
     for o in (o for o in overrides if o.key not in groups):
         head, *rest = o.key.split(".")
+        dataset_path = conf_dir / "dataset" / f"{selected.get('dataset')}.yaml"
+        if head in DATASET_SECTIONS and rest and dataset_path.is_file():
+            tree = changed.get(dataset_path) or rt.load(dataset_path.read_text())
+            if _sets(tree, o.key.split(".")):
+                # the dataset's value wins over conf/config.yaml's: change it where it is set
+                _set_dotted(tree, o.key.split("."), _value(o))
+                changed[dataset_path] = tree
+                continue
         if head in groups and rest:
             path = conf_dir / head / f"{selected[head]}.yaml"
             tree = changed.setdefault(path, rt.load(path.read_text()))

@@ -4,11 +4,14 @@
 
 Rendered offline from the files DVC tracks as metrics and plots: the challenger's are the
 workspace's, the champion's are the same files committed on `--base` (`git show BASE:PATH`;
-they are `cache: false` outputs, so git holds them and no DVC remote is needed). Sections:
-test metrics with deltas, the params diff, the gate checks (`metrics/gate.json`), a data summary
-(`metrics/validation.json`, the quarantine reasons from the validate stage's report when it is
-in the workspace, `metrics/data_drift.json`) and the ROC, precision-recall and calibration
-curves of both models.
+they are `cache: false` outputs, so git holds them and no DVC remote is needed). The metrics
+files hold the scalars (compared main vs branch); the tables behind them are report data read
+from the workspace only (DVC-cached outputs, or the gate's `reports/gate.json`). Sections:
+test metrics with deltas, the params diff, the gate checks (`metrics/gate.json`, each check's
+numbers from `reports/gate.json`), a data summary (`metrics/validation.json` with the per-table
+counts and quarantine reasons of the validate stage's report, `metrics/data_drift.json` with
+the drifted columns of `artifacts/drift/report.json`) and the ROC, precision-recall and
+calibration curves of both models.
 
 The tables and plots follow the task's kind, as the metric files do: a regression's test
 metrics are MAE, RMSE, R² and MAPE (lower is better for all but R²), its plot the residual
@@ -217,15 +220,41 @@ def _reference(check: Mapping[str, Any]) -> str:
     return _num(check.get("champion"))
 
 
-def gate_section(gate: Mapping[str, Any] | None, model_md5: str | None) -> str:
+def gate_section(
+    gate: Mapping[str, Any] | None,
+    model_md5: str | None,
+    detail: Mapping[str, Any] | None = None,
+    *,
+    dataset: str | None = None,
+) -> str:
     """The verdict and one ✅/❌ line per check (with a comparison's difference, its interval
-    and the smallest difference the test set can detect), and whether it judged this model."""
+    and the smallest difference the test set can detect), and whether it judged this model.
+
+    `gate` is the verdict (metrics/gate.json), `detail` the gate's whole report
+    (reports/gate.json) with each check's numbers; without it the checks show pass or fail."""
     if gate is None:
         return "_metrics/gate.json not found: run `evergreen gate` first; no verdict._"
+    checks = gate.get("checks") or ()
+    if isinstance(checks, Mapping):
+        judged_md5 = (gate.get("challenger") or {}).get("model_md5")
+        same = detail is not None and (detail.get("challenger") or {}).get("model_md5") == (
+            judged_md5
+        )
+        checks = (
+            detail.get("checks") or ()
+            if same
+            else [{"name": name, "passed": passed} for name, passed in checks.items()]
+        )
+        gate = {**(detail if same else {}), **gate}
     lines = [f"**{'✅ blessed' if gate.get('blessed') else '❌ not blessed'}**"]
     champion = gate.get("champion")
     if champion:
         lines[0] += f" against `{champion.get('ref')}` @ `{str(champion.get('commit'))[:12]}`"
+    elif gate.get("champion_not_comparable"):
+        lines.append(
+            f"No comparable champion ({gate['champion_not_comparable']}): judged as with no "
+            "champion, against a naive baseline and any absolute floors."
+        )
     elif gate.get("champion_missing"):
         lines.append(
             f"No champion ({gate['champion_missing']}): judged against a naive baseline and "
@@ -246,13 +275,18 @@ def gate_section(gate: Mapping[str, Any] | None, model_md5: str | None) -> str:
             f"⚠️ the verdict is about model `{judged}` but dvc.lock records `{model_md5}`: "
             "rerun `evergreen gate`."
         )
+    if dataset is not None and gate.get("dataset") not in (None, dataset):
+        lines.append(
+            f"⚠️ the verdict is about dataset `{gate.get('dataset')}`, this workspace's is "
+            f"`{dataset}`: rerun `evergreen gate`."
+        )
     lines += [
         "",
         "| result | check | challenger | champion | threshold | Δ [interval] | detectable "
         "| detail |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
-    for check in gate.get("checks") or ():
+    for check in checks:
         mark = "✅" if check.get("passed") else "❌"
         lines.append(
             f"| {mark} | {check.get('name')} | {_num(check.get('challenger'))} | "
@@ -263,16 +297,25 @@ def gate_section(gate: Mapping[str, Any] | None, model_md5: str | None) -> str:
     return "\n".join(lines)
 
 
-VALIDATION_ROWS = ("rows_in", "rows_valid", "rows_quarantined", "partitions")
+VALIDATION_ROWS = (
+    "rows_in",
+    "rows_valid",
+    "rows_quarantined",
+    "rows_null_key",
+    "partitions",
+    "partitions_faulty",
+    "missing_days",
+)
 TABLE_ROWS = ("rows_in", "rows_valid", "rows_quarantined", "partitions_faulty", "missing_days")
 
 
-def _tables(validation: Mapping[str, Any]) -> list[str]:
-    return sorted(k for k, v in validation.items() if isinstance(v, Mapping))
-
-
-def validation_table(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> str:
-    """Row counts overall and per table, with the change since the champion's data."""
+def validation_table(
+    new: Mapping[str, Any],
+    old: Mapping[str, Any] | None,
+    report: Mapping[str, Any] | None = None,
+) -> str:
+    """Row counts overall, with the change since the champion's data (metrics/validation.json),
+    then per table the challenger's (the validate stage's report, in the workspace only)."""
     base = old or {}
     rows = ["| data | champion | challenger | Δ |", "|---|---:|---:|---:|"]
 
@@ -283,10 +326,13 @@ def validation_table(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> s
         )
 
     for key in VALIDATION_ROWS:
-        row(key, base.get(key), new.get(key))
-    for table in _tables(new):
+        if key in new or key in base:
+            row(key, base.get(key), new.get(key))
+    for table, entry in sorted((report or {}).items()):
+        totals = (entry or {}).get("totals") or {}
         for key in TABLE_ROWS:
-            row(f"{table}.{key}", (base.get(table) or {}).get(key), new[table].get(key))
+            if key in totals:
+                row(f"{table}.{key}", None, totals[key])
     return "\n".join(rows)
 
 
@@ -314,13 +360,16 @@ def quarantine_reasons(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def drift_lines(drift: Mapping[str, Any]) -> list[str]:
-    """The overall flag, then per table the rows-per-day change and each drifted column."""
+def drift_lines(drift: Mapping[str, Any], report: Mapping[str, Any] | None = None) -> list[str]:
+    """The overall flag (metrics/data_drift.json), then per table the rows-per-day change and
+    each drifted column (the drift stage's report, `report`; a report-shaped `drift` also
+    serves)."""
     lines = [
         f"Drift: **{'drifted' if drift.get('drifted') else 'no drift'}** (latest partitions vs "
         f"the training period up to {drift.get('reference_until', '?')})"
     ]
-    for table, entry in sorted((drift.get("tables") or {}).items()):
+    tables = (report or drift).get("tables") or {}
+    for table, entry in sorted(tables.items()):
         columns = entry.get("columns") or {}
         flagged = sorted(c for c, v in columns.items() if v.get("drifted"))
         rows = entry.get("rows") or {}
@@ -348,12 +397,14 @@ def data_section(
     validate_report: Mapping[str, Any] | None,
     drift: Mapping[str, Any] | None,
     report_path: str,
+    drift_report: Mapping[str, Any] | None = None,
+    drift_report_path: str = "artifacts/drift/report.json",
 ) -> str:
     parts = []
     if validation is None:
         parts.append("_metrics/validation.json not found: no validation counts._")
     else:
-        parts.append(validation_table(validation, base_validation))
+        parts.append(validation_table(validation, base_validation, validate_report))
         if validation.get("rows_quarantined"):
             if validate_report is None:
                 parts.append(
@@ -368,7 +419,12 @@ def data_section(
     if drift is None:
         parts.append("_metrics/data_drift.json not found: no drift report._")
     else:
-        parts.append("\n".join(drift_lines(drift)))
+        lines = drift_lines(drift, drift_report)
+        if drift_report is None and "tables" not in drift:
+            lines.append(
+                f"Per column: {drift_report_path} is not in the workspace (`dvc pull` restores it)."
+            )
+        parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
 
@@ -510,13 +566,22 @@ def plots_section(plots: Sequence[Plot], head: Side, base: Side | None) -> str:
 class Paths:
     evaluate: str = "metrics/evaluate.json"
     gate: str = "metrics/gate.json"
+    gate_report: str = "reports/gate.json"
     validation: str = "metrics/validation.json"
     drift: str = "metrics/data_drift.json"
     validate_report: str = "artifacts/validate/report.json"
+    drift_report: str = "artifacts/drift/report.json"
     params: str = "params.yaml"
     lock: str = "dvc.lock"
     dvc_yaml: str = "dvc.yaml"
     model: str = "models/model.skops"
+
+
+def _dataset_name(params: Any) -> str | None:
+    """The dataset a params file is about (`dataset.name`), or None when it names none."""
+    dataset = params.get("dataset") if isinstance(params, Mapping) else None
+    name = dataset.get("name") if isinstance(dataset, Mapping) else None
+    return None if name is None else str(name)
 
 
 def build_report(repo: Path, base_ref: str, paths: Paths = Paths()) -> str:
@@ -531,9 +596,18 @@ def build_report(repo: Path, base_ref: str, paths: Paths = Paths()) -> str:
     commit = commit_of(base_ref, repo)
     base = None if commit is None else Side(repo, commit)
     champion = None if base is None else base.json(paths.evaluate)
+    dataset = _dataset_name(head.yaml(paths.params))
+    base_dataset = None if base is None else _dataset_name(base.yaml(paths.params))
 
     if base is None:
         against = f"No champion: git ref `{base_ref}` not found (a first run). Challenger only."
+    elif base_dataset not in (None, dataset):
+        # another project's state (a clone started for a new dataset): nothing to compare with
+        against = (
+            f"No comparable champion: `{base_ref}` @ `{commit[:12]}` holds dataset "
+            f"`{base_dataset}`, this branch's is `{dataset}`. Challenger only."
+        )
+        base, champion = None, None
     elif champion is None:
         against = (
             f"Champion: `{base_ref}` @ `{commit[:12]}` has no {paths.evaluate}: challenger only."
@@ -548,7 +622,9 @@ def build_report(repo: Path, base_ref: str, paths: Paths = Paths()) -> str:
         "## Evergreen: challenger vs champion",
         against,
         "### Gate",
-        gate_section(head.json(paths.gate), model_md5),
+        gate_section(
+            head.json(paths.gate), model_md5, head.json(paths.gate_report), dataset=dataset
+        ),
         "### Test metrics",
         metrics_table(challenger, champion),
         "### Params",
@@ -560,6 +636,8 @@ def build_report(repo: Path, base_ref: str, paths: Paths = Paths()) -> str:
             head.json(paths.validate_report),
             head.json(paths.drift),
             paths.validate_report,
+            head.json(paths.drift_report),
+            paths.drift_report,
         ),
         "### Curves (test split)",
         plots_section(curve_plots(dvc_yaml), head, base),

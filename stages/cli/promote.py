@@ -60,7 +60,13 @@ def check_verdict(
     if card is None:
         raise PromotionRefused(f"{CARD} is not committed: run `dvc repro`")
     if gate.get("blessed") is not True:
-        failed = [c.get("name") for c in gate.get("checks") or () if not c.get("passed")]
+        checks = gate.get("checks") or {}
+        # the verdict's headline maps check -> passed (a report before it: a list of checks)
+        failed = (
+            [name for name, passed in checks.items() if not passed]
+            if isinstance(checks, Mapping)
+            else [c.get("name") for c in checks if not c.get("passed")]
+        )
         raise PromotionRefused(f"{GATE}: the gate did not bless this model (failed: {failed})")
     judged = (gate.get("challenger") or {}).get("model_md5")
     model = recorded_md5(lock, MODEL)

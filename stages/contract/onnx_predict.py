@@ -6,7 +6,11 @@ contract, written by `stages.export` (and recorded in the graph's metadata):
 - one input per feature, named as the feature, shape [None, 1]: `tensor(double)` for numeric
   features (NaN = missing), `tensor(string)` for categorical ones. A string tensor cannot hold
   a null, so a missing category is passed as the training pipeline's fill value
-  (`missing_category` in the metadata), exactly what its imputer would have put there.
+  (`missing_category` in the metadata), exactly what its imputer would have put there. An
+  integer-coded category (the feature schema's `category_types`, also in the metadata) is
+  passed as its codes' decimal digits ("2"), as the training pipeline read it
+  (`category_text`): one string input type for every categorical, and a missing code is the
+  same fill value as a missing string.
 - output `probabilities`: `tensor(double)`, shape [None, 2], column 1 the positive class; for a
   regression (the feature schema's `task`), output `prediction`: `tensor(double)`, [None, 1].
 """
@@ -21,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from stages.contract.feature_schema import FeatureSchema
+from stages.contract.feature_schema import FeatureSchema, category_text
 
 OUTPUT = "probabilities"
 REGRESSION_OUTPUT = "prediction"
@@ -97,7 +101,8 @@ class OnnxPredictor:
                 feed[col] = np.ascontiguousarray(block[:, j : j + 1])
         for col in self.schema.categorical:
             # as the training pipeline reads it: `str` dtype, every missing marker is NaN
-            values = frame[col].astype("str").fillna(self.missing_category)
+            values = category_text(frame[col], self.schema.category_type(col))
+            values = values.fillna(self.missing_category)
             feed[col] = values.to_numpy(dtype=object).reshape(-1, 1)
         return feed
 

@@ -60,7 +60,9 @@ def log_schema(
             ("model_version", pa.string()),
             ("data_version", pa.string()),
             ("git_commit", pa.string()),
-            # as text: a key may be an integer in one request and a string in another
+            # as text: a key may be an integer in one request and a string in another; a
+            # record that left out its surrogate key has its request-local id, "#<i>" (its
+            # position in the request `request_id`; serve/schema.py `local_id`)
             (entity_key, pa.string()),
             ("features", features),
             *_output_fields(regression),

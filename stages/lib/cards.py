@@ -3,7 +3,7 @@ ships with. Everything that reads a card reads it through stages/contract/card.p
 
     python -m stages.card --model models/model.skops \\
         --schema artifacts/features/feature_schema.json --train artifacts/split/train.parquet \\
-        --metrics metrics/evaluate.json --slices metrics/slices.json \\
+        --metrics metrics/evaluate.json --slices artifacts/evaluate/slices.json \\
         --train-metrics metrics/train.json --lock dvc.lock --data data/landing \\
         --data-stage validate --out models/model_card.json [--onnx models/model.onnx]
     evergreen card stamp --card models/model_card.json --gate metrics/gate.json --out CARD
@@ -77,17 +77,23 @@ def feature_card(schema: FeatureSchema, train: pd.DataFrame) -> dict[str, Any]:
     for name in schema.categorical:
         column = train[name]
         allowed = schema.categories.get(name)
+        # an integer-coded category is served as the data has it: its codes as JSON integers
+        coded = schema.category_type(name) == "int64"
+        present = column.dropna().unique()
+        observed = sorted(int(v) for v in present) if coded else sorted(str(v) for v in present)
         categorical.append(
             {
                 "name": name,
-                "type": "string",
+                "type": "int64" if coded else "string",
                 "allowed": list(allowed) if allowed else None,
-                "observed": sorted(str(v) for v in column.dropna().unique()),
+                "observed": observed,
                 "missing_fraction": float(column.isna().mean()) if len(column) else 0.0,
             }
         )
     return {
         "entity_key": schema.entity_key,
+        # a hash of the row: requests may leave it out (serve/schema.py)
+        **({"surrogate_key": True} if schema.surrogate_key else {}),
         "time": schema.time,
         "task": schema.task,
         "order": list(schema.features),

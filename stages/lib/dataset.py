@@ -23,11 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stages.lib.params import DATASET_SECTIONS
+
 if TYPE_CHECKING:  # pandas costs prepare and features, which never use it, 0.2-0.3 s to import
     import pandas as pd
 
 COLUMN_TYPES = ("int64", "float64", "string", "bool", "date", "timestamp")
 NUMERIC_TYPES = ("int64", "float64")
+# what the config may declare a categorical input, whatever its storage: text, or integer codes
+# (season 1-4), which the model and the request schema then take as they are stored
+CATEGORICAL_TYPES = ("string", "bool", "int64")
 TABLE_ROLES = ("events", "entities", "rows")
 TASK_KINDS = ("entity_churn", "rows_classification", "rows_regression")
 ROWS_KINDS = TASK_KINDS[1:]
@@ -40,6 +45,11 @@ NULL_KEY_CHECK = "null_entity_key"
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 FILE_FORMATS = ("parquet", "csv")
 FILE_SUFFIXES = {"parquet": ".parquet", "csv": ".csv"}
+# what validate does with a naive local time in a daylight-saving gap (it never happened on the
+# wall clock: shift it past or before the gap) or overlap (it happened twice: the first, DST,
+# instant or the second); `quarantine` keeps the old behaviour. Each row so read is counted.
+DST_NONEXISTENT = ("shift_forward", "shift_backward", "quarantine")
+DST_AMBIGUOUS = ("earliest", "latest", "quarantine")
 
 _DATASET_KEYS = (
     "name",
@@ -57,8 +67,9 @@ _DATASET_KEYS = (
     "cancel_marker",
     # evaluate's slices (conf/config.yaml reads them into evaluate.slices): not the dataset's
     "slices",
-    # thresholds of other sections that depend on the data (`settings_for`)
-    *(DATASET_SECTIONS := ("gate", "monitor")),
+    # settings of other sections that depend on the data: composition merges them over conf/'s
+    # (stages/lib/params.py merge_dataset_sections); accepted here for a raw file's sake
+    *DATASET_SECTIONS,
 )
 # a rows task's dataset: its one table, the task and the calendar
 _ROWS_DATASET_KEYS = ("name", "tables", "task", "calendar", "slices", *DATASET_SECTIONS)
@@ -87,7 +98,9 @@ _TABLE_KEYS = (
     "timezone",
     "columns",
     "derived",
+    "dst",
 )
+_DST_KEYS = ("nonexistent", "ambiguous")
 _COLUMN_KEYS = ("type", "nullable", "allowed", "min", "max", "pattern", "unique")
 _DERIVED_KEYS = ("expr", "nullable", "min", "max", "unique")
 _ENTITY_FEATURE_KEYS = ("table", "categorical", "numeric", "signup_date")
@@ -127,6 +140,9 @@ class TableSpec:
     partition: str = "date"  # landing zone: <table>/<partition>=YYYY-MM-DD/
     format: str = "parquet"
     timezone: str = "UTC"  # of naive timestamps; tz-aware ones are converted to UTC
+    # naive local times in a DST gap / overlap of `timezone` (DST_NONEXISTENT, DST_AMBIGUOUS)
+    dst_nonexistent: str = "shift_forward"
+    dst_ambiguous: str = "earliest"
     # entity churn: the entity key column, whose null rows validate quarantines as
     # NULL_KEY_CHECK when the column is declared nullable (nulls expected, counted apart)
     entity_key: str | None = None
@@ -267,6 +283,13 @@ class DatasetConfig:
         if table is None:  # dataset_from_params guarantees one
             raise KeyError(f"dataset '{self.name}' has no events table")
         return table
+
+    @property
+    def categorical_inputs(self) -> tuple[str, ...]:
+        """The columns the config declares categorical model inputs (an int64 one included)."""
+        if self.task.rows:
+            return self.task.categorical
+        return self.entity_features.categorical
 
     @property
     def attribute_table(self) -> TableSpec | None:
@@ -459,6 +482,14 @@ def _derived(name: str, raw: Any, key: str, raw_columns: tuple[ColumnSpec, ...],
     return ColumnSpec(name=name, type="float64", expr=expr, **_checks(spec, "float64", key, w))
 
 
+def _dst(raw: Any, where: str, w: _Where) -> Mapping[str, str]:
+    dst = w.mapping(raw or {}, f"{where}.dst", _DST_KEYS)
+    for key, choices in (("nonexistent", DST_NONEXISTENT), ("ambiguous", DST_AMBIGUOUS)):
+        if dst.get(key, choices[0]) not in choices:
+            raise w.fail(f"{where}.dst.{key}", f"one of {', '.join(choices)}", dst[key])
+    return dst
+
+
 def _table(name: str, raw: Any, entity_key: str | None, w: _Where) -> TableSpec:
     """One table; `entity_key` None for a rows task's table (its key is the task's)."""
     where = f"tables.{name}"
@@ -477,6 +508,7 @@ def _table(name: str, raw: Any, entity_key: str | None, w: _Where) -> TableSpec:
         raise w.fail(
             f"{where}.timezone", "an IANA time zone (UTC, Europe/Paris)", timezone
         ) from exc
+    dst = _dst(spec.get("dst"), where, w)
     columns_raw = w.mapping(spec.get("columns"), f"{where}.columns")
     if not columns_raw:
         raise w.fail(f"{where}.columns", "at least one column")
@@ -504,6 +536,8 @@ def _table(name: str, raw: Any, entity_key: str | None, w: _Where) -> TableSpec:
         partition=w.name(spec.get("partition", "date"), f"{where}.partition"),
         format=fmt,
         timezone=str(timezone),
+        dst_nonexistent=dst.get("nonexistent", DST_NONEXISTENT[0]),
+        dst_ambiguous=dst.get("ambiguous", DST_AMBIGUOUS[0]),
         entity_key=entity_key if role == "events" else None,
     )
     if surrogate:
@@ -543,7 +577,7 @@ def _entity_features(raw: Any, tables: tuple[TableSpec, ...], w: _Where) -> Enti
         signup_date=spec.get("signup_date"),
     )
     for name in ef.categorical:
-        w.column_of(table, name, "entity_features.categorical")
+        w.column_of(table, name, "entity_features.categorical", CATEGORICAL_TYPES)
     for name in ef.numeric:
         w.column_of(table, name, "entity_features.numeric", NUMERIC_TYPES)
     if ef.signup_date is not None:
@@ -646,7 +680,7 @@ def _rows_features(raw: Any, table: TableSpec, skip: set[str], w: _Where):
     for name in numeric:
         w.column_of(table, name, "task.features.numeric", NUMERIC_TYPES)
     for name in categorical:
-        w.column_of(table, name, "task.features.categorical", ("string", "bool"))
+        w.column_of(table, name, "task.features.categorical", CATEGORICAL_TYPES)
     for name in (*numeric, *categorical):
         if name in skip:
             raise w.fail("task.features", "feature columns other than target, key and time", name)
@@ -811,8 +845,8 @@ def dataset_from_params(raw: Mapping[str, Any]) -> DatasetConfig:
 def settings_for(params: Mapping[str, Any], name: str) -> dict[str, Any]:
     """Section `name` of params as this dataset wants it: conf/'s defaults (`params[name]`),
     then the keys the dataset's own config sets under the same name (`dataset.<name>`), which
-    win. So a dataset with a handful of rows a day or a known seasonal column sets its gate
-    and monitor thresholds in conf/dataset/<name>.yaml, and conf/ keeps the defaults."""
+    win. Composition (and `load_params`) already merged them, so on params.yaml this is
+    `params[name]`; kept for params built by hand."""
     if name not in DATASET_SECTIONS:
         raise ValueError(f"params: a dataset cannot override section '{name}'")
     base = params.get(name) or {}

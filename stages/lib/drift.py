@@ -2,7 +2,7 @@
 model was trained on.
 
     python -m stages.drift artifacts/profile artifacts/split/summary.json \
-        metrics/data_drift.json [--params params.yaml]
+        metrics/data_drift.json artifacts/drift/report.json [--params params.yaml]
 
 The reference is every partition up to the last train snapshot plus the label horizon (what fed
 the train split's features and labels); the current period is the latest `last_days`
@@ -11,7 +11,9 @@ partition is read again. Per column: numbers get the population stability index 
 bins at the reference's deciles plus a null bin, strings and booleans the Jensen-Shannon
 distance (base 2, in [0, 1]) of their value frequencies; per table the change in median rows
 per partition (a median, so a bulk first load does not set the norm). Each is compared with
-its threshold (params `drift`), giving per-column `drifted` flags and an overall one.
+its threshold (params `drift`), giving per-column `drifted` flags and an overall one. The
+report (every table and column) is report data; the metrics file holds its headline
+(`drift_summary`).
 
 We use effect sizes, not hypothesis tests: a KS or chi-squared p-value flags almost any
 difference on samples of thousands of rows, so it would call every day drifted; a PSI or JS
@@ -192,6 +194,12 @@ def _categorical_drift(ref: list[Mapping], cur: list[Mapping], cfg: DriftConfig)
     return _flag("js_distance", value, cfg.js_threshold, ref, cur, cfg)
 
 
+def coded(column: str, stats: Sequence[Mapping[str, Any]], dataset: DatasetConfig) -> bool:
+    """An integer column the config declares a categorical input (season 1-4), whose profiles
+    count its codes (`top`): compared as a category, not as a number."""
+    return column in dataset.categorical_inputs and all("top" in s for s in stats)
+
+
 def split_periods(
     dates: Sequence[str], train_until: dt.date, last_days: int
 ) -> tuple[list[str], list[str]]:
@@ -244,7 +252,8 @@ def table_drift(
             continue
         ref = [profiles[d]["columns"][col.name] for d in reference]
         cur = [profiles[d]["columns"][col.name] for d in current]
-        measure = _numeric_drift if col.type in NUMERIC_TYPES else _categorical_drift
+        numeric = col.type in NUMERIC_TYPES and not coded(col.name, ref + cur, dataset)
+        measure = _numeric_drift if numeric else _categorical_drift
         columns[col.name] = measure(ref, cur, cfg)
     drifted = rows["drifted"] or any(c["drifted"] for c in columns.values())
     return {**out, "drifted": drifted, "rows": rows, "columns": columns}
@@ -270,6 +279,27 @@ def compute_drift(
         "drifted": any(t["drifted"] for t in tables.values()),
         "reference_until": train_until.isoformat(),
         "tables": tables,
+    }
+
+
+def drift_summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The scalars of `compute_drift`'s report a person compares across runs: the overall flag,
+    how many columns and tables drifted, and the largest PSI and JS distance (None: no column
+    of that kind)."""
+    tables = report["tables"].values()
+    columns = [c for t in tables for c in (t.get("columns") or {}).values()]
+
+    def largest(metric: str) -> float | None:
+        values = [c["value"] for c in columns if c.get("metric") == metric]
+        return max(values) if values else None
+
+    return {
+        "drifted": report["drifted"],
+        "reference_until": report["reference_until"],
+        "tables_drifted": sum(bool(t["drifted"]) for t in tables),
+        "columns_drifted": sum(bool(c["drifted"]) for c in columns),
+        "psi_max": largest("psi"),
+        "js_max": largest("js_distance"),
     }
 
 

@@ -3,7 +3,7 @@ metrics and DVC plots.
 
     python -m stages.evaluate models/model.skops artifacts/split/test.parquet \
         artifacts/features/feature_schema.json metrics/evaluate.json plots \
-        [--slices-out metrics/slices.json] [--params params.yaml]
+        [--slices-out artifacts/evaluate/slices.json] [--params params.yaml]
 
 Plots (rendered by `dvc plots show`): `roc.json`, `pr.json`, `calibration.json`,
 `confusion.csv` (one row per example, as DVC's confusion template expects) and `importance.json`

@@ -1,5 +1,6 @@
-"""The commit a git ref names: the one `git rev-parse` call the gate, the PR report, the card
-stamp and promotion share (each says in its own words what a missing ref means to it)."""
+"""What a git ref holds: the commit it names (the one `git rev-parse` call the gate, the PR
+report, the card stamp and promotion share; each says in its own words what a missing ref means
+to it) and the text of a file committed there (a champion's params, to tell its dataset)."""
 
 from __future__ import annotations
 
@@ -17,3 +18,16 @@ def commit_of(ref: str, repo: Path) -> str | None:
         check=False,
     )
     return done.stdout.strip() if done.returncode == 0 else None
+
+
+def file_at(commit: str, path: str, repo: Path) -> str | None:
+    """The text of `path` (relative to the repo root, '/'-separated) as `commit` records it in
+    git, or None when the commit does not hold it (a DVC output is not in git: use dvc.api)."""
+    done = subprocess.run(
+        ["git", "show", f"{commit}:{path}"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout if done.returncode == 0 else None

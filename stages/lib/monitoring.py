@@ -1,7 +1,8 @@
 """monitor: should the model be retrained? Data drift, prediction drift, realised performance.
 
     python -m stages.monitor artifacts/profile models/model_card.json artifacts/predict \
-        artifacts/prepare metrics/monitor.json metrics/monitor_history.csv [--params params.yaml]
+        artifacts/prepare metrics/monitor.json metrics/monitor_history.csv \
+        artifacts/monitor/report.json [--params params.yaml]
     evergreen monitor [--dispatch [--repo OWNER/NAME] [--workflow retrain.yml] [--ref main]]
 
 Three signals, each against thresholds in the `monitor` params section:
@@ -25,8 +26,10 @@ MAE and RMSE of the published predictions and the drift (PSI) of their residuals
 prediction) against the model's residuals on the test split: `residual_psi_threshold` and
 `max_mae_increase` (live MAE over the test split's MAE, minus 1) judge it.
 
-`metrics/monitor.json` holds `retrain_recommended` and its `reasons` (kind, column, metric,
-value, threshold); `metrics/monitor_history.csv` one row per monitored date (a DVC plot),
+The report (`artifacts/monitor/report.json`) holds `retrain_recommended` and its `reasons`
+(kind, column, metric, value, threshold) with every measure behind them; `metrics/monitor.json`
+its headline, the scalars a person compares across runs (`headline`: this run's history row
+less its identifiers); `metrics/monitor_history.csv` one row per monitored date (a DVC plot),
 upserted, so a rerun on the same data replaces its row.
 
 The lake's predictions and the server's log are read where they are, not declared as DVC
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -59,22 +63,30 @@ from stages.lib.dataset import NUMERIC_TYPES, DatasetConfig, dataset_from_params
 from stages.lib.drift import (
     Comparison,
     DriftConfig,
+    coded,
     compare_categorical,
     compare_numeric,
     compare_values,
     rate_comparison,
     values_drift,
 )
+from stages.lib.history import DATASET, read_monitor_history
 from stages.lib.io import round_floats, write_bytes_atomic, write_metrics
 from stages.lib.params import load_params, section
 from stages.lib.predictions import PREDICTIONS, REFERENCE, SNAPSHOT_COL, read_published
 from stages.lib.profiling import read_profiles
 from stages.lib.rows import target_value
+from stages.lib.shadow import DATE, ShadowConfig, live_sections, read_log
+from stages.lib.shadow import headline as served_headline
+from stages.lib.shadow import summary_lines as shadow_lines
+from stages.lib.skew import summary_lines as skew_lines
 from stages.lib.snapshots import FeaturesConfig, build_features, read_history
 
 DIGITS = 6
 HISTORY_COLUMNS = (
     "date",
+    # the dataset the row is about: a history copied from another project is not mixed in
+    DATASET,
     "model_version",
     "retrain_recommended",
     "reasons",
@@ -334,7 +346,7 @@ def input_drift(
                     "n_reference": nr, "n_current": nc,
                 }  # fmt: skip
                 continue
-            numeric = ref[0]["type"] in NUMERIC_TYPES
+            numeric = ref[0]["type"] in NUMERIC_TYPES and not coded(column, ref + cur, dataset)
             if not numeric and identifier_like(ref):
                 role = IDENTIFIER
             measure = (
@@ -758,7 +770,8 @@ def live_performance(
 
 
 def upsert_history(history: pd.DataFrame, row: Mapping[str, Any]) -> pd.DataFrame:
-    """The history with `row` replacing any row of the same date, sorted by date."""
+    """The history with `row` replacing any row of the same date, sorted by date (`history`
+    holds one dataset's rows: `read_history`)."""
     kept = history[history["date"].astype(str) != str(row["date"])] if len(history) else history
     frame = pd.concat([kept, pd.DataFrame([row])], ignore_index=True)
     columns = [*HISTORY_COLUMNS, *(c for c in REGRESSION_HISTORY_COLUMNS if c in row)]
@@ -766,7 +779,12 @@ def upsert_history(history: pd.DataFrame, row: Mapping[str, Any]) -> pd.DataFram
 
 
 def history_row(
-    report: Mapping[str, Any], date: str, model_version: str, *, regression: bool = False
+    report: Mapping[str, Any],
+    date: str,
+    model_version: str,
+    *,
+    regression: bool = False,
+    dataset: str | None = None,
 ) -> dict[str, Any]:
     inputs = report["inputs"]
     snapshots = report["performance"]["snapshots"]
@@ -775,6 +793,7 @@ def history_row(
     estimated = report.get("estimated_performance")
     row = {
         "date": date,
+        DATASET: dataset,
         "model_version": model_version,
         "retrain_recommended": int(report["retrain_recommended"]),
         "reasons": len(report["reasons"]),
@@ -800,10 +819,17 @@ def history_row(
     }
 
 
-def read_history_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        return pd.DataFrame(columns=list(HISTORY_COLUMNS))
-    return pd.read_csv(path, dtype={"date": str, "live_snapshot": str, "model_version": str})
+# the history row's identifiers: in the report and the history, not compared as metrics
+NOT_HEADLINE = ("model_version", "live_snapshot")
+
+
+def headline(row: Mapping[str, Any], *, regression: bool = False) -> dict[str, Any]:
+    """metrics/monitor.json: a history row's scalars (`history_row`), the verdict a boolean; a
+    regression leaves out the classification's columns it never fills."""
+    unused = ("live_roc_auc", "calibration_gap", "estimated_roc_auc") if regression else ()
+    out = {k: v for k, v in row.items() if k not in (*NOT_HEADLINE, *unused)}
+    out["retrain_recommended"] = bool(row["retrain_recommended"])
+    return out
 
 
 # --- a run over the stage's files ---------------------------------------------------------
@@ -820,6 +846,10 @@ class MonitorPaths:
     out: Path
     history_out: Path
     params: Path
+    # the whole report (every input, window and snapshot); None: the headline only
+    report: Path | None = None
+    # the train split: the served inputs' reference (training-serving skew); None: not judged
+    train: Path | None = None
 
 
 def run_monitor(args: MonitorPaths) -> dict[str, Any]:
@@ -918,15 +948,121 @@ def run_monitor(args: MonitorPaths) -> dict[str, Any]:
             "matured": [d.isoformat() for d in matured],
         },
     )
-    write_metrics(args.out, report)
-    history = upsert_history(
-        read_history_csv(args.history_out),
-        history_row(
-            report, last_day.isoformat(), model_version, regression=dataset.task.regression
-        ),
+    report.update(served_sections(params, card, args.history_dir, args.train, last_day))
+    row = history_row(
+        report,
+        last_day.isoformat(),
+        model_version,
+        regression=dataset.task.regression,
+        dataset=dataset.name,
     )
+    if args.report is not None:
+        write_metrics(args.report, report)
+    write_metrics(
+        args.out, {**headline(row, regression=dataset.task.regression), **served_headline(report)}
+    )
+    history, ignored = read_monitor_history(args.history_out, dataset.name, HISTORY_COLUMNS)
+    if ignored:
+        # rows of another dataset are dropped from the file: the history is this project's
+        print(f"monitor: {ignored}; the history keeps this dataset's rows only", file=sys.stderr)
+    history = upsert_history(history, row)
     write_bytes_atomic(history.to_csv(index=False, lineterminator="\n").encode(), args.history_out)
     return report
+
+
+# --- the served requests: the shadow's record and the serving skew (stages/lib/shadow.py) ----
+
+
+def request_labels(
+    log: pd.DataFrame | None,
+    history_dir: Path,
+    dataset: DatasetConfig,
+    features: FeaturesConfig,
+    last_day: dt.date,
+) -> pd.DataFrame:
+    """The labels known now for the logged requests: key (text), request_date, label. Entity
+    churn: a request's day is its snapshot date, its label matured once the horizon has passed
+    by `last_day`, computed with the features stage's label code; a rows task: the row's
+    target once it arrived, by key."""
+    key = dataset.entity_key
+    empty = pd.DataFrame(columns=[key, DATE, "label"])
+    if log is None or log.empty or key not in log:
+        return empty
+    if dataset.task.rows:
+        targets = arrived_targets(history_dir, dataset, log[key].astype(str))
+        if targets.empty:
+            return empty
+        return pd.DataFrame(
+            {key: targets[dataset.task.key].astype(str), "label": targets["target"]}
+        )
+    horizon = dt.timedelta(days=dataset.label.horizon_days)
+    dates = sorted({d for d in log[DATE] if d + horizon <= last_day})
+    if not dates:
+        return empty
+    labels = matured_labels(history_dir, dataset, features, dates)
+    return pd.DataFrame(
+        {
+            key: labels[key].astype(str),
+            DATE: pd.to_datetime(labels[SNAPSHOT_COL]).dt.date,
+            "label": labels[dataset.label.name].astype("float64"),
+        }
+    )
+
+
+def served_sections(
+    params: Mapping[str, Any],
+    card: ModelCard,
+    history_dir: Path,
+    train_path: Path | None,
+    last_day: dt.date,
+    *,
+    authenticated_only: bool = True,
+) -> dict[str, Any]:
+    """`shadow` (its record and verdict) and `serving_skew` (the logged inputs against the
+    train split) from the server's log of its latest `monitor.served_days` days."""
+    from stages.lib.predictions import decision_threshold
+
+    dataset = dataset_from_params(section(params, "dataset"))
+    features = FeaturesConfig.from_params(section(params, "features"))
+    cfg = MonitorConfig.from_params(settings_for(params, "monitor"))
+    gate = params.get("gate") or {}
+    shadow_cfg = ShadowConfig(
+        threshold=decision_threshold(params.get("evaluate") or {}),
+        bins=cfg.bins,
+        min_labelled=cfg.min_labelled,
+        confidence=float(gate.get("confidence", 0.95)),
+        resamples=int(gate.get("bootstrap", 1000)),
+        seed=int(params.get("seed", 0)),
+    )
+    serve = params.get("serve") or {}
+    log, info = read_log(
+        serve.get("predictions_path"), cfg.served_days, authenticated_only=authenticated_only
+    )
+    train, groups = None, None
+    if log is not None and train_path is not None:
+        if not train_path.is_file():
+            raise FileNotFoundError(f"{train_path}: the train split not found (the split stage)")
+        train = pd.read_parquet(train_path)
+        groups = train[SNAPSHOT_COL].astype(str) if SNAPSHOT_COL in train else None
+    labels = request_labels(log, history_dir, dataset, features, last_day)
+    return live_sections(
+        log,
+        info,
+        labels,
+        train,
+        card.features or {},
+        key=dataset.entity_key,
+        regression=dataset.task.regression,
+        cfg=shadow_cfg,
+        skew={
+            "bins": cfg.bins,
+            "psi_threshold": cfg.psi_threshold,
+            "js_threshold": cfg.js_threshold,
+            "confidence": cfg.confidence,
+            "min_count": cfg.min_count,
+        },
+        train_groups=groups,
+    )
 
 
 def print_verdict(report: Mapping[str, Any]) -> None:
@@ -937,3 +1073,8 @@ def print_verdict(report: Mapping[str, Any]) -> None:
             f"  {r['kind']}: {r['column']} {r['statistic']}={r['value']} "
             f"(threshold {r['threshold']}; n {r['n_reference']} vs {r['n_current']})"
         )
+    for line in (
+        *(shadow_lines(report["shadow"]) if "shadow" in report else ()),
+        *(skew_lines(report["serving_skew"]) if "serving_skew" in report else ()),
+    ):
+        print(line)

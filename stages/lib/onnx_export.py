@@ -152,6 +152,12 @@ def _finish(graph: onnx.ModelProto, estimator: Any, schema: FeatureSchema, **ext
         "missing_category": MISSING_CATEGORY,
         "numeric": json.dumps(list(schema.numeric)),
         "categorical": json.dumps(list(schema.categorical)),
+        # integer-coded categories: fed as their codes' digits (onnx_predict's contract)
+        **(
+            {"category_types": json.dumps(schema.category_types, sort_keys=True)}
+            if schema.category_types
+            else {}
+        ),
     }
     onnx.helper.set_model_props(graph, {f"{META_PREFIX}{k}": v for k, v in meta.items()})
     # skl2onnx fills `opset_import` from a set, whose order follows Python's hash seed: sorted,

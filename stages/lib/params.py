@@ -4,13 +4,22 @@
 `dvc exp run` writes it (we call DVC's own composer), so plain `dvc repro` and `dvc exp run`
 see the same values.
 
+A dataset is its config: `conf/dataset/<name>.yaml` may set any key of the sections that
+depend on the data (DATASET_SECTIONS) under the section's name. Composition merges them over
+conf/'s defaults and removes them from `dataset`, so params.yaml holds the values the stages use
+and DVC's per-stage param deps stay exact. Precedence: conf/config.yaml (and conf/<group>/) <
+conf/dataset/<name>.yaml < command-line overrides. `dvc exp run -S` composes with Hydra alone:
+`load_params` applies the same merge to what it wrote, where the dataset's value of a key wins
+over a `-S` override of that key (override `dataset.<section>.<key>` there instead).
+
 What a user can get wrong here (a YAML syntax error in conf/ or params.yaml, an override Hydra
-cannot parse, a 100,000-digit number) is a `ParamsError`: one line naming the file and line, or
-the override, never a parser's traceback.
+cannot parse, a 100,000-digit number, a key a dataset's section does not have) is a
+`ParamsError`: one line naming the file and line, or the override, never a parser's traceback.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +33,20 @@ CONFIG_NAME = "config"
 # how much of an offending value or a parser's message goes into an error line
 SHOWN_CHARS = 60
 REASON_CHARS = 300
+# the params sections whose keys a dataset's config may set (`<section>:` in its file); not
+# engine, lake, serve or simulate: they describe the machine, the server or the simulator
+DATASET_SECTIONS = (
+    "validate",
+    "profile",
+    "drift",
+    "features",
+    "split",
+    "train",
+    "evaluate",
+    "report",
+    "monitor",
+    "gate",
+)
 
 
 class ParamsError(ValueError):
@@ -86,9 +109,14 @@ def compose_params(
     output: str | Path = PARAMS_FILE,
     overrides: Sequence[str] = (),
     config_name: str = CONFIG_NAME,
+    dataset_keys: set[str] | None = None,
 ) -> Path:
-    """Compose `conf_dir` with Hydra `overrides` and write the result to `output`."""
-    from dvc.utils.hydra import compose_and_dump
+    """Compose `conf_dir` with Hydra `overrides`, merge the dataset's sections (module
+    docstring) and write the result to `output`, as DVC's composer writes it. `dataset_keys`,
+    when given, receives the dotted keys whose value is the dataset config's."""
+    from dvc.utils.hydra import load_hydra_plugins
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
     conf_dir = Path(conf_dir).resolve()
     if not (conf_dir / f"{config_name}.yaml").is_file():
@@ -96,9 +124,21 @@ def compose_params(
     output = Path(output)
     check_overrides(overrides)
     try:
-        compose_and_dump(
-            output, str(conf_dir), None, config_name, str(conf_dir.parent), list(overrides)
-        )
+        # DVC's compose_and_dump, with the merge between composing and resolving, so an
+        # interpolation (serve.threshold: ${evaluate.threshold}) sees the dataset's value
+        load_hydra_plugins(str(conf_dir.parent))
+        with initialize_config_dir(str(conf_dir), version_base=None):
+            cfg = compose(config_name=config_name, overrides=list(overrides))
+        raw = OmegaConf.to_container(cfg, resolve=False)
+        key_overrides = _key_overrides(conf_dir, overrides)
+        merged = merge_dataset_sections(raw, key_overrides)
+        if dataset_keys is not None:
+            dataset_keys.update(_set_keys(raw.get("dataset"), key_overrides))
+        cfg = OmegaConf.create(merged)
+        OmegaConf.resolve(cfg)
+        text = OmegaConf.to_yaml(cfg)
+    except ParamsError:
+        raise
     except Exception as exc:  # Hydra and OmegaConf raise many types; one line, never a trace
         cause = _yaml_cause(exc)
         if cause is not None:
@@ -108,7 +148,114 @@ def compose_params(
         raise ParamsError(
             f"{conf_dir}/{config_name}.yaml: cannot compose{with_overrides}: {reason(exc)}"
         ) from None
+    output.write_text(text, encoding="utf-8")
     return output
+
+
+def _key_overrides(conf_dir: Path, overrides: Sequence[str]) -> list[tuple[str, bool]]:
+    """(dotted key, deleted) of each override of a key under a dataset section (not of a
+    config group such as `split=out_of_time`): they win over the dataset's value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    out = []
+    for item in OverridesParser.create().parse_overrides(list(overrides)):
+        key = item.key_or_group
+        if key.split(".")[0] in DATASET_SECTIONS and not (conf_dir / key).is_dir():
+            out.append((key, item.type == OverrideType.DEL))
+    return out
+
+
+def _set_keys(dataset: Any, key_overrides: Sequence[tuple[str, bool]]) -> set[str]:
+    """The dotted keys a dataset's sections set, less those the command line overrode."""
+    found: set[str] = set()
+
+    def walk(node: Any, where: str) -> None:
+        found.add(where)
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                walk(value, f"{where}.{key}")
+
+    for name in DATASET_SECTIONS:
+        if isinstance(dataset, Mapping) and isinstance(dataset.get(name), Mapping):
+            for key, value in dataset[name].items():
+                walk(value, f"{name}.{key}")
+    overridden = [k for k, _ in key_overrides]
+    return {k for k in found if not any(k == o or k.startswith(f"{o}.") for o in overridden)}
+
+
+def _dig(tree: Any, dotted: str) -> tuple[bool, Any]:
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _put(tree: dict, dotted: str, value: Any, delete: bool = False) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        if not isinstance(tree.get(part), dict):
+            return
+        tree = tree[part]
+    if delete:
+        tree.pop(last, None)
+    else:
+        tree[last] = copy.deepcopy(value)
+
+
+def _deep_merge(base: Any, own: Any, where: str, file: str) -> Any:
+    """`own` over `base`: mappings key by key (a key `base` lacks is an error naming `file`),
+    anything else replaced."""
+    if not isinstance(own, Mapping):
+        return copy.deepcopy(own)
+    if not isinstance(base, Mapping):
+        if base is None:  # a null default (report.segments) may become a mapping
+            return copy.deepcopy(dict(own))
+        raise ParamsError(f"{file}: {where}: expected {type(base).__name__}, got a mapping")
+    out = dict(base)
+    for key, value in own.items():
+        if key not in base:
+            known = ", ".join(map(str, base)) or "(none)"
+            raise ParamsError(f"{file}: {where}.{key}: expected a known key, one of {known}")
+        out[key] = _deep_merge(base[key], value, f"{where}.{key}", file)
+    return out
+
+
+def merge_dataset_sections(
+    params: Mapping[str, Any], key_overrides: Sequence[tuple[str, bool]] = ()
+) -> dict[str, Any]:
+    """`params` with each `dataset.<section>` merged over `<section>` and removed from
+    `dataset`; `key_overrides` ((dotted key, deleted) of the command line's overrides) are
+    put back from `params` as they were, so they win over the dataset. Idempotent."""
+    dataset = params.get("dataset")
+    if not isinstance(dataset, Mapping) or not any(s in dataset for s in DATASET_SECTIONS):
+        return dict(params)
+    name = dataset.get("name")
+    file = f"conf/dataset/{name if isinstance(name, str) else '<name>'}.yaml"
+    out = dict(params)
+    out["dataset"] = {k: v for k, v in dataset.items() if k not in DATASET_SECTIONS}
+    for section_name in DATASET_SECTIONS:
+        if section_name not in dataset:
+            continue
+        own = dataset[section_name]
+        if own is None:
+            continue
+        if not isinstance(own, Mapping):
+            raise ParamsError(
+                f"{file}: {section_name}: expected a mapping of {section_name} settings, "
+                f"got {own!r}"
+            )
+        base = params.get(section_name)
+        if not isinstance(base, Mapping):
+            raise ParamsError(f"{file}: {section_name}: conf/ has no section '{section_name}'")
+        out[section_name] = _deep_merge(base, own, section_name, file)
+    for key, deleted in key_overrides:
+        found, value = _dig(params, key)
+        if found or deleted:
+            _put(out, key, value, delete=deleted or not found)
+    return out
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
@@ -125,7 +272,8 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
         raise ParamsError(f"{path}: {reason(exc)}") from None
     if not isinstance(params, Mapping):
         raise ParamsError(f"{path}: expected a mapping at the top level")
-    return dict(params)
+    # a no-op on evergreen's composition; `dvc exp run -S` writes Hydra's alone
+    return merge_dataset_sections(params)
 
 
 def stage_params(path: str | Path, stage: str) -> dict[str, Any]:

@@ -6,7 +6,8 @@ data, what `drift` compares.
 For every validated partition `<validated>/<table>/date=D.parquet` it writes
 `<out>/<table>/date=D.json`: row count and, per column, non-null count, nulls and distinct
 values; numbers add min, max, mean, std and the percentiles 0..100; strings and booleans their
-most frequent values (`top`) and how many rows hold another one (`other`); dates and
+most frequent values (`top`) and how many rows hold another one (`other`), and so do integers
+(as text, "2"), which may be codes of a category (season 1-4) that drift compares as one; dates and
 timestamps their range. A profile depends on its partition alone (`profile_partition` is pure),
 so it can be computed once per partition, and partitions' profiles combine into the profile of
 a period (see `stages/drift.py`).
@@ -97,6 +98,9 @@ def profile_partition(frame: pd.DataFrame, table: TableSpec, *, top_k: int = 20)
         }
         if spec.type in NUMERIC_TYPES:
             stats.update(_numeric(values))
+            if spec.type == "int64":
+                # Int64 first: a column a null made float would count "2.0", not "2"
+                stats.update(_categorical(pd.to_numeric(values).astype("Int64"), top_k))
         elif spec.type in ("string", "bool"):
             stats.update(_categorical(values, top_k))
         else:

@@ -36,7 +36,7 @@ from stages.lib.dataset import DatasetConfig
 from stages.lib.engine import EngineConfig, collect, connect, read_parquet, write_parquet
 from stages.lib.io import write_json
 from stages.lib.predictions import SNAPSHOT_COL
-from stages.lib.snapshots import FeaturesConfig, frame_schema, without_excluded
+from stages.lib.snapshots import FeaturesConfig, category_types, frame_schema, without_excluded
 
 PENDING = "pending targets"
 LATEST_PERIOD = "latest period"
@@ -188,6 +188,8 @@ def write_rows(
         tuple(categorical),
         categories,
         task=REGRESSION if task.regression else CLASSIFICATION,
+        category_types=category_types(spec, categorical),
+        surrogate_key=task.surrogate_key,
     )
     save_schema(schema, out_dir / "feature_schema.json")
     summary = {

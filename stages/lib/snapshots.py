@@ -22,7 +22,7 @@ import ibis.expr.types as ir
 import pyarrow as pa
 
 from stages.contract.feature_schema import FeatureSchema, save_schema
-from stages.lib.dataset import CANCELLATION, PLAIN_EVENT, DatasetConfig
+from stages.lib.dataset import CANCELLATION, PLAIN_EVENT, DatasetConfig, TableSpec
 from stages.lib.engine import EngineConfig, collect, connect, read_parquet, write_parquet
 from stages.lib.io import write_json
 from stages.lib.predictions import SNAPSHOT_COL
@@ -321,6 +321,13 @@ def read_history(
     return events, events if source is not None else None
 
 
+def category_types(table: TableSpec, categorical: list[str]) -> dict[str, str]:
+    """The integer-coded categorical features (the feature schema's `category_types`): they
+    stay integers from the data to the request. (A bool one keeps its text form, "True".)"""
+    types = {name: table.column(name).type for name in categorical}
+    return {name: kind for name, kind in types.items() if kind == "int64"}
+
+
 def write_snapshots(
     history_dir: Path,
     out_dir: Path,
@@ -362,6 +369,7 @@ def write_snapshots(
         tuple(numeric),
         tuple(categorical),
         categories,
+        category_types=category_types(source_spec, categorical) if source_spec else {},
     )
     save_schema(schema, out_dir / "feature_schema.json")
     # from the written file, not the expression: a second run of the whole query costs as much

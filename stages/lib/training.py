@@ -46,7 +46,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
 
-from stages.contract.feature_schema import FeatureSchema
+from stages.contract.feature_schema import FeatureSchema, category_text
 from stages.lib.io import DIGITS, round_floats, write_bytes_atomic
 from stages.lib.mlp import TabularMLPClassifier
 
@@ -260,13 +260,15 @@ def feature_frame(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
     """The model's input: the schema's features in schema order, with normalised dtypes.
 
     Categoricals become pandas `str` so every missing marker (None, pd.NA, NaN) is NaN, which
-    is the one the imputer replaces; numerics become float64.
+    is the one the imputer replaces, and an integer-coded one its codes' digits ("2"): one
+    category per code, which the encoder treats like any text category (an unseen code encodes
+    as all zeros); numerics become float64.
     """
     out = frame.loc[:, list(schema.features)].copy()
     for col in schema.numeric:
         out[col] = out[col].astype("float64")
     for col in schema.categorical:
-        out[col] = out[col].astype("str")
+        out[col] = category_text(out[col], schema.category_type(col))
     return out
 
 

@@ -119,6 +119,8 @@ class PartitionResult:
     fault: str | None = None  # a whole-partition fault (unreadable file, missing column)
     # columns of its files that the dataset does not declare, in the order first seen
     extra_columns: list[str] = field(default_factory=list)
+    # rows whose naive local time was in a DST gap (shifted) or overlap (resolved) and kept
+    dst: dict[str, int] = field(default_factory=dict)
 
     @property
     def rows_quarantined(self) -> int:
@@ -149,6 +151,7 @@ class PartitionResult:
             "fault": self.fault,
             "top_checks": dict(sorted(checks.items(), key=lambda kv: (-kv[1], kv[0]))[:5]),
             "extra_columns": list(self.extra_columns),
+            **{k: int(v) for k, v in sorted(self.dst.items()) if v},
         }
 
 
@@ -170,9 +173,49 @@ def _is_aware(value: object) -> bool:
     return getattr(value, "tzinfo", None) is not None
 
 
-def _to_utc(series: pd.Series, timezone: str) -> pd.Series:
+@dataclass(frozen=True)
+class DstPolicy:
+    """What naive local times in a DST gap or overlap become (TableSpec.dst_*); `counts`
+    gathers how many rows were shifted out of a gap or resolved in an overlap."""
+
+    nonexistent: str = "shift_forward"
+    ambiguous: str = "earliest"
+    counts: Counter = field(default_factory=Counter, compare=False)
+
+
+DST_SHIFTED = "rows_dst_shifted"
+DST_RESOLVED = "rows_dst_resolved"
+
+
+def _localize(naive: pd.Series, timezone: str, policy: DstPolicy) -> pd.Series:
+    """Naive local times in `timezone` as naive UTC, by `policy` (quarantine: NaT)."""
+    import numpy as np
+
+    strict = naive.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
+    odd = naive.notna() & strict.isna()
+    if odd.any():
+        # either side of an overlap exists; a gap's time exists on neither
+        as_dst = naive.dt.tz_localize(
+            timezone, ambiguous=np.ones(len(naive), bool), nonexistent="NaT"
+        )
+        gap, overlap = odd & as_dst.isna(), odd & as_dst.notna()
+        ambiguous: str | np.ndarray = "NaT"
+        if policy.ambiguous != "quarantine":
+            ambiguous = np.full(len(naive), policy.ambiguous == "earliest")
+            policy.counts[DST_RESOLVED] += int(overlap.sum())
+        nonexistent = "NaT"
+        if policy.nonexistent != "quarantine":
+            nonexistent = policy.nonexistent
+            policy.counts[DST_SHIFTED] += int(gap.sum())
+        strict = naive.dt.tz_localize(timezone, ambiguous=ambiguous, nonexistent=nonexistent)
+    return strict.dt.tz_convert("UTC").dt.tz_localize(None)
+
+
+def _to_utc(series: pd.Series, timezone: str, policy: DstPolicy | None = None) -> pd.Series:
     """Timestamps as naive UTC: tz-aware values are converted, naive ones are read in
-    `timezone` (a local time that does not exist or is ambiguous there becomes NaT)."""
+    `timezone`; a local time that does not exist (DST gap) or is ambiguous (overlap) there is
+    shifted or resolved by `policy`, or becomes NaT (quarantined) where it says so."""
+    policy = policy or DstPolicy()
     if isinstance(series.dtype, pd.DatetimeTZDtype):
         return series.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
     if pd.api.types.is_datetime64_dtype(series.dtype):
@@ -186,16 +229,15 @@ def _to_utc(series: pd.Series, timezone: str) -> pd.Series:
             out[aware] = parsed.dt.tz_localize(None).astype("datetime64[us]")
         if (~aware).any():
             naive = pd.to_datetime(values[~aware], errors="coerce", format="ISO8601")
-            out[~aware] = _to_utc(naive, timezone)
+            out[~aware] = _to_utc(naive, timezone, policy)
         return out
     if timezone != "UTC":
-        naive = naive.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
-        naive = naive.dt.tz_convert("UTC").dt.tz_localize(None)
+        naive = _localize(naive, timezone, policy)
     return naive.astype("datetime64[us]")
 
 
 def _coerce(
-    series: pd.Series, spec: ColumnSpec, timezone: str = "UTC"
+    series: pd.Series, spec: ColumnSpec, timezone: str = "UTC", policy: DstPolicy | None = None
 ) -> tuple[pd.Series, pd.Series]:
     """Cast a column to its declared type; returns (typed column, mask of uncastable values).
 
@@ -210,7 +252,7 @@ def _coerce(
             typed = typed.where(~bad).astype("Int64")
         return typed.astype("Float64") if spec.type == "float64" else typed, bad
     if spec.type == "timestamp":
-        typed = _to_utc(series, timezone)
+        typed = _to_utc(series, timezone, policy)
         return typed, present & typed.isna()
     if spec.type == "date":
         typed = pd.to_datetime(series, errors="coerce", format="ISO8601").dt.normalize()
@@ -245,18 +287,30 @@ def _pandera_schema(table: TableSpec) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(columns, strict=False)
 
 
-def _failures(frame: pd.DataFrame, table: TableSpec, partition: str = "") -> pd.DataFrame:
-    """Row-level failures as (index, column, check, value) rows: type casts, null entity keys,
-    derived columns, then pandera. Types the columns of `frame` in place and adds the derived
-    ones (a surrogate key hashes the row with its `partition`)."""
-    records = []
+def _typed(frame: pd.DataFrame, table: TableSpec, records: list, dst: Counter | None) -> None:
+    """Cast `frame`'s raw columns to their types in place; a value that does not cast is a
+    record (index, column, check, value) in `records`."""
+    policy = DstPolicy(table.dst_nonexistent, table.dst_ambiguous)
     zone = "" if table.timezone == "UTC" else f" in {table.timezone}"
     for spec in table.raw_columns:
-        typed, bad = _coerce(frame[spec.name], spec, table.timezone)
+        typed, bad = _coerce(frame[spec.name], spec, table.timezone, policy)
         check = f"type({spec.type}{zone if spec.type == 'timestamp' else ''})"
         for idx in frame.index[bad]:
             records.append((idx, spec.name, check, frame.at[idx, spec.name]))
         frame[spec.name] = typed
+    if dst is not None:
+        dst.update(policy.counts)
+
+
+def _failures(
+    frame: pd.DataFrame, table: TableSpec, partition: str = "", dst: Counter | None = None
+) -> pd.DataFrame:
+    """Row-level failures as (index, column, check, value) rows: type casts, null entity keys,
+    derived columns, then pandera. Types the columns of `frame` in place and adds the derived
+    ones (a surrogate key hashes the row with its `partition`). `dst` receives the counts of
+    naive local times shifted out of a DST gap or resolved in an overlap."""
+    records = []
+    _typed(frame, table, records, dst)
     uncastable = {(int(idx), column) for idx, column, _, _ in records}
     key = table.entity_key
     if key is not None and table.column(key).nullable:
@@ -425,7 +479,8 @@ def validate_partition(
                 f"folder '{folder}' is not a date (expected {partition_form(table.partition)})"
             )
         frame, extra = _read_partition(files, table, keep_extra)
-        failures = _failures(frame, table, partition)
+        dst: Counter = Counter()
+        failures = _failures(frame, table, partition, dst)
     except ValueError as exc:
         rows_in = sum(_row_count(f, table) for f in files)
         source = ",".join(f.name for f in files)
@@ -454,7 +509,9 @@ def validate_partition(
         }
     )
     valid = valid.drop(columns=["_source_file", "_file_row"]).reset_index(drop=True)
-    return PartitionResult(table.name, partition, valid, quarantine, len(frame), None, extra)
+    return PartitionResult(
+        table.name, partition, valid, quarantine, len(frame), None, extra, dict(dst)
+    )
 
 
 def _row_count(path: Path, table: TableSpec | None = None) -> int:
@@ -743,6 +800,33 @@ def _landed(
     return files, stamps
 
 
+def unlanded_tables(landing_dir: Path, dataset: DatasetConfig, shown: int = 5) -> list[str]:
+    """A line per table of the dataset with no partition landed: no folder named as the
+    table, or one whose entries match no `<partition>=YYYY-MM-DD` (a table or `partition:`
+    key that names nothing). Validate finding nothing to validate is a config mistake; a run
+    with no NEW partition still lists the landed ones."""
+    problems = []
+    for table in dataset.tables:
+        folder = landing_dir / table.name
+        expected = f"{folder}/{partition_form(table.partition)}/*{table.file_suffix}"
+        if list_partitions(folder, table.partition):
+            continue
+        if not folder.is_dir():
+            there = sorted(p.name for p in landing_dir.iterdir() if not p.name.startswith("."))
+            found = f"{landing_dir} holds {there[:shown]}" if there else f"{landing_dir} is empty"
+            problems.append(
+                f"table '{table.name}': no folder {folder} (expected {expected}); {found}"
+            )
+            continue
+        names = sorted(p.name for p in folder.iterdir() if not p.name.startswith((".", "_")))
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
+        found = f"found {names[:shown]}{more}" if names else "it is empty"
+        problems.append(
+            f"table '{table.name}': no partition in {folder} (expected {expected}); {found}"
+        )
+    return problems
+
+
 def run_validate(
     landing_dir: Path,
     out_dir: Path,
@@ -811,40 +895,36 @@ def summarize(
 ) -> tuple[dict, dict]:
     """(metrics, report) of every partition the manifest holds.
 
-    metrics: overall totals at the top level, then per table its totals and a per-partition
-    table (partition -> rows in, valid, quarantined), and, where there are some, the folders not
-    read (`unread`: table -> folder -> the name expected) and the partitions' extra columns
-    (partition -> column names); report: every partition's summary (counts, fault, top failing
-    checks, extra columns), the missing days and the folders not read.
+    metrics: the overall totals a person compares across runs (a DVC metrics file: one value
+    per column of `dvc metrics show`, so nothing per table or per partition); report: per table
+    its totals, every partition's summary (counts, fault, top failing checks, extra columns),
+    the missing days and the folders not read (`unread`: table -> folder -> the name expected).
     """
-    metrics: dict = {k: 0 for k in TOTALS}
-    metrics["partitions"] = 0
+    metrics: dict = {"partitions": 0, "partitions_faulty": 0, "missing_days": 0}
+    metrics |= {k: 0 for k in (*TOTALS, "rows_null_key")}
     report = {}
     for table, parts in entries.items():
         summaries = {p: e["summary"] for p, e in parts.items()}
         missing = missing_days(list(summaries), calendar)
-        m = {
+        totals = {
             "partitions": len(summaries),
             "partitions_faulty": sum(s["fault"] is not None for s in summaries.values()),
+            "missing_days": len(missing),
             **{k: sum(int(s[k]) for s in summaries.values()) for k in TOTALS},
             "rows_null_key": sum(int(s.get("rows_null_key", 0)) for s in summaries.values()),
-            "missing_days": len(missing),
-            "by_partition": {p: {k: int(s[k]) for k in TOTALS} for p, s in summaries.items()},
+            # naive local times read by the table's DST policy (tables.<t>.dst), never silently
+            **{
+                k: sum(int(s.get(k, 0)) for s in summaries.values())
+                for k in (DST_SHIFTED, DST_RESOLVED)
+                if any(s.get(k) for s in summaries.values())
+            },
         }
-        not_read = dict((unread or {}).get(table, {}))
-        extra = {p: s["extra_columns"] for p, s in summaries.items() if s.get("extra_columns")}
-        if not_read:
-            m["folders_not_read"] = not_read
-        if extra:
-            m["extra_columns"] = extra
-        for k in (*TOTALS, "partitions"):
-            metrics[k] += m[k]
-        if table in metrics:
-            raise ValueError(f"dataset table '{table}' clashes with a validation metrics total")
-        metrics[table] = m
+        for k, v in totals.items():
+            metrics[k] = metrics.get(k, 0) + v  # the DST counts only where there are some
         report[table] = {
+            "totals": totals,
             "missing_days": missing,
-            "folders_not_read": not_read,
+            "folders_not_read": dict((unread or {}).get(table, {})),
             "partitions": summaries,
         }
     return metrics, report

@@ -33,7 +33,7 @@ def compose(repo: Path, *overrides: str) -> None:
 def gate(repo: Path, *args: str) -> tuple[int, str, dict]:
     """`evergreen gate` as CI runs it."""
     done = run(repo, "evergreen", "gate", *args)
-    report = json.loads((repo / "metrics/gate.json").read_text())
+    report = json.loads((repo / "reports/gate.json").read_text())
     return done.returncode, done.stdout + done.stderr, report
 
 
@@ -41,7 +41,7 @@ def gate_here(repo: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[
     """The same command in this process (no interpreter start-up: the test stays fast)."""
     monkeypatch.chdir(repo)
     code = gate_main(list(args))
-    return code, json.loads((repo / "metrics/gate.json").read_text())
+    return code, json.loads((repo / "reports/gate.json").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,7 @@ assert bank.REGIMES[0] != bank.REGIMES[1]  # the bank's regime changes with the 
 
 
 def _verdict(repo: Path) -> dict:
-    return json.loads((repo / "metrics/monitor.json").read_text())
+    return json.loads((repo / "artifacts/monitor/report.json").read_text())
 
 
 @pytest.fixture(scope="module", params=list(CASES))

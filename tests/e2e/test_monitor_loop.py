@@ -38,7 +38,7 @@ def _monitor_champion(repo: Path) -> dict:
     out = sh(repo, "dvc", "repro", "--single-item", *SINGLE)
     assert "train" not in ran_stages(out) and {"predict", "monitor"} <= ran_stages(out)
     sh(repo, "evergreen", "publish")
-    return json.loads((repo / "metrics/monitor.json").read_text())
+    return json.loads((repo / "artifacts/monitor/report.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict:
     _simulate(repo, "--start", "2026-01-01", "--days", "60", "--seed", "7")
     out = sh(repo, "dvc", "repro")
     assert {"predict", "monitor", "report"} <= ran_stages(out)
-    first = json.loads((repo / "metrics/monitor.json").read_text())
+    first = json.loads((repo / "artifacts/monitor/report.json").read_text())
     sh(repo, "evergreen", "publish")
     model = (repo / "models/model.onnx").read_bytes()
     _simulate(repo, "--days", "4")  # days 60..63: still before the drift day
@@ -104,6 +104,7 @@ def test_drift_after_the_drift_day_recommends_retraining_with_its_reasons(loop: 
 def test_monitor_history_has_a_row_per_monitored_date(loop: dict) -> None:
     history = pd.read_csv(loop["repo"] / "metrics/monitor_history.csv")
     assert history["date"].tolist() == ["2026-03-01", "2026-03-05", "2026-03-19", "2026-03-27"]
+    assert set(history["dataset"]) == {"shop"}
     assert history["retrain_recommended"].tolist() == [0, 0, 1, 1]
     assert history["live_roc_auc"].notna().tolist() == [False, False, False, True]
     plots = json.loads(sh(loop["repo"], "dvc", "plots", "show", "--json"))["data"]

@@ -132,7 +132,9 @@ def ran(plays_repo: tuple[Path, dict]) -> tuple[Path, dict]:
 
 def test_validation_reads_csv_partitions_named_by_day_and_converts_to_utc(ran) -> None:
     repo, _ = ran
-    metrics = json.loads((repo / "metrics/validation.json").read_text())["activity"]
+    metrics = json.loads((repo / "artifacts/validate/report.json").read_text())["activity"][
+        "totals"
+    ]
     assert metrics["partitions"] == DAYS and metrics["partitions_faulty"] == 0
     assert metrics["rows_in"] == metrics["rows_valid"] + metrics["rows_quarantined"]
     quarantine = pd.read_parquet(repo / "artifacts/validate/quarantine/activity")
@@ -181,7 +183,7 @@ def test_the_model_trains_evaluates_and_drift_is_measured(ran) -> None:
     repo, _ = ran
     evaluate = json.loads((repo / "metrics/evaluate.json").read_text())
     assert 0.0 <= evaluate["roc_auc"] <= 1.0
-    drift = json.loads((repo / "metrics/data_drift.json").read_text())
+    drift = json.loads((repo / "artifacts/drift/report.json").read_text())
     columns = drift["tables"]["activity"]["columns"]
     assert {"kind", "quantity", "unit_price", "seconds", "region", "device", "spend"} == set(
         columns
@@ -214,7 +216,7 @@ def test_predict_monitor_and_report_need_no_dataset_code(ran) -> None:
                 train=read_frame("artifacts/split/train.parquet"),
                 params=load_params("params.yaml"),
                 metrics=json.loads(Path("metrics/evaluate.json").read_text()),
-                slices=json.loads(Path("metrics/slices.json").read_text()),
+                slices=json.loads(Path("artifacts/evaluate/slices.json").read_text()),
                 model_file="models/model.skops",
                 model_md5=file_md5(Path("models/model.skops")),
                 landing_md5="no-dvc-lock-in-this-test",
@@ -229,7 +231,7 @@ def test_predict_monitor_and_report_need_no_dataset_code(ran) -> None:
     assert sorted(predictions["user_id"]) == sorted(predict_set["user_id"])
     assert predictions["score"].between(0, 1).all()
     assert (predictions["decision"] == (predictions["score"] >= 0.5)).all()
-    monitor = json.loads((repo / "metrics/monitor.json").read_text())
+    monitor = json.loads((repo / "artifacts/monitor/report.json").read_text())
     assert isinstance(monitor["retrain_recommended"], bool)
     assert monitor["served"]["status"] == "absent"
     page = (repo / "reports/report.html").read_text()

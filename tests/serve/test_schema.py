@@ -213,3 +213,27 @@ def test_response_model_names_the_key_and_the_label() -> None:
     assert parsed.model_dump(by_alias=True) == ok
     with pytest.raises(ValidationError):
         models.response.model_validate({**ok, "predictions": [{"customer_id": 7, "score": 2.0}]})
+
+
+def test_a_surrogate_key_is_optional_and_a_keyless_record_gets_its_position() -> None:
+    surrogate = card(entity_key="row_key", surrogate_key=True)
+    schema = schema_from_card(surrogate, range_margin=1.0)
+    assert schema.surrogate_key and schema.describe()["entity_key_required"] is False
+    models = api_models(schema, 3)
+    keyless = {k: v for k, v in record().items() if k != "customer_id"}
+    assert parse(models, keyless).keys == ["#0"]
+    body = {"records": [keyless, {**keyless, "row_key": "9f0c3b2a1d4e5f60"}, keyless]}
+    # a key the client sends is echoed as sent; the others answer by their position
+    assert parse(models, body).keys == ["#0", "9f0c3b2a1d4e5f60", "#2"]
+    assert parse(models, {**keyless, "row_key": None}).keys == ["#0"]
+    assert "row_key" not in TypeAdapter(models.record).json_schema()["required"]
+    found = errors(models, {**keyless, "row_key": True})
+    assert found[0]["loc"] == ["body", "row_key"] and "integer or a string" in found[0]["msg"]
+
+
+def test_a_natural_key_stays_required(models: ApiModels) -> None:
+    keyless = {k: v for k, v in record().items() if k != "customer_id"}
+    found = errors(models, keyless)
+    assert found == [{"loc": ["body", "customer_id"], "msg": "Field required", "type": "missing"}]
+    with pytest.raises(ValueError, match=r"features\.surrogate_key is 'yes'"):
+        schema_from_card(card(surrogate_key="yes"), range_margin=1.0)

@@ -20,9 +20,9 @@ import pyarrow.fs as pafs
 import pytest
 
 from serve import sink as sink_module
-from serve.schema import CategoricalFeature, NumericFeature, ServingSchema, WireBatch
+from serve.schema import CategoricalFeature, NumericFeature, ServingSchema, WireBatch, api_models
 from serve.sink import Counters, LogEntry, PredictionSink, SinkConfig
-from stages.contract.prediction_log import open_destination
+from stages.contract.prediction_log import open_destination, read_logged
 from tests.stages.test_ingest import s3_endpoint  # noqa: F401 (a real moto S3 server)
 
 SCHEMA = ServingSchema(
@@ -369,3 +369,24 @@ def test_a_classification_log_keeps_its_columns_in_order(tmp_path: Path) -> None
     names = ds.dataset(file, format="parquet").schema.names
     assert names[-4:] == ["score", "decision", "shadow_model_version", "shadow_score"]
     assert names[:5] == ["request_id", "row", "time", "latency_ms", "authenticated"]
+
+
+def test_a_record_without_its_surrogate_key_is_logged_under_its_request_local_id(
+    tmp_path: Path,
+) -> None:
+    schema = ServingSchema(**{**SCHEMA.__dict__, "entity_key": "row_key", "surrogate_key": True})
+    models = api_models(schema, 5)
+    body = {"records": [{"tenure": 1.0, "plan": "basic"}, {"row_key": "ab12", "tenure": 2.0,
+                                                           "plan": None}]}  # fmt: skip
+    wire = models.parse(json.dumps(body).encode())
+    logged = LogEntry(uuid.uuid4().hex, time.time(), 1.0, wire, np.array([0.2, 0.7]),
+                      np.array([False, True]), None)  # fmt: skip
+    sink = PredictionSink(config(str(tmp_path)), schema, META, Counters()).start()
+    assert sink.submit(logged)
+    sink.close()
+    rows = read_log(tmp_path)
+    assert [(r["row_key"], r["row"]) for r in rows] == [("#0", 0), ("ab12", 1)]
+    assert {r["request_id"] for r in rows} == {logged.request_id}
+    # the monitor reads this log as it read the ones before
+    scores, info = read_logged(str(tmp_path), 7)
+    assert scores.tolist() == pytest.approx([0.2, 0.7]) and info["rows"] == 2

@@ -230,16 +230,16 @@ def test_renamed_column_and_truncated_file_quarantine_their_partition(lakes: dic
     faulty = {t: [p for p, s in report[t]["partitions"].items() if s["fault"]] for t in report
               if t in ("events", "customers")}  # fmt: skip
     assert faulty == {"events": [DAY["truncated_file"]], "customers": [DAY["renamed_column"]]}
-    assert lakes["metrics"]["events"]["partitions_faulty"] == 1
+    assert lakes["report"]["events"]["totals"]["partitions_faulty"] == 1
 
 
 def test_empty_day_is_fine_and_missing_day_is_reported(lakes: dict) -> None:
-    report, metrics = lakes["report"], lakes["metrics"]
+    report = lakes["report"]
     for table in ("events", "customers"):
         empty = report[table]["partitions"][DAY["empty_day"]]
         assert empty["rows_in"] == 0 and empty["fault"] is None
         assert report[table]["missing_days"] == [DAY["missing_day"]]
-        assert metrics[table]["missing_days"] == 1
+        assert report[table]["totals"]["missing_days"] == 1
         assert DAY["missing_day"] not in report[table]["partitions"]
 
 

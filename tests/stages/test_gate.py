@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from sklearn.metrics import (
 from stages.cli.gate import (
     Champion,
     GateConfig,
+    NotComparable,
     Rows,
     Scores,
     judge,
@@ -600,12 +602,121 @@ def test_champion_is_scored_on_its_own_features(fitted: Path) -> None:
     assert got.rows.predictions.shape == (300,)
 
 
-def test_champion_needing_a_feature_the_test_set_lacks_is_named(fitted: Path) -> None:
+def test_champion_needing_a_feature_the_test_set_lacks_is_not_comparable(fitted: Path) -> None:
     test = make_frame(300, seed=2).drop(columns="tenure")
-    with pytest.raises(ValueError, match=r"needs feature\(s\) \['tenure'\], absent from test"):
+    with pytest.raises(NotComparable, match=r"feature\(s\) \['tenure'\] absent from test"):
         score_champion(
             _champion(fitted, SCHEMA), test, "churn", EvaluateConfig(), source="test.parquet"
         )
+    # many: a few are named, the rest counted
+    wide = replace(SCHEMA, numeric=("tenure", *(f"x{i}" for i in range(7))))
+    with pytest.raises(NotComparable, match=r"\['tenure', 'x0', 'x1', 'x2', 'x3'\] \(\+3 more\)"):
+        score_champion(_champion(fitted, wide), test, "churn", EvaluateConfig(), source="t")
+
+
+# --- no comparable champion: another dataset, other features (a real git + DVC repository) ------
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"}  # fmt: skip
+
+
+def _sh(repo: Path, *cmd: str) -> None:
+    import os
+
+    subprocess.run(cmd, cwd=repo, check=True, capture_output=True, env={**os.environ, **GIT_ENV})
+
+
+def _champion_repo(repo: Path, fitted: Path, dataset: str) -> None:
+    """`repo` on branch main: a champion (model, feature schema, dvc.lock) of `dataset`."""
+    import hashlib
+    import shutil
+
+    from stages.cli.ingest import dvc_executable
+
+    _sh(repo, "git", "init", "-q", "-b", "main")
+    _sh(repo, dvc_executable(), "init", "-q")
+    (repo / "models").mkdir()
+    shutil.copy(fitted, repo / "models/model.skops")
+    save_schema(SCHEMA, repo / "artifacts/features/feature_schema.json")
+    _sh(repo, dvc_executable(), "add", "-q", "models/model.skops", "artifacts/features")
+    md5 = hashlib.md5(fitted.read_bytes()).hexdigest()
+    lock = {"schema": "2.0", "stages": {"train": {"outs": [
+        {"path": "models/model.skops", "md5": md5, "size": fitted.stat().st_size}]}}}  # fmt: skip
+    (repo / "dvc.lock").write_text(yaml.safe_dump(lock))
+    _params(repo, dataset)
+    _sh(repo, "git", "add", "-A")
+    _sh(repo, "git", "commit", "-q", "-m", "champion")
+
+
+def _params(repo: Path, dataset: str) -> None:
+    params = {
+        "seed": SEED,
+        "gate": {},
+        "evaluate": {"threshold": 0.5},
+        "dataset": {"name": dataset},
+    }
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def _gate(repo: Path, model: Path, schema: FeatureSchema, test: pd.DataFrame) -> tuple[int, dict]:
+    """`evergreen gate` on the workspace: the challenger `model` at the champion's path."""
+    import shutil
+
+    workspace = repo / "models/model.skops"
+    if model != workspace:
+        workspace.unlink()  # DVC may have linked it to its cache: never write through
+        shutil.copy(model, workspace)
+    save_schema(schema, repo / "artifacts/features/feature_schema.json")
+    test.to_parquet(repo / "test.parquet")
+    args = ["--model", workspace, "--schema", repo / "artifacts/features/feature_schema.json",
+            "--test", repo / "test.parquet", "--params", repo / "params.yaml", "--repo", repo,
+            "--lock", repo / "dvc.lock", "--out", repo / "gate.json",
+            "--report-out", repo / "gate-report.json"]  # fmt: skip
+    code = main([str(a) for a in args])
+    return code, json.loads((repo / "gate.json").read_text())
+
+
+def test_a_champion_of_another_dataset_is_no_comparable_champion(
+    fitted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _champion_repo(tmp_path, fitted, "shop")
+    test = make_frame(300, seed=2)
+    # the same dataset: the champion is fetched and compared
+    code, report = _gate(tmp_path, tmp_path / "models/model.skops", SCHEMA, test)
+    assert code == 0 and report["champion"]["ref"] == "main" and report["dataset"] == "shop"
+    assert report["champion_not_comparable"] is None
+    capsys.readouterr()
+
+    _params(tmp_path, "bank")  # a new project cloned from the shop's
+    code, report = _gate(tmp_path, tmp_path / "models/model.skops", SCHEMA, test)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert report["dataset"] == "bank" and report["champion"] is None
+    assert report["champion_missing"] is None
+    why = report["champion_not_comparable"]
+    assert "is a model of dataset 'shop'" in why and "dataset is 'bank'" in why
+    assert sorted(report["checks"]) == ["baseline_brier", "baseline_roc_auc"]
+    assert "BLESSED vs no comparable champion" in out and "'shop'" in out
+
+
+def test_a_champion_reading_features_the_test_set_lacks_is_no_comparable_champion(
+    fitted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _champion_repo(tmp_path, fitted, "shop")
+    narrow = replace(SCHEMA, numeric=())
+    cfg = ModelConfig("m", "logistic_regression", {"max_iter": 200})
+    frame = make_frame(400, seed=1).drop(columns="tenure")
+    challenger = save_model(train_model(frame, narrow, cfg, seed=7), tmp_path / "challenger.skops")
+
+    code, report = _gate(
+        tmp_path, challenger, narrow, make_frame(300, seed=2).drop(columns="tenure")
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert report["champion"] is None
+    assert "['tenure']" in report["champion_not_comparable"]
+    assert "features differ" in report["champion_not_comparable"]
+    assert "FAIL" not in out and "pass baseline_roc_auc" in out
 
 
 def _inputs(tmp_path: Path, fitted: Path, gate: dict, dataset: dict | None = None) -> list[str]:
@@ -635,6 +746,8 @@ def _inputs(tmp_path: Path, fitted: Path, gate: dict, dataset: dict | None = Non
         str(tmp_path),
         "--lock",
         str(tmp_path / "dvc.lock"),
+        "--report-out",
+        str(tmp_path / "gate-report.json"),
     ]
 
 
@@ -647,10 +760,22 @@ def test_main_without_a_champion_judges_the_baseline_and_is_deterministic(
     assert "BLESSED" in out and "no champion" in out
     assert "paired bootstrap: 1000 resamples of 300 test rows" in out and "seed 7" in out
     assert "pass baseline_roc_auc: roc_auc" in out and "detectable difference" in out
+    whole = (tmp_path / "gate-report.json").read_bytes()
     assert main([*argv, "--out", str(tmp_path / "b.json")]) == 0
     a = (tmp_path / "a.json").read_bytes()
     assert a == (tmp_path / "b.json").read_bytes()
-    report = json.loads(a)
+    assert whole == (tmp_path / "gate-report.json").read_bytes()
+    # metrics/gate.json: the verdict's headline, a value per check; the numbers are the report's
+    assert json.loads(a) == {
+        "blessed": True,
+        "checks": {"min_roc_auc": True, "baseline_roc_auc": True, "baseline_brier": True},
+        "champion": None,
+        "champion_missing": json.loads(whole)["champion_missing"],
+        "champion_not_comparable": None,
+        "dataset": None,
+        "challenger": json.loads(whole)["challenger"],
+    }
+    report = json.loads(whole)
     assert report["blessed"] is True
     assert report["champion"] is None
     assert "git ref 'main' not found" in report["champion_missing"]
@@ -671,7 +796,7 @@ def test_main_without_a_champion_judges_the_baseline_and_is_deterministic(
     assert report["bootstrap"]["resamples"] == 1000 and report["bootstrap"]["seed"] == SEED
     assert report["bootstrap"]["rows"] == 300 and report["slices"] == []
     assert len(report["challenger"]["model_md5"]) == 32
-    assert a == (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
+    assert whole == (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
 
 
 def test_main_reads_the_dataset_gate_settings_which_win(
@@ -682,7 +807,7 @@ def test_main_reads_the_dataset_gate_settings_which_win(
     argv = _inputs(tmp_path, fitted, {"min_roc_auc": None, "bootstrap": 1000}, dataset)
     assert main([*argv, "--out", str(tmp_path / "gate.json")]) == 1
     assert "FAIL min_roc_auc" in capsys.readouterr().out
-    report = json.loads((tmp_path / "gate.json").read_text())
+    report = json.loads((tmp_path / "gate-report.json").read_text())
     assert report["bootstrap"]["resamples"] == 200
     assert report["checks"][0]["threshold"] == 0.99
 
@@ -696,7 +821,7 @@ def test_main_exits_1_and_prints_the_failed_check(
     assert "NOT BLESSED" in out and "FAIL min_roc_auc" in out and "'nosuch'" in out
     report = json.loads((tmp_path / "gate.json").read_text())
     assert report["blessed"] is False
-    assert report["checks"][0]["passed"] is False
+    assert report["checks"]["min_roc_auc"] is False
 
 
 @pytest.mark.parametrize(
@@ -729,6 +854,7 @@ def test_main_exits_2_on_bad_inputs(
     assert main([*argv, "--out", str(tmp_path / "gate.json")]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "gate.json").exists()
+    assert not (tmp_path / "gate-report.json").exists()
 
 
 def test_main_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -199,7 +199,11 @@ def test_a_new_day_is_validated_and_upserted_alone(lake, tmp_path, capsys):
     assert str(resent["_partition"]) == "2026-01-05"  # the re-sent row is the latest copy
     metrics = json.loads(lake.metrics.read_text())
     assert metrics["rows_in"] == 4 * 10 + 2 + 5 * 3
-    assert metrics["events"]["by_partition"]["2026-01-05"] == {
+    report = json.loads((lake.validated / "report.json").read_text())
+    assert {
+        k: report["events"]["partitions"]["2026-01-05"][k]
+        for k in ("rows_in", "rows_valid", "rows_quarantined")
+    } == {
         "rows_in": 2,
         "rows_valid": 2,
         "rows_quarantined": 0,
@@ -249,9 +253,9 @@ def test_a_deleted_partition_takes_its_outputs_and_report_entry_along(lake, tmp_
     assert not (lake.validated / "quarantine/events/date=2026-01-04.parquet").exists()
     report = json.loads((lake.validated / "report.json").read_text())
     assert sorted(report["events"]["partitions"]) == ["2026-01-01", "2026-01-02", "2026-01-03"]
-    metrics = json.loads(lake.metrics.read_text())
-    assert "2026-01-04" not in metrics["events"]["by_partition"]
-    assert metrics["events"]["rows_in"] == 30
+    assert report["events"]["totals"]["rows_in"] == 30
+    partitions = sum(t["totals"]["partitions"] for t in report.values())
+    assert json.loads(lake.metrics.read_text())["partitions"] == partitions
     assert lake.prepare() == 0
     assert lake.files() == _rebuild(tmp_path, lake.params).files()
 

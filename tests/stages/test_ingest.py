@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -28,6 +29,7 @@ from stages.cli.ingest import (
     plan_ingest,
     read_manifest,
 )
+from tests.conftest import customers_frame, events_frame, write_params, write_partition
 
 CUSTOMERS = "landing/customers/date=2024-01-01/part-0.parquet"
 EVENTS_1 = "landing/events/date=2024-01-01/part-0.parquet"
@@ -170,16 +172,100 @@ def test_object_removed_from_lake_is_kept_and_reported(
     lake: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "data"
-    args = ["--lake", str(lake), "--data", str(data), "--no-dvc"]
+    args = ["--lake", str(lake), "--data", str(data), "--no-dvc", "--deleted", "keep"]
     assert main(args) == 0
     (lake / EVENTS_2).unlink()
 
     assert main(args) == 0
     out, err = capsys.readouterr()
-    assert "1 missing in lake" in out
-    assert "warning" in err and EVENTS_2 in err
+    assert "1 missing in lake (kept)" in out
+    assert "warning" in err and EVENTS_2 in err and "ingest.deleted: keep" in err
     assert (data / EVENTS_2).read_bytes() == parquet_bytes(5)
     assert EVENTS_2 in read_manifest(data / MANIFEST)
+
+
+def test_objects_removed_from_lake_are_removed_from_data_by_default(
+    lake: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    # no params file: the default policy, mirror
+    args = ["--lake", str(lake), "--data", str(data), "--no-dvc", "--params", "absent.yaml"]
+    assert main(args) == 0
+    (lake / EVENTS_2).unlink()
+    (lake / SUCCESS).unlink()
+    stray = put(data, "landing/events/date=2023-12-31/part-0.parquet", parquet_bytes(1))
+
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "3 missing in lake (removed)" in out
+    assert f"removed 3 object(s) from {data}/" in out and "ingest.deleted: mirror" in out
+    assert err == ""
+    # the emptied partition folders go too: validate must not see an empty date=... folder
+    assert sorted(p.relative_to(data).as_posix() for p in (data / "landing").rglob("*")) == [
+        "landing/customers",
+        "landing/customers/date=2024-01-01",
+        CUSTOMERS,
+        "landing/events",
+        "landing/events/date=2024-01-01",
+        EVENTS_1,
+    ]
+    assert not stray.exists()
+    assert set(read_manifest(data / MANIFEST)) == {CUSTOMERS, EVENTS_1}
+    report = ingest(str(lake), data)
+    assert report.plan.missing == () and not report.data_changed
+
+
+def test_partition_rewritten_under_another_name_is_replaced_under_mirror(
+    lake: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    ingest(str(lake), data, deleted="keep")
+    renamed = EVENTS_1.replace("part-0", "part-1")
+    (lake / EVENTS_1).rename(lake / renamed)
+
+    kept = ingest(str(lake), data, deleted="keep")
+    assert (kept.plan.new, kept.plan.missing, kept.removed) == ((renamed,), (EVENTS_1,), ())
+    assert (data / EVENTS_1).is_file()  # both files: validate would read the day twice
+
+    mirrored = ingest(str(lake), data)
+    assert (mirrored.plan.missing, mirrored.removed) == ((EVENTS_1,), (EVENTS_1,))
+    partition = data / EVENTS_1.rsplit("/", 1)[0]
+    assert sorted(p.name for p in partition.iterdir()) == ["part-1.parquet"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ({"ingest": {"deleted": "keep"}}, 0),
+        ({"ingest": {"deleted": "purge"}}, 2),
+        ({"ingest": "mirror"}, 2),
+    ],
+    ids=["keep", "unknown-policy", "not-a-mapping"],
+)
+def test_policy_comes_from_params(
+    lake: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: dict,
+    expected: int,
+) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"lake": {"path": str(lake)}, **content}))
+    data = tmp_path / "data"
+    args = ["--params", str(params), "--data", str(data), "--no-dvc"]
+    ingest(str(lake), data)
+    (lake / EVENTS_2).unlink()
+
+    assert main(args) == expected
+    err = capsys.readouterr().err
+    if expected:
+        assert len(err.strip().splitlines()) == 1 and str(params) in err and "ingest" in err
+    else:
+        assert (data / EVENTS_2).is_file() and "kept" in err
+    # the command line wins over params
+    if expected == 0:
+        assert main([*args, "--deleted", "mirror"]) == 0
+        assert not (data / EVENTS_2).exists()
 
 
 def test_local_copy_deleted_by_hand_is_copied_again(lake: Path, tmp_path: Path) -> None:
@@ -254,6 +340,10 @@ def test_ingest_records_data_dvc_only_when_data_changed(
     assert main(args) == 0
     assert data_dvc_md5(data_dvc) != yaml.safe_load(first)["outs"][0]["md5"]
     assert yaml.safe_load(data_dvc.read_text())["outs"][0]["nfiles"] == 6
+
+    (lake / EVENTS_3).unlink()  # mirrored: the snapshot is the first one again
+    assert main(args) == 0
+    assert data_dvc_md5(data_dvc) == yaml.safe_load(first)["outs"][0]["md5"]
 
 
 # --- an S3 lake, served by a real moto server ---------------------------------------------------
@@ -356,6 +446,25 @@ def test_s3_copies_only_new_and_changed_objects(bucket, tmp_path: Path) -> None:
     assert ingest(url, data).copied == 0
 
 
+@pytest.mark.parametrize("policy", ["mirror", "keep"])
+def test_s3_objects_deleted_from_the_lake_follow_the_policy(
+    bucket, tmp_path: Path, policy: str
+) -> None:
+    client, name = bucket
+    for relpath, body in ((CUSTOMERS, parquet_bytes(3)), (EVENTS_1, parquet_bytes(4))):
+        client.put_object(Bucket=name, Key=f"shop/{relpath}", Body=body)
+    url, data = f"s3://{name}/shop", tmp_path / "data"
+    ingest(url, data, deleted=policy)
+    client.delete_object(Bucket=name, Key=f"shop/{EVENTS_1}")
+
+    report = ingest(url, data, deleted=policy)
+    assert report.plan.missing == (EVENTS_1,)
+    assert (data / EVENTS_1).exists() is (policy == "keep")
+    assert (EVENTS_1 in read_manifest(data / MANIFEST)) is (policy == "keep")
+    assert report.removed == ((EVENTS_1,) if policy == "mirror" else ())
+    assert (data / CUSTOMERS).read_bytes() == parquet_bytes(3)
+
+
 def test_s3_missing_bucket_or_landing_exits_2(
     bucket, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -369,3 +478,46 @@ def test_s3_missing_bucket_or_landing_exits_2(
     assert main(["--lake", f"s3://{name}/shop", "--data", str(data), "--no-dvc"]) == 2
     assert f"s3://{name}/shop/landing" in capsys.readouterr().err
     assert not data.exists()
+
+
+# --- through validate: what the lake holds now is what validate reads ----------------------------
+
+
+def _validated_events(tmp_path: Path, params: Path) -> pd.DataFrame:
+    from stages.validate import main as validate
+
+    out = tmp_path / "validated"
+    landing = tmp_path / "data" / "landing"
+    assert (
+        validate([str(landing), str(out), str(tmp_path / "v.json"), "--params", str(params)]) == 0
+    )
+    return pd.read_parquet(out / "events" / "date=2026-01-01.parquet")
+
+
+def test_a_replaced_or_renamed_partition_reaches_validate(tmp_path: Path, shop_params) -> None:
+    params = write_params(shop_params, tmp_path / "params.yaml")
+    lake, data = tmp_path / "lake", tmp_path / "data"
+    first = write_partition(lake, "events", "2026-01-01", events_frame(
+        [(i, 10, "2026-01-01 10:00", "session", None) for i in range(3)]
+    ))  # fmt: skip
+    write_partition(lake, "customers", "2026-01-01", customers_frame(
+        [(10, "2025-12-01", "DE", "basic", "ads", 9.0, "2026-01-01 00:00")]
+    ))  # fmt: skip
+    ingest(str(lake), data)
+    assert _validated_events(tmp_path, params)["event_id"].tolist() == [0, 1, 2]
+
+    # the same file name, new bytes (a later mtime, as a rewrite gives): copied again, and
+    # validate redoes the partition by its content hash
+    write_partition(lake, "events", "2026-01-01", events_frame(
+        [(i, 10, "2026-01-01 11:00", "order", 5.0) for i in (7, 8)]
+    ))  # fmt: skip
+    later = first.stat().st_mtime_ns + 5_000_000_000
+    os.utime(first, ns=(later, later))
+    assert ingest(str(lake), data).plan.changed == (first.relative_to(lake).as_posix(),)
+    assert _validated_events(tmp_path, params)["event_id"].tolist() == [7, 8]
+
+    # rewritten under another file name: mirror drops the old file, so the day is not doubled
+    first.rename(first.with_name("part-0001.parquet"))
+    report = ingest(str(lake), data)
+    assert report.removed == (first.relative_to(lake).as_posix(),)
+    assert _validated_events(tmp_path, params)["event_id"].tolist() == [7, 8]

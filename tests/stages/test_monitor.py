@@ -341,7 +341,16 @@ def test_history_upserts_one_row_per_date() -> None:
 
 
 def test_the_command_takes_its_paths_from_dvc_yaml(tmp_path: Path) -> None:
-    assert stage_argv(ROOT / "dvc.yaml")[-1] == "metrics/monitor_history.csv"
+    argv = stage_argv(ROOT / "dvc.yaml")
+    assert "metrics/monitor_history.csv" in argv
+    # the seventh position: the whole report (metrics/monitor.json is its headline)
+    assert [a for a in argv if not a.startswith("-")][4:7] == [
+        "metrics/monitor.json",
+        "metrics/monitor_history.csv",
+        "artifacts/monitor/report.json",
+    ]
+    # the serving skew's reference is an option, not one of the positions
+    assert argv[argv.index("--train") + 1] == "artifacts/split/train.parquet"
     with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
         stage_argv(tmp_path / "nope.yaml")
     (tmp_path / "dvc.yaml").write_text("stages: {train: {cmd: python -m stages.train}}\n")
@@ -397,6 +406,18 @@ def test_a_regressions_realised_performance_and_residual_drift() -> None:
         "live_rmse",
         "residual_psi",
     ]
+    # metrics/monitor.json: the row's scalars, without the identifiers or the columns a
+    # regression never fills; the verdict a boolean
+    from stages.lib.monitoring import headline
+
+    top = headline(row, regression=True)
+    assert top["retrain_recommended"] is True and top["reasons"] == 2
+    assert top["live_mae"] == m["mae"] and top["date"] == "2026-03-02"
+    assert not {"model_version", "live_snapshot", "live_roc_auc", "estimated_roc_auc"} & set(top)
+    assert all(not isinstance(v, dict | list) for v in top.values())
+    classification = headline({**row, "retrain_recommended": 0, "live_roc_auc": 0.8})
+    assert classification["retrain_recommended"] is False
+    assert classification["live_roc_auc"] == 0.8
 
 
 def test_a_rows_tasks_targets_arrive_by_key_from_prepares_history(

@@ -109,9 +109,23 @@ def test_out_of_range_overrides_are_refused_naming_key_and_range(conf, override,
 
 
 def test_every_dataset_and_model_passes_the_range_checks(conf):
-    for group in ("dataset", "model"):
-        for path in sorted((conf / group).glob("*.yaml")):
-            validate_overrides(conf, parse_overrides([f"{group}={path.stem}"]))
+    for path in sorted((conf / "dataset").glob("*.yaml")):
+        validate_overrides(conf, parse_overrides([f"dataset={path.stem}"]))
+    # each family with a dataset whose task it fits: ridge is a regressor (bikes), the MLP a
+    # classifier (shop)
+    for path in sorted((conf / "model").glob("*.yaml")):
+        dataset = "bikes" if path.stem == "ridge" else "shop"
+        validate_overrides(conf, parse_overrides([f"dataset={dataset}", f"model={path.stem}"]))
+    with pytest.raises(OverrideError, match=r"override model=ridge: model.estimator: 'ridge' is"):
+        validate_overrides(conf, parse_overrides(["model=ridge"]))
+
+
+def test_apply_writes_a_key_the_dataset_sets_into_the_dataset_config(conf, tmp_path):
+    changed = apply_overrides(conf, parse_overrides(["dataset=bikes", "monitor.min_labelled=99"]))
+    assert {p.name for p in changed} == {"config.yaml", "bikes.yaml"}
+    assert "min_labelled: 99" in (conf / "dataset" / "bikes.yaml").read_text()
+    params = yaml.safe_load(compose_params(conf, tmp_path / "p.yaml").read_text())
+    assert params["monitor"]["min_labelled"] == 99
 
 
 def test_a_huge_integer_is_one_line(conf, capsys, monkeypatch):

@@ -127,3 +127,126 @@ def test_every_stage_names_a_broken_params_file_in_one_line(tmp_path, stage, cap
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{stage}: {bad}, line 3: not valid YAML (") and err.count("\n") == 1
+
+
+# --- a dataset is its config (issue 16) --------------------------------------------------------
+
+
+@pytest.fixture
+def conf(tmp_path):
+    conf = shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    with (conf / "dataset" / "bank.yaml").open("a") as f:
+        f.write(
+            "validate:\n  max_missing_fraction: 0.5\n"
+            "features:\n  windows: [7, 28, 90]\n"
+            "evaluate:\n  threshold: 0.3\n"
+            "report:\n  segments: [job]\n"
+        )
+    return conf
+
+
+def _compose(conf, tmp_path, *overrides):
+    return yaml.safe_load(compose_params(conf, tmp_path / "p.yaml", list(overrides)).read_text())
+
+
+def test_a_dataset_sets_its_sections_over_conf_and_the_command_line_wins(conf, tmp_path):
+    params = _compose(conf, tmp_path, "dataset=bank")
+    assert params["validate"]["max_missing_fraction"] == 0.5
+    assert params["validate"]["max_quarantine_fraction"] == 0.2  # conf's, merged key by key
+    assert params["features"]["windows"] == [7, 28, 90]
+    assert params["report"]["segments"] == ["job"]
+    assert params["monitor"]["seasonal"] == ["month"]
+    # an interpolation of a merged key sees the dataset's value
+    assert params["evaluate"]["threshold"] == params["serve"]["threshold"] == 0.3
+    # params.yaml holds the effective values only: DVC's per-section param deps stay exact
+    assert not set(params["dataset"]) & {"validate", "features", "report", "monitor"}
+    over = _compose(conf, tmp_path, "dataset=bank", "features.windows=[7,14]", "split=out_of_time")
+    assert (
+        over["features"]["windows"] == [7, 14] and over["validate"]["max_missing_fraction"] == 0.5
+    )
+    mine = _compose(conf, tmp_path, "dataset=bank", "dataset.features.windows=[1,2]")
+    assert mine["features"]["windows"] == [1, 2]
+    assert _compose(conf, tmp_path)["features"]["windows"] == [7, 14, 28]  # shop: conf's
+
+
+def test_an_unknown_key_in_a_dataset_section_is_one_line_naming_file_and_key(conf, tmp_path):
+    with (conf / "dataset" / "bank.yaml").open("a") as f:
+        f.write("drift:\n  last_dayz: 3\n")
+    with pytest.raises(ParamsError) as caught:
+        compose_params(conf, tmp_path / "p.yaml", ["dataset=bank"])
+    assert str(caught.value).startswith(
+        "conf/dataset/bank.yaml: drift.last_dayz: expected a known key, one of last_days, bins"
+    )
+
+
+def test_params_composed_by_hydra_alone_are_merged_when_read(conf, tmp_path):
+    """`dvc exp run -S` composes with DVC's compose_and_dump: the stages read the same values."""
+    from dvc.utils.hydra import compose_and_dump
+
+    raw = tmp_path / "dvc.yaml"
+    compose_and_dump(raw, str(conf.resolve()), None, "config", str(conf.parent), ["dataset=bank"])
+    assert yaml.safe_load(raw.read_text())["dataset"]["features"] == {"windows": [7, 28, 90]}
+    params = load_params(raw)
+    ours = _compose(conf, tmp_path, "dataset=bank")
+    assert params["features"] == ours["features"] and params["dataset"] == ours["dataset"]
+
+
+def test_evergreen_params_refuses_a_family_that_does_not_fit_the_task(tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    for overrides, message in (
+        (["model=ridge"], "'ridge' is no estimator for a classification"),
+        (["dataset=bikes", "model=mlp"], "'torch_mlp' is no estimator for a regression"),
+    ):
+        for check in ([], ["--check"]):
+            assert main(["--conf", str(ROOT / "conf"), "--output", str(out), *overrides, *check])
+            err = one_line(capsys.readouterr().err)
+            assert err.startswith(f"evergreen params: override {overrides[-1]}: model.estimator: ")
+            assert message in err
+        assert not out.exists()
+    assert (
+        main(["--conf", str(ROOT / "conf"), "--output", str(out), "dataset=bikes", "model=ridge"])
+        == 0
+    )
+
+
+def test_evergreen_params_names_the_file_a_bad_value_comes_from(conf, tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    text = (conf / "dataset" / "bank.yaml").read_text().replace("0.5\n", "5\n")
+    (conf / "dataset" / "bank.yaml").write_text(text)
+    assert main(["--conf", str(conf), "--output", str(out), "dataset=bank"]) == 2
+    assert one_line(capsys.readouterr().err) == (
+        f"evergreen params: {conf}/dataset/bank.yaml: validate.max_missing_fraction: 5 is not a "
+        "fraction in [0, 1]\n"
+    )
+    (conf / "model" / "logreg.yaml").write_text(
+        (conf / "model" / "logreg.yaml").read_text().replace("max_iter: 2000", "max_iterz: 2")
+    )
+    assert main(["--conf", str(conf), "--output", str(out)]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert err.startswith(f"evergreen params: {conf}/model/logreg.yaml: model.hyperparameters")
+    cfg = (conf / "dataset" / "shop.yaml").read_text().replace("horizon_days:", "horizon_dayz:")
+    (conf / "dataset" / "shop.yaml").write_text(cfg)
+    assert main(["--conf", str(conf), "--output", str(out), "--check"]) == 2
+    assert one_line(capsys.readouterr().err).startswith(
+        "evergreen params: conf/dataset/shop.yaml: label.horizon_dayz: expected a known key"
+    )
+
+
+def test_train_refuses_a_family_that_does_not_fit_the_task_in_one_line(tmp_path, capsys):
+    from stages.contract.feature_schema import FeatureSchema, save_schema
+    from stages.train import main as train
+
+    params = compose_params(ROOT / "conf", tmp_path / "p.yaml", ["model=ridge"])
+    schema = FeatureSchema(
+        entity_key="customer_id",
+        time="snapshot_date",
+        label="churn",
+        numeric=("x",),
+        categorical=(),
+    )
+    path = save_schema(schema, tmp_path / "feature_schema.json")
+    args = [str(tmp_path), str(path), str(tmp_path / "m.skops"), str(tmp_path / "t.json")]
+    assert train([*args, "--params", str(params)]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert err.startswith("train: conf/model/ridge.yaml: model.estimator: 'ridge' is no estimator")
+    assert not (tmp_path / "m.skops").exists()

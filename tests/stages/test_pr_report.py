@@ -355,3 +355,74 @@ def test_a_regression_pr_report_has_regression_metrics_and_the_residual_scatter(
     # two points, not a line between them (the same on both sides: @)
     grid = chart.splitlines()[:16]
     assert sum(row.count("@") for row in grid) == 2, chart
+
+
+def test_a_base_of_another_dataset_is_no_comparable_champion(repo: Path) -> None:
+    # a project started for a new dataset from a clone of the shop's: main still holds the shop
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["dataset"] = {**params["dataset"], "name": "bank"}
+    write(repo, "params.yaml", yaml.safe_dump(params))
+    verdict = gate_report(blessed=True, model_md5="aaaa")
+    verdict["champion"], verdict["dataset"] = None, "bank"
+    verdict["champion_not_comparable"] = (
+        "champion 'main' (0123456789ab) is a model of dataset 'shop'"
+    )
+    verdict["checks"] = verdict["checks"][:1]
+    write(repo, "metrics/gate.json", verdict)
+
+    code, report = render(repo, "--base", "main")
+    assert code == 0
+    assert "No comparable champion: `main` @ " in report and "holds dataset `shop`" in report
+    assert "this branch's is `bank`. Challenger only." in report
+    rows = table(report, "metric")
+    assert all(old == "—" and change == "—" for old, _, change in rows.values())
+    assert "No comparable champion (champion 'main' (0123456789ab) is a model of dataset" in report
+    assert "⚠️" not in report
+
+    # a verdict left over from the shop (before `evergreen new`) is flagged
+    verdict["dataset"] = "shop"
+    write(repo, "metrics/gate.json", verdict)
+    _, report = render(repo, "--base", "main")
+    assert "⚠️ the verdict is about dataset `shop`, this workspace's is `bank`" in report
+
+
+def test_the_headline_metrics_compare_and_the_tables_come_from_the_report_data(
+    repo: Path,
+) -> None:
+    """The metrics files hold scalars (issue 16); each table the report shows is read from the
+    report data beside them: the gate's reports/gate.json, the drift stage's report, the
+    validate stage's per-table totals."""
+    detail = gate_report(blessed=False, model_md5="aaaa")
+    write(repo, "reports/gate.json", detail)
+    write(repo, "metrics/gate.json", {
+        "blessed": False, "checks": {"min_roc_auc": True, "max_regression": False},
+        "champion": {"ref": "main", "commit": "0123456789abcdef"}, "champion_missing": None,
+        "challenger": {"model_md5": "aaaa"}})  # fmt: skip
+    write(repo, "metrics/data_drift.json", {"drifted": True, "reference_until": "2026-04-16",
+          "tables_drifted": 1, "columns_drifted": 1, "psi_max": 0.64, "js_max": 0.1})  # fmt: skip
+    write(repo, "artifacts/drift/report.json", {"drifted": True, "tables": {"customers": {
+        "drifted": True, "rows": {}, "columns": {"monthly_price": {
+            "drifted": True, "metric": "psi", "value": 0.64, "threshold": 0.2}}}}})  # fmt: skip
+    validate = read(repo, "artifacts/validate/report.json")
+    validate["events"]["totals"] = {"rows_in": 91, "rows_valid": 90, "rows_quarantined": 1}
+    write(repo, "artifacts/validate/report.json", validate)
+    _, report = render(repo, "--base", "main")
+
+    checks = table(report, "result")
+    assert [cells[0] for cells in checks.values()] == ["min_roc_auc", "max_regression"]
+    assert list(checks.values())[1][4:6] == ["-0.04 [-0.061, -0.019] 95%", "0.0153"]
+    assert "Paired bootstrap: 1000 resamples of 2400 test rows, seed 7" in report
+    assert "**❌ not blessed** against `main` @ `0123456789ab`" in report
+    data = table(report, "data")
+    assert data["events.rows_in"] == ["—", "91", "—"]  # the report is the workspace's only
+    assert "rows_in" in data and "Drift: **drifted**" in report
+    assert "customers: 1 of 1 column(s) drifted: `monthly_price` psi 0.64 > 0.2" in report
+
+    # a report of another model than the verdict's: its numbers are not shown as this one's
+    write(repo, "reports/gate.json", gate_report(blessed=True, model_md5="other"))
+    (repo / "artifacts/drift/report.json").unlink()
+    _, report = render(repo, "--base", "main")
+    checks = table(report, "result")
+    assert list(checks) == ["✅", "❌"] and list(checks.values())[1][4] == "—"
+    assert "Paired bootstrap" not in report
+    assert "artifacts/drift/report.json is not in the workspace (`dvc pull` restores it)" in report

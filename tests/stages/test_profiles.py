@@ -150,14 +150,25 @@ def test_profile_and_drift_stages_on_validated_partitions(tmp_path, shop_params)
 
     split = tmp_path / "summary.json"
     split.write_text(json.dumps({"train": {"snapshot_dates": ["2025-12-20"]}}))
-    metrics = tmp_path / "data_drift.json"
-    assert drift_main([str(profiles), str(split), str(metrics), "--params", str(params)]) == 0
-    report = json.loads(metrics.read_text())
+    metrics, whole = tmp_path / "data_drift.json", tmp_path / "drift/report.json"
+    argv = [str(profiles), str(split), str(metrics), str(whole), "--params", str(params)]
+    assert drift_main(argv) == 0
+    report = json.loads(whole.read_text())
     assert report["reference_until"] == "2026-01-10"
     assert report["tables"]["events"]["current"]["partitions"] == shop_params["drift"]["last_days"]
-    before = metrics.read_bytes()
-    assert drift_main([str(profiles), str(split), str(metrics), "--params", str(params)]) == 0
-    assert metrics.read_bytes() == before
+    # the metrics: the report's headline, no table (every column is the report's)
+    columns = [c for t in report["tables"].values() for c in t["columns"].values()]
+    assert json.loads(metrics.read_text()) == {
+        "drifted": report["drifted"],
+        "reference_until": "2026-01-10",
+        "tables_drifted": sum(t["drifted"] for t in report["tables"].values()),
+        "columns_drifted": sum(c["drifted"] for c in columns),
+        "psi_max": max(c["value"] for c in columns if c["metric"] == "psi"),
+        "js_max": max(c["value"] for c in columns if c["metric"] == "js_distance"),
+    }
+    before = metrics.read_bytes(), whole.read_bytes()
+    assert drift_main(argv) == 0
+    assert (metrics.read_bytes(), whole.read_bytes()) == before
 
     # a partition validate no longer writes loses its profile
     (validated / "events/date=2026-01-10.parquet").unlink()
@@ -171,7 +182,16 @@ def test_bad_drift_and_profile_params_exit_2(tmp_path, shop_params, capsys):
     split = tmp_path / "s.json"
     split.write_text(json.dumps({"train": {"snapshot_dates": ["2026-01-01"]}}))
     assert (
-        drift_main([str(tmp_path), str(split), str(tmp_path / "m.json"), "--params", str(params)])
+        drift_main(
+            [
+                str(tmp_path),
+                str(split),
+                str(tmp_path / "m.json"),
+                str(tmp_path / "r.json"),
+                "--params",
+                str(params),
+            ]
+        )
         == 2
     )
     assert "unknown keys ['p_value']" in capsys.readouterr().err

@@ -100,7 +100,13 @@ def test_pages_hold_every_section_and_embed_their_figures() -> None:
 
 
 def test_a_regressions_page_shows_predictions_and_residuals_and_nothing_of_churn() -> None:
-    from stages.lib.insights import prediction_by_segment, regression_report, trend_table
+    from stages.lib.insights import (
+        PageInputs,
+        Words,
+        build_page,
+        prediction_by_segment,
+        trend_table,
+    )
     from tests.stages.test_regression import SCHEMA as REG_SCHEMA
     from tests.stages.test_regression import make_frame as reg_frame
 
@@ -129,9 +135,21 @@ def test_a_regressions_page_shows_predictions_and_residuals_and_nothing_of_churn
     }
     trend = trend_table(pd.DataFrame(), frame, 0.5)
     assert list(trend.columns)[:3] == ["snapshot_date", "rows", "mean_prediction"]
-    sections, figures = regression_report(
-        frame, REG_SCHEMA, cfg, "cnt", top, found, trend, monitor, pd.DataFrame()
+    page = build_page(
+        PageInputs(
+            frame=frame,
+            schema=REG_SCHEMA,
+            cfg=cfg,
+            words=Words("rows_regression", "row", "rows"),
+            label="cnt",
+            top=top,
+            top_drivers=found,
+            trend=trend,
+            monitor=monitor,
+            history=pd.DataFrame(),
+        )
     )
+    sections, figures = page.sections, page.figures
     assert [s.key for s in sections] == [
         "distribution",
         "segments",

@@ -105,10 +105,11 @@ def test_spark_reads_what_validation_counted(spark_session, validated):
     metrics = json.loads((validated.parent / "v.json").read_text())
     assert metrics["rows_quarantined"] > 0  # the faults reached the quarantine
     spark = spark_session._session
+    report = json.loads((validated / "report.json").read_text())
     for table in KEYS:
-        if table not in metrics:
+        if table not in report:
             continue
-        counted = metrics[table]["by_partition"]
+        counted = report[table]["partitions"]
         valid = spark.read.parquet(str(validated / table)).groupBy("_partition").count()
         seen = {str(r["_partition"]): r["count"] for r in valid.collect()}
         assert seen == {p: c["rows_valid"] for p, c in counted.items() if c["rows_valid"]}

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -97,8 +98,20 @@ def test_main_writes_partitions_quarantine_and_metrics(tmp_path, shop_params):
         main([str(tmp_path / "data/landing"), str(out), str(metrics), "--params", str(params)]) == 0
     )
 
+    # the metrics: the overall totals only (a per-table or per-partition table would be a
+    # column of `dvc metrics show` per cell); the tables are the report's
     m = json.loads(metrics.read_text())
-    assert m["events"] == {
+    assert m == {
+        "partitions": 2,
+        "partitions_faulty": 0,
+        "missing_days": 0,
+        "rows_in": 14,
+        "rows_valid": 13,
+        "rows_quarantined": 1,
+        "rows_null_key": 0,
+    }
+    report = json.loads((out / "report.json").read_text())
+    assert report["events"]["totals"] == {
         "partitions": 1,
         "partitions_faulty": 0,
         "rows_in": 11,
@@ -106,9 +119,10 @@ def test_main_writes_partitions_quarantine_and_metrics(tmp_path, shop_params):
         "rows_quarantined": 1,
         "rows_null_key": 0,
         "missing_days": 0,
-        "by_partition": {"2026-01-01": {"rows_in": 11, "rows_valid": 10, "rows_quarantined": 1}},
     }
-    assert (m["rows_in"], m["rows_valid"], m["rows_quarantined"]) == (14, 13, 1)  # + customers
+    one = report["events"]["partitions"]["2026-01-01"]
+    assert (one["rows_in"], one["rows_valid"], one["rows_quarantined"]) == (11, 10, 1)
+    assert report["customers"]["totals"]["rows_in"] == 3
     valid = pq.read_table(out / "events/date=2026-01-01.parquet").to_pandas()
     assert len(valid) == 10 and str(valid["_partition"].iloc[0]) == "2026-01-01"
     quarantine = pd.read_parquet(out / "quarantine/events/date=2026-01-01.parquet")
@@ -194,11 +208,13 @@ def test_a_partition_folder_that_is_not_a_date_is_quarantined_not_a_crash(
     assert _run(tmp_path, params) == 1
     err = capsys.readouterr().err
     assert "folder 'date=2026-13-45' is not a date (expected date=YYYY-MM-DD)" in err
-    m = json.loads(metrics.read_text())["events"]
-    assert m["partitions"] == 2 and m["partitions_faulty"] == 1 and m["missing_days"] == 0
-    assert m["by_partition"]["2026-13-45"] == {"rows_in": 3, "rows_valid": 0, "rows_quarantined": 3}
-    assert m["rows_in"] == 13 and m["rows_quarantined"] == 3
     report = json.loads((out / "report.json").read_text())["events"]
+    m = report["totals"]
+    assert m["partitions"] == 2 and m["partitions_faulty"] == 1 and m["missing_days"] == 0
+    bad = report["partitions"]["2026-13-45"]
+    assert (bad["rows_in"], bad["rows_valid"], bad["rows_quarantined"]) == (3, 0, 3)
+    assert m["rows_in"] == 13 and m["rows_quarantined"] == 3
+    assert json.loads(metrics.read_text())["partitions_faulty"] == 1
     assert "is not a date" in report["partitions"]["2026-13-45"]["fault"]
     quarantine = pd.read_parquet(out / "quarantine/events/date=2026-13-45.parquet")
     assert quarantine["check"].tolist() == ["partition"]
@@ -209,7 +225,8 @@ def test_a_partition_folder_that_is_not_a_date_is_quarantined_not_a_crash(
     metrics.unlink()
     assert _run(tmp_path, params) == 1
     assert "0 partition(s) validated, 3 unchanged" in capsys.readouterr().out
-    assert json.loads(metrics.read_text())["events"] == m
+    assert json.loads((out / "report.json").read_text())["events"]["totals"] == m
+    assert json.loads(metrics.read_text())["partitions_faulty"] == 1
     assert _run(tmp_path, params, "rebuilt") == 1
     assert _outputs(out) == _outputs(tmp_path / "rebuilt")
 
@@ -236,11 +253,9 @@ def test_folders_that_are_not_partitions_are_reported_as_not_read(tmp_path, shop
     assert _run(tmp_path, params) == 0
 
     expected = dict.fromkeys(sorted(near), "date=YYYY-MM-DD")
-    m = json.loads((tmp_path / "validated.json").read_text())
-    assert m["events"]["folders_not_read"] == expected
-    assert "folders_not_read" not in m["customers"]
-    assert m["events"]["rows_in"] == 10 and m["events"]["partitions"] == 1  # none of them read
     report = json.loads((tmp_path / "validated/report.json").read_text())
+    m = report["events"]["totals"]
+    assert m["rows_in"] == 10 and m["partitions"] == 1  # none of them read
     assert report["events"]["folders_not_read"] == expected
     assert report["customers"]["folders_not_read"] == {}
     err = capsys.readouterr().err
@@ -257,9 +272,6 @@ def test_an_extra_column_is_reported_and_dropped_or_kept(tmp_path, shop_params, 
 
     params = write_params(shop_params, tmp_path / "params.yaml")
     assert _run(tmp_path, params) == 0  # by default: dropped, and reported
-    m = json.loads((tmp_path / "validated.json").read_text())
-    assert m["events"]["extra_columns"] == {"2026-01-02": ["coupon", "_row"]}
-    assert "extra_columns" not in m["customers"]
     report = json.loads((tmp_path / "validated/report.json").read_text())["events"]
     assert report["partitions"]["2026-01-02"]["extra_columns"] == ["coupon", "_row"]
     assert report["partitions"]["2026-01-01"]["extra_columns"] == []
@@ -274,9 +286,68 @@ def test_an_extra_column_is_reported_and_dropped_or_kept(tmp_path, shop_params, 
     assert valid.column("_row").to_pylist() == [0, 1]  # validate's own row number
     assert valid.schema.names[-1] == "coupon"
     assert "coupon" not in pq.read_schema(tmp_path / "kept/events/date=2026-01-01.parquet").names
-    m = json.loads((tmp_path / "kept.json").read_text())
-    assert m["events"]["extra_columns"] == {"2026-01-02": ["coupon", "_row"]}
+    kept = json.loads((tmp_path / "kept/report.json").read_text())["events"]["partitions"]
+    assert kept["2026-01-02"]["extra_columns"] == ["coupon", "_row"]
 
     shop_params["validate"]["extra_columns"] = "rename"
     assert _run(tmp_path, write_params(shop_params, params), "bad") == 2
     assert "validate.extra_columns: expected one of ['drop', 'keep']" in capsys.readouterr().err
+
+
+# --- a table or partition key that names nothing fails validate (issue 16) ---------------------
+
+
+def test_a_table_with_no_landed_folder_fails_naming_table_and_folder(tmp_path, shop_params, capsys):
+    params = copy.deepcopy(shop_params)
+    events = params["dataset"]["tables"].pop("events")
+    params["dataset"]["tables"]["sessions"] = events  # the landing folder is still `events`
+    _tiny_lake(tmp_path / "data")
+    assert _run(tmp_path, write_params(params, tmp_path / "params.yaml")) == 2
+    err = capsys.readouterr().err
+    landing = tmp_path / "data/landing"
+    assert err == (
+        f"validate: table 'sessions': no folder {landing}/sessions (expected "
+        f"{landing}/sessions/date=YYYY-MM-DD/*.parquet); {landing} holds "
+        "['customers', 'events']\n"
+    )
+    assert not (tmp_path / "validated").exists()  # nothing written, nothing half-done
+
+
+def test_a_wrong_partition_key_fails_showing_the_names_found(tmp_path, shop_params, capsys):
+    params = copy.deepcopy(shop_params)
+    params["dataset"]["tables"]["events"]["partition"] = "dt"
+    _tiny_lake(tmp_path / "data")
+    for day in range(2, 9):  # more names than the message shows
+        rows = [(day, 10, f"2026-01-0{day} 10:00", "session", None)]
+        write_partition(tmp_path / "data", "events", f"2026-01-0{day}", events_frame(rows))
+    assert _run(tmp_path, write_params(params, tmp_path / "params.yaml")) == 2
+    err = capsys.readouterr().err
+    folder = tmp_path / "data/landing/events"
+    assert err.count("\n") == 1 and err.startswith(
+        f"validate: table 'events': no partition in {folder} (expected "
+        f"{folder}/dt=YYYY-MM-DD/*.parquet); found ['date=2026-01-01', 'date=2026-01-02', "
+    )
+    assert err.endswith("'date=2026-01-05'] and 3 more\n")
+
+
+def test_a_run_with_no_new_partition_is_no_error(tmp_path, shop_params, capsys):
+    params = write_params(shop_params, tmp_path / "params.yaml")
+    _tiny_lake(tmp_path / "data")
+    assert _run(tmp_path, params) == 0
+    capsys.readouterr()
+    assert _run(tmp_path, params) == 0
+    assert "0 partition(s) validated, 2 unchanged" in capsys.readouterr().out
+
+
+def test_dst_shifted_rows_are_counted_in_the_metrics(tmp_path, shop_params):
+    params = copy.deepcopy(shop_params)
+    params["dataset"]["tables"]["events"]["timezone"] = "Europe/London"
+    _tiny_lake(tmp_path / "data")
+    gap = events_frame([(500, 10, "2026-03-29 01:30", "session", None)])
+    gap["event_time"] = gap["event_time"].astype(str)  # naive local text, as a CSV would have
+    write_partition(tmp_path / "data", "events", "2026-01-02", gap)
+    assert _run(tmp_path, write_params(params, tmp_path / "params.yaml")) == 0
+    metrics = json.loads((tmp_path / "validated.json").read_text())
+    assert metrics["rows_dst_shifted"] == 1 and metrics["rows_quarantined"] == 0
+    report = json.loads((tmp_path / "validated/report.json").read_text())
+    assert report["events"]["partitions"]["2026-01-02"]["rows_dst_shifted"] == 1

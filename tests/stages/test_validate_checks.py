@@ -98,7 +98,8 @@ def test_timestamps_with_offsets_and_naive_local_times_become_utc(tmp_path):
             _row(pid="p000002", at="2026-01-05T10:00:00"),  # Paris time (UTC+1 in winter)
             _row(pid="p000003", at="2026-01-05T09:00:00Z"),
             _row(pid="p000004", at="2026-07-05T10:00:00"),  # Paris summer time, UTC+2
-            _row(pid="p000005", at="2026-03-29T02:30:00"),  # does not exist in Paris
+            # does not exist in Paris: shifted past the gap (tables.<t>.dst's default)
+            _row(pid="p000005", at="2026-03-29T02:30:00"),
             _row(pid="p000006", at="yesterday"),
         ]
     )
@@ -109,11 +110,76 @@ def test_timestamps_with_offsets_and_naive_local_times_become_utc(tmp_path):
         "p000002": "2026-01-05 09:00:00",
         "p000003": "2026-01-05 09:00:00",
         "p000004": "2026-07-05 08:00:00",
+        "p000005": "2026-03-29 01:00:00",
     }
-    assert _checks(result) == {
-        4: {"played_at:type(timestamp in Europe/Paris)"},
-        5: {"played_at:type(timestamp in Europe/Paris)"},
+    assert _checks(result) == {5: {"played_at:type(timestamp in Europe/Paris)"}}
+    assert result.summary()["rows_dst_shifted"] == 1
+
+
+def _half_hourly_london(policy: dict | None) -> tuple:
+    """A half-hourly naive London series across 2026's spring-forward (29 March, 01:00-02:00
+    does not exist) and fall-back (25 October, 01:00-02:00 happens twice) transitions."""
+    raw = yaml.safe_load(PLAYS.read_text())
+    raw["tables"]["activity"]["timezone"] = "Europe/London"
+    if policy is not None:
+        raw["tables"]["activity"]["dst"] = policy
+    table = dataset_from_params(raw).table("activity")
+    stamps = [
+        f"2026-{day}T{h:02d}:{m:02d}:00"
+        for day in ("03-29", "10-25")
+        for h in range(3)
+        for m in (0, 30)
+    ]
+    text = HEADER + "".join(_row(pid=f"p{i:06d}", at=t) for i, t in enumerate(stamps))
+    return table, text, stamps
+
+
+@pytest.mark.parametrize(
+    ("policy", "gap", "overlap", "shifted", "resolved"),
+    [
+        # default: keep every row; the gap's 01:00 and 01:30 become 02:00 BST = 01:00 UTC, the
+        # overlap's 01:00 and 01:30 are their first (BST) instant
+        (None, ["01:00", "01:00"], ["00:00", "00:30"], 2, 2),
+        (
+            {"nonexistent": "shift_backward", "ambiguous": "latest"},
+            ["00:59:59.999999", "00:59:59.999999"],
+            ["01:00", "01:30"],
+            2,
+            2,
+        ),
+        ({"nonexistent": "quarantine", "ambiguous": "quarantine"}, [], [], 0, 0),
+    ],
+)
+def test_naive_local_times_in_a_dst_gap_or_overlap_follow_the_policy(
+    tmp_path, policy, gap, overlap, shifted, resolved
+):
+    table, text, stamps = _half_hourly_london(policy)
+    result = validate_partition([_csv(tmp_path, text)], table, "2026-03-29")
+    times = dict(zip(result.valid["play_id"], result.valid["played_at"], strict=True))
+    # every row is valid or quarantined, none lost; only the odd ones depend on the policy
+    assert result.rows_in == len(stamps) == len(result.valid) + result.rows_quarantined
+    utc = {
+        "p000000": "2026-03-29 00:00",  # GMT
+        "p000004": "2026-03-29 01:00",  # 02:00 BST
+        "p000006": "2026-10-24 23:00",  # 00:00 BST
+        "p000011": "2026-10-25 02:30",  # GMT again
     }
+    assert {p: times[p] for p in utc} == {p: pd.Timestamp(t) for p, t in utc.items()}
+    got_gap = [times[p] for p in ("p000002", "p000003") if p in times]
+    got_overlap = [times[p] for p in ("p000008", "p000009") if p in times]
+    assert got_gap == [pd.Timestamp(f"2026-03-29 {t}") for t in gap]
+    assert got_overlap == [pd.Timestamp(f"2026-10-25 {t}") for t in overlap]
+    summary = result.summary()
+    assert summary.get("rows_dst_shifted", 0) == shifted
+    assert summary.get("rows_dst_resolved", 0) == resolved
+    assert result.rows_quarantined == 4 - shifted - resolved
+
+
+def test_a_dst_policy_that_is_no_choice_is_one_line_naming_the_key():
+    raw = yaml.safe_load(PLAYS.read_text())
+    raw["tables"]["activity"]["dst"] = {"nonexistent": "skip"}
+    with pytest.raises(ValueError, match=r"tables\.activity\.dst\.nonexistent: expected one of"):
+        dataset_from_params(raw)
 
 
 def test_tz_aware_parquet_timestamps_are_converted_to_utc(tmp_path, shop_params):

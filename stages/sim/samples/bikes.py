@@ -24,7 +24,9 @@ from stages.sim.samples import Sample
 
 HOLIDAYS = ("01-01", "05-01", "07-04", "11-11", "12-25", "12-26")
 SEASONS = ("winter", "spring", "summer", "fall")
-WEATHER = ("clear", "mist", "light_rain", "heavy_rain")
+# coded 1-4 like the public data (1 clear, 2 mist, 3 light rain, 4 heavy rain): an
+# integer-coded category, where `season` stays text
+WEATHER = (1, 2, 3, 4)
 WEATHER_FACTOR = (1.0, 0.85, 0.45, 0.15)
 REGIME_DAY = 120  # day index from which the commute peaks lose COMMUTE_LOSS of their riders
 COMMUTE_LOSS = 0.55
@@ -36,7 +38,7 @@ SCHEMA = pa.schema(
         ("workingday", pa.int64()),
         ("weekday", pa.int64()),
         ("hour", pa.int64()),
-        ("weather", pa.string()),
+        ("weather", pa.int64()),
         ("temp", pa.float64()),
         ("humidity", pa.float64()),
         ("windspeed", pa.float64()),
@@ -90,7 +92,7 @@ def day(date: dt.date, index: int, seed: int) -> pd.DataFrame:
             "workingday": working,
             "weekday": date.weekday(),
             "hour": hours,
-            "weather": np.take(WEATHER, weather),
+            "weather": np.take(WEATHER, weather).astype("int64"),
             "temp": temp.clip(-19.9, 44.9),
             "humidity": humidity,
             "windspeed": wind,
