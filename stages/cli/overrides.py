@@ -139,6 +139,7 @@ def section_checks() -> dict[str, Callable[[Mapping[str, Any], Path], object]]:
     from stages.lib.engine import EngineConfig
     from stages.lib.evaluation import EvaluateConfig
     from stages.lib.monitoring import MonitorConfig
+    from stages.lib.policy import production_policy
     from stages.lib.profiling import ProfileConfig
     from stages.lib.snapshots import FeaturesConfig
     from stages.lib.splitting import SplitConfig
@@ -164,6 +165,8 @@ def section_checks() -> dict[str, Callable[[Mapping[str, Any], Path], object]]:
         "engine": lambda p, _: EngineConfig.from_params(p["engine"]),
         "monitor": lambda p, _: MonitorConfig.from_params(settings_for(p, "monitor")),
         "split": lambda p, _: SplitConfig(**p["split"]),
+        # every policy parses and the production one is among them
+        "retrain": lambda p, _: production_policy(p),
         # the file alone: no EVERGREEN_SERVE_* variable of this shell
         "serve": lambda _, path: load_settings(path, env={}),
         "simulate": lambda p, _: (

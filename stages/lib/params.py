@@ -46,6 +46,7 @@ DATASET_SECTIONS = (
     "report",
     "monitor",
     "gate",
+    "retrain",
 )
 
 

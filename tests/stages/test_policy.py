@@ -1,0 +1,98 @@
+"""Retrain policies (stages/lib/policy.py): each trigger, the gap, and one-line config errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stages.lib.params import load_params
+from stages.lib.policy import Policy, PolicyError, policies_from_params, production_policy
+
+DAY = dt.date(2026, 3, 1)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def later(days: int) -> dt.date:
+    return DAY + dt.timedelta(days=days)
+
+
+def test_with_no_model_in_production_every_policy_trains():
+    for policy in (Policy("never"), Policy("s", every_days=7), Policy("m", monitor=True)):
+        decision = policy.decide(DAY, None, monitor_recommends=False)
+        assert decision.train and decision.reason == "no model in production"
+
+
+def test_never_never_retrains_even_when_the_monitor_asks():
+    decision = Policy("never").decide(later(400), DAY, monitor_recommends=True)
+    assert not decision.train
+
+
+def test_a_schedule_trains_on_its_day_and_not_before():
+    policy = Policy("weekly", every_days=7)
+    assert not policy.decide(later(6), DAY, False).train
+    assert "next training in 1 day" in policy.decide(later(6), DAY, False).reason
+    assert policy.decide(later(7), DAY, False).train
+
+
+def test_the_monitor_policy_waits_out_its_gap():
+    policy = Policy("monitor", monitor=True, min_gap_days=14)
+    assert not policy.decide(later(30), DAY, False).train
+    early = policy.decide(later(10), DAY, True)
+    assert not early.train and "min_gap_days 14" in early.reason
+    assert policy.decide(later(14), DAY, True).train
+
+
+def test_a_combination_trains_on_either_trigger():
+    policy = Policy("both", every_days=28, monitor=True, min_gap_days=7)
+    assert policy.decide(later(28), DAY, False).train
+    assert policy.decide(later(8), DAY, True).train
+    assert not policy.decide(later(8), DAY, False).train
+
+
+def test_the_committed_params_hold_the_documented_policies():
+    params = load_params(ROOT / "params.yaml")
+    policies = policies_from_params(params)
+    assert {"never", "every_7_days", "monitor"} <= set(policies)
+    assert policies["every_7_days"] == Policy("every_7_days", every_days=7)
+    assert production_policy(params).name == params["retrain"]["policy"]
+
+
+@pytest.mark.parametrize(
+    ("retrain", "message"),
+    [
+        ({"policy": "x", "policies": {"x": {"every_days": 0}}}, "retrain.policies.x.every_days"),
+        ({"policy": "x", "policies": {"x": {"monitor": "yes"}}}, "retrain.policies.x.monitor"),
+        ({"policy": "x", "policies": {"x": {"evry_days": 7}}}, "retrain.policies.x.evry_days"),
+        ({"policy": "y", "policies": {"x": {}}}, "retrain.policy: expected one of x"),
+        ({"policy": "x", "policies": []}, "retrain.policies: expected a mapping"),
+    ],
+)
+def test_a_bad_policy_is_one_line_naming_its_key(retrain, message):
+    with pytest.raises(PolicyError) as err:
+        production_policy({"retrain": retrain})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_evergreen_params_refuses_a_bad_policy_in_one_line(tmp_path):
+    out = tmp_path / "params.yaml"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stages.cli",
+            "params",
+            "retrain.policy=weekly",
+            "--output",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "retrain.policy" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
