@@ -41,6 +41,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "verify the verdict, GTO tags, stamped card, build context",
     ),
     ("canary",): ("stages.cli.canary", "check a server started from an image's build context"),
+    ("backtest",): ("stages.cli.backtest", "replay the lake's history under each retrain policy"),
 }
 
 

@@ -1,0 +1,181 @@
+"""`evergreen backtest` on a tiny simulated shop lake: the JSON contract, the same bytes twice,
+labels never read before they mature (a lake poisoned after the last step changes nothing a
+decision saw), the policies' counts, the page drawn in headless Chromium, one-line errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from stages.cli.backtest import main
+from stages.cli.simulate import main as simulate
+from stages.lib.backtest import BacktestConfig, BacktestError, Settings, step_dates
+from tests.conftest import write_params
+from tests.stages.test_report_page import rendered
+
+START = dt.date(2026, 1, 1)
+DAYS = 70
+# the steps of the tiny lake: warm-up 7 + 14 + 2 x 7 = 35 days, the last step 14 days (the
+# label horizon) before the lake's last day
+STEPS = ["2026-02-05", "2026-02-12", "2026-02-19"]
+POISON_AFTER = "2026-02-19"
+
+
+def tiny_params(shop_params: dict, tmp: Path) -> Path:
+    params = json.loads(json.dumps(shop_params))
+    params["dataset"]["label"].update(horizon_days=14, lookback_days=21)
+    params["features"].update(min_history_days=7, max_snapshots=4, windows=[7, 14])
+    params["train"]["n_trials"] = 0
+    params["gate"]["bootstrap"] = 200
+    params["simulate"]["drift_day"] = 40
+    return write_params(params, tmp / "params.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, shop_params_file: Path) -> dict[str, Any]:
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("backtest")
+    params = tiny_params(yaml.safe_load(shop_params_file.read_text()), tmp)
+    lake = tmp / "lake"
+    args = ["--lake", str(lake), "--start", str(START), "--days", str(DAYS), "--seed", "3"]
+    assert simulate([*args, "--customers", "150", "--params", str(params)]) == 0
+    first = tmp / "first"
+    assert run(lake, params, first) == 0
+    return {"tmp": tmp, "params": params, "lake": lake, "out": first}
+
+
+def run(lake: Path, params: Path, out: Path, *extra: str) -> int:
+    return main(["--lake", str(lake), "--params", str(params), "--step-days", "7",
+                 "--out", str(out), *extra])  # fmt: skip
+
+
+def without_seconds(node: Any) -> Any:
+    """The payload less every timing, the one thing that may differ run to run."""
+    if isinstance(node, dict):
+        return {k: without_seconds(v) for k, v in node.items() if not k.endswith("seconds")}
+    if isinstance(node, list):
+        return [without_seconds(v) for v in node]
+    return node
+
+
+def payload(out: Path) -> dict[str, Any]:
+    return json.loads((out / "backtest.json").read_text())
+
+
+def test_the_json_holds_the_contract(tiny: dict) -> None:
+    found = payload(tiny["out"])
+    assert found["metric"] == "roc_auc" and found["higher_is_better"] is True
+    assert found["steps"] == STEPS
+    assert {"never", "every_7_days", "monitor"} <= set(found["policies"])
+    for name, p in found["policies"].items():
+        assert isinstance(p["mean_metric"], float) and 0.5 < p["mean_metric"] <= 1, name
+        assert isinstance(p["trainings"], int) and isinstance(p["promotions"], int), name
+        assert p["promotions"] <= p["trainings"]
+        assert isinstance(p["seconds"], float) and p["seconds"] > 0, name
+        assert [r["date"] for r in p["series"]] == STEPS
+        # the first step has no model to score with; every later one is scored and judged
+        assert "roc_auc" not in p["series"][0]
+        assert all(r["n"] > 0 and r["roc_auc"] is not None for r in p["series"][1:])
+        assert p["steps_scored"] == len(STEPS) - 1
+
+
+def test_policies_train_as_their_rule_says(tiny: dict) -> None:
+    policies = payload(tiny["out"])["policies"]
+    never, weekly = policies["never"], policies["every_7_days"]
+    assert never["trainings"] == 1 and [t["date"] for t in never["training_dates"]] == STEPS[:1]
+    assert [t["date"] for t in weekly["training_dates"]] == STEPS
+    # the first step trains for every policy, the same model: the same first scores
+    firsts = {p["series"][1]["model"] for p in policies.values()}
+    assert firsts == {f"trained-{STEPS[0]}"}
+    # the monitor's policy trains only when the monitor recommends it, min_gap_days apart
+    monitor = policies["monitor"]
+    for record in monitor["series"][1:]:
+        assert record["train"] == (
+            record["retrain_recommended"] and "min_gap_days" not in record["why"]
+        ), record
+
+
+def test_the_same_lake_gives_the_same_bytes_but_for_seconds(tiny: dict) -> None:
+    again = tiny["tmp"] / "again"
+    assert run(tiny["lake"], tiny["params"], again) == 0
+    first, second = payload(tiny["out"]), payload(again)
+    assert without_seconds(first) == without_seconds(second)
+    assert json.dumps(without_seconds(first), sort_keys=True) == json.dumps(
+        without_seconds(second), sort_keys=True
+    )
+
+
+def test_labels_after_a_step_never_reach_its_decisions(tiny: dict) -> None:
+    """Every activity landed after the last step is removed (everyone churns then): what each
+    step scored, monitored and decided is unchanged, and so is the realised metric of a step
+    whose labels matured by then; a later step's realised metric moves (the poison did land)."""
+    poisoned = tiny["tmp"] / "poisoned"
+    shutil.copytree(tiny["lake"], poisoned)
+    for folder in sorted((poisoned / "landing" / "events").glob("date=*")):
+        if folder.name.removeprefix("date=") > POISON_AFTER:
+            for path in folder.glob("*.parquet"):
+                frame = pd.read_parquet(path)
+                frame[~frame["event_type"].isin(["session", "order"])].to_parquet(path, index=False)
+    out = tiny["tmp"] / "poisoned-out"
+    assert run(poisoned, tiny["params"], out) == 0
+    clean, dirty = payload(tiny["out"])["policies"], payload(out)["policies"]
+    matured = dt.date.fromisoformat(POISON_AFTER) - dt.timedelta(days=14)
+    moved = 0
+    for name in clean:
+        for a, b in zip(clean[name]["series"], dirty[name]["series"], strict=True):
+            if "monitor_live" in a:  # the monitor judged only snapshots matured by the step
+                seen_at = dt.date.fromisoformat(a["monitor_live"]["snapshot"])
+                assert seen_at + dt.timedelta(days=14) <= dt.date.fromisoformat(a["date"])
+            seen = ("model", "train", "why", "result", "retrain_recommended", "reasons",
+                    "monitor_live", "promoted")  # fmt: skip
+            assert {k: a.get(k) for k in seen} == {k: b.get(k) for k in seen}, (name, a["date"])
+            if dt.date.fromisoformat(a["snapshot"]) <= matured:
+                assert a.get("roc_auc") == b.get("roc_auc"), (name, a["date"])
+            else:
+                moved += a.get("roc_auc") != b.get("roc_auc")
+    assert moved > 0
+
+
+def test_the_page_draws_the_metric_and_the_table(tiny: dict) -> None:
+    shown = rendered(tiny["out"] / "backtest.html")
+    assert len(shown["figures"]) == 1
+    for figure in shown["figures"]:
+        assert figure["width"] > 0 and figure["colour"] > 0.003, figure
+    policies = next(t for t in shown["tables"] if t["section"] == "policies")
+    assert policies["rows"] == ["never", "every_7_days", "monitor"]
+    assert "mean ROC AUC" in policies["head"] and "trainings" in policies["head"]
+    assert "monitor vs every_7_days" in shown["text"]
+
+
+def test_the_steps_follow_the_warm_up_the_step_and_the_horizon(shop_params: dict) -> None:
+    settings = Settings.from_params(shop_params)
+    first, last = dt.date(2026, 1, 1), dt.date(2026, 12, 31)
+    # shop: min_history_days 21 + horizon 21 + valid and test snapshots 2 x 7 = 56 days
+    steps = step_dates(first, last, settings, BacktestConfig(step_days=7))
+    assert steps[0] == first + dt.timedelta(days=56)
+    assert steps[-1] <= last - dt.timedelta(days=21) < steps[-1] + dt.timedelta(days=7)
+    assert {(b - a).days for a, b in itertools.pairwise(steps)} == {7}
+    with pytest.raises(BacktestError, match="leave no step"):
+        step_dates(first, first + dt.timedelta(days=60), settings, BacktestConfig())
+
+
+def test_usage_errors_are_one_line(tiny: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tiny["tmp"] / "errors"
+    assert run(tiny["lake"], tiny["params"], out, "--policies", "monthly") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'monthly' is not in retrain.policies" in err
+    assert run(tiny["tmp"] / "nowhere", tiny["params"], out) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no landing/ folder" in err
+    assert run(tiny["lake"], tiny["params"], out, "--warmup-days", "60") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "leave no step" in err and "--warmup-days" in err
+    assert not (out / "backtest.json").exists()
