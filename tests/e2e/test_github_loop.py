@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from stages.cli.gate import recorded_md5
-from tests.e2e.helpers import init_repo, run, sh
+from tests.e2e.helpers import both_runs, init_repo, run, sh
 from tests.server_process import free_port
 from tests.stages.test_ingest import s3_endpoint  # noqa: F401 (a real moto S3 server)
 
@@ -69,7 +69,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
     simulate = ("evergreen", "lake", "simulate", "--lake", lake)
     sh(seed, *simulate, "--start", "2026-01-01", "--days", "60", "--customers", "300")
     sh(seed, "evergreen", "ingest", "--lake", lake)
-    sh(seed, "dvc", "repro")
+    both_runs(seed)
     sh(seed, "evergreen", "gate")
     sh(seed, "git", "add", "-A")
     sh(seed, "git", "commit", "-q", "-m", "champion")
