@@ -34,7 +34,8 @@ def stamp(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     s = argparse.ArgumentParser(prog="evergreen card stamp", description=__doc__.splitlines()[0])
     s.add_argument("--card", type=Path, default=Path("models/model_card.json"))
-    s.add_argument("--gate", type=Path, default=Path("metrics/gate.json"))
+    # the full verdict (figures behind each check); metrics/gate.json is its headline
+    s.add_argument("--gate", type=Path, default=Path("reports/gate.json"))
     s.add_argument("--out", type=Path, required=True, help="stamped card to write")
     s.add_argument("--repo", type=Path, default=Path("."), help="git repository for HEAD")
     return s

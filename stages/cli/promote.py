@@ -18,6 +18,7 @@ pushes it. Nothing is tagged unless every check of step 1 passes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -37,6 +38,8 @@ from stages.lib.gitref import commit_of
 from stages.lib.io import write_json
 
 GATE = "metrics/gate.json"
+# the verdict in full (its figures), committed beside the headline: what the card cites
+GATE_REPORT = "reports/gate.json"
 CARD = "models/model_card.json"
 LOCK = "dvc.lock"
 MODEL = "models/model.skops"
@@ -187,7 +190,13 @@ def promote(args: argparse.Namespace) -> Release:
         _run(["git", "push", args.remote, *(f"refs/tags/{t}" for t in tags)], repo)
     out = args.out
     stamped = out / "model_card.json"
-    if stamp_main(["--card", str(repo / CARD), "--gate", str(repo / GATE),
+    verdict = repo / GATE
+    with contextlib.suppress(OSError, ValueError):  # the headline alone is still a verdict
+        full = json.loads((repo / GATE_REPORT).read_text())
+        # a report of another model (committed without its headline) is not this verdict
+        if (full.get("challenger") or {}).get("model_md5") == model:
+            verdict = repo / GATE_REPORT
+    if stamp_main(["--card", str(repo / CARD), "--gate", str(verdict),
                   "--out", str(stamped), "--repo", str(repo)]) != 0:  # fmt: skip
         raise RuntimeError("card stamp failed (see above)")
     context = out / "serve"
