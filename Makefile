@@ -37,9 +37,11 @@ else
 	evergreen lake simulate --lake $(LAKE) $(if $(filter shop,$(DATASET)),--start $(START) --days $(DAYS),--dataset $(DATASET)) --seed $(SEED)
 endif
 	evergreen ingest --lake $(LAKE)
-# `dvc repro`, once the locks a killed earlier run left in .dvc/tmp/ are cleared
-	python -m stages.cli.repro
-	evergreen publish --lake $(LAKE)
+# the training run (features .. card, drift, the gate) promotes a blessed model to
+# models/champion; the prediction run (validate .. predict_set, predict, monitor, report) scores
+# the latest day with it and publishes. Both clear the locks a killed earlier run left first.
+	evergreen run training --promote
+	evergreen run prediction --lake $(LAKE)
 	dvc push
 	dvc metrics show --md metrics/evaluate.json metrics/train.json
 	@echo "insights report: $(CURDIR)/reports/report.html (Markdown twin: reports/report.md)"

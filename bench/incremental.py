@@ -1,18 +1,23 @@
-"""Benchmark: one new day against a full build, on 30, 90 and 365 days of history.
+"""Benchmark: the daily prediction run against a full build, on 30, 90 and 365 days of history.
 
 For each history length and lake size, in a fresh git + DVC repository (like tests/e2e):
   full build   simulate N days, then time `evergreen ingest` and `dvc repro prepare` (validate +
-               prepare) from nothing, three times (the repository reset in between), then
-               `dvc repro` (the stages downstream) once;
-  new day      simulate one more day and time the same commands; three new days in a row, the
-               downstream stages after the first only.
-Each figure keeps the fastest of the three (the others waited longer for a core: the machine
-may be shared). It prints, per case, seconds (wall and CPU of each command's process tree) and
-peak RSS, then `incremental_ratio_365` (new day on 365 days / full build of 365 days) and
-`growth_ratio_365_30` (new day on 365 days / new day on 30 days): wall time of ingest +
-validate + prepare on the largest lake size. The downstream stages (features, train, ...) still
-rerun whole on a new day: the whole-repro ratio is printed beside. Last, `validate_partition`
-on a 1M-row partition.
+               prepare) from nothing, three times (the repository reset in between), then once
+               the training run (`dvc repro card drift` + `evergreen champion`) and the
+               prediction stages (`dvc repro report`);
+  new day      simulate one more day and time ingest, validate + prepare and the prediction
+               stages (what `evergreen run prediction` runs, publish aside); three new days in a
+               row, the prediction stages after the first only.
+The champion the prediction stages score with is trained once per lake size on a 120-day lake
+and copied into every case (a 30-day history is too short for a labelled snapshot), so each
+case's prediction run scores with the same kind of model. Each figure keeps the fastest of
+the three (the others waited longer for a core: the machine may be shared). It prints, per
+case, seconds (wall and CPU of each command's process tree) and peak RSS, then
+`prediction_run_ratio_365` (the new day's prediction run on 365 days / the full build of 365
+days: ingest, validate + prepare, training run, prediction stages) and
+`prediction_growth_365_30` (the prediction run on 365 days / on 30 days), wall time on the
+largest lake size; and `incremental_ratio_365` / `growth_ratio_365_30`, the same for ingest +
+validate + prepare alone. Last, `validate_partition` on a 1M-row partition.
 
     .venv/bin/python bench/incremental.py | tee bench/incremental.out
 """
@@ -44,7 +49,7 @@ class Timed:
 
 
 Cycle = dict[str, Timed | None]
-STEPS = ("ingest", "validate+prepare", "downstream")
+STEPS = ("ingest", "validate+prepare", "training", "prediction")
 
 
 def run(cwd: Path, *cmd: str) -> Timed:
@@ -76,27 +81,41 @@ def init_repo(repo: Path) -> None:
     run(repo, "dvc", "config", "hydra.enabled", "true")
 
 
-def cycle(repo: Path, downstream: bool) -> Cycle:
-    """ingest, validate + prepare, then the rest of the graph (None when it fails: 30 days
-    are too short a history for a labelled snapshot)."""
+def add_timed(a: Timed, b: Timed) -> Timed:
+    return Timed(a.seconds + b.seconds, a.cpu + b.cpu, max(a.peak_rss_mb, b.peak_rss_mb))
+
+
+def train_champion(repo: Path) -> Timed:
+    """The training run's stages, the model made the champion (models/champion.dvc)."""
+    return add_timed(run(repo, "dvc", "repro", "card", "drift"), run(repo, "evergreen", "champion"))
+
+
+def cycle(repo: Path, downstream: bool, full: bool) -> Cycle:
+    """ingest, validate + prepare, then (with `downstream`) the training run on a full build
+    (None when it fails: 30 days are too short a history for a labelled snapshot) and the
+    prediction stages."""
     out: Cycle = {
         "ingest": run(repo, "evergreen", "ingest", "--lake", "lake"),
         "validate+prepare": run(repo, "dvc", "repro", "prepare"),
     }
     if downstream:
-        try:
-            out["downstream"] = run(repo, "dvc", "repro")
-        except RuntimeError as exc:
-            out["downstream"] = None
-            reason = [line for line in str(exc).splitlines() if line.startswith("features:")]
-            print(f"# {repo.name}: downstream stages failed: {reason or str(exc)[-300:]}")
+        if full:
+            try:
+                out["training"] = train_champion(repo)
+            except RuntimeError as exc:
+                out["training"] = None
+                reason = [line for line in str(exc).splitlines() if line.startswith("features:")]
+                print(f"# {repo.name}: training failed: {reason or str(exc)[-300:]}")
+        out["prediction"] = run(repo, "dvc", "repro", "report")
     return out
 
 
 def reset(repo: Path) -> None:
     """Back to before the first ingest: no snapshot, no outputs, no cache, no lock file."""
-    for name in ("data", "artifacts", "models", "metrics", "plots", ".dvc/cache", ".dvc/tmp"):
+    for name in ("data", "artifacts", "metrics", "plots", ".dvc/cache", ".dvc/tmp"):
         shutil.rmtree(repo / name, ignore_errors=True)
+    for name in ("model.skops", "model.onnx", "model_card.json"):
+        (repo / "models" / name).unlink(missing_ok=True)
     for name in ("data.dvc", "dvc.lock"):
         (repo / name).unlink(missing_ok=True)
 
@@ -105,11 +124,25 @@ def fastest(cycles: list[Cycle]) -> Cycle:
     """The repetition whose ingest + validate + prepare took the least wall time, with the
     downstream timing of the one repetition that ran it."""
     best = dict(min(cycles, key=ivp))
-    best["downstream"] = next((c["downstream"] for c in cycles if "downstream" in c), None)
+    for step in STEPS[2:]:
+        best[step] = next((c[step] for c in cycles if step in c), None)
     return best
 
 
-def case(work: Path, days: int, customers: int, repeats: int, downstream: bool) -> dict[str, Cycle]:
+def champion_for(work: Path, customers: int) -> Path:
+    """A champion (models/champion/) trained on a 120-day lake of `customers`."""
+    repo = work / f"champion-c{customers}"
+    init_repo(repo)
+    simulate = ["evergreen", "lake", "simulate", "--lake", "lake", "--seed", "7"]
+    run(repo, *simulate, "--start", START, "--days", "120", "--customers", str(customers))
+    run(repo, "evergreen", "ingest", "--lake", "lake")
+    train_champion(repo)
+    return repo / "models/champion"
+
+
+def case(
+    work: Path, days: int, customers: int, repeats: int, downstream: bool, champion: Path | None
+) -> dict[str, Cycle]:
     repo = work / f"d{days}-c{customers}"
     init_repo(repo)
     simulate = ["evergreen", "lake", "simulate", "--lake", "lake", "--seed", "7"]
@@ -118,11 +151,23 @@ def case(work: Path, days: int, customers: int, repeats: int, downstream: bool) 
     for i in range(repeats):
         if i:
             reset(repo)
-        fulls.append(cycle(repo, downstream and i == repeats - 1))
+        last = i == repeats - 1
+        if downstream and last and champion is not None:
+            shutil.rmtree(repo / "models/champion", ignore_errors=True)
+            shutil.copytree(champion, repo / "models/champion")
+        fulls.append(cycle(repo, downstream and last, full=True))
+    if downstream and champion is not None:
+        # the full build's own training run promoted its model: score the new days with the
+        # shared champion, as every case does
+        shutil.rmtree(repo / "models/champion")
+        shutil.copytree(champion, repo / "models/champion")
+        run(repo, "dvc", "add", "-q", "models/champion")
     new_days = []
     for i in range(repeats):
         run(repo, *simulate, "--days", "1")
-        new_days.append(cycle(repo, downstream and i == 0))
+        if downstream and i == 0:
+            run(repo, "dvc", "repro", "report")  # the champion swap's rerun is not a new day's
+        new_days.append(cycle(repo, downstream and i == 0, full=False))
     shutil.rmtree(repo)
     return {"full": fastest(fulls), "new day": fastest(new_days)}
 
@@ -132,13 +177,18 @@ def ivp(t: Cycle, cpu: bool = False) -> float:
     return sum(getattr(t[k], "cpu" if cpu else "seconds") for k in STEPS[:2])
 
 
-def whole(t: Cycle) -> float:
-    """The whole repro (nan when a stage failed or was not run)."""
-    return sum(t[k].seconds if t.get(k) else float("nan") for k in STEPS)
+def whole(t: Cycle, steps: tuple[str, ...] = STEPS) -> float:
+    """The sum of `steps` (nan when one failed or was not run)."""
+    return sum(t[k].seconds if t.get(k) else float("nan") for k in steps)
+
+
+def prediction_run(t: Cycle) -> float:
+    """ingest + validate + prepare + the prediction stages: a new day's prediction run."""
+    return whole(t, ("ingest", "validate+prepare", "prediction"))
 
 
 def describe(t: Cycle) -> str:
-    cells = [f"{k} {t[k].seconds:.2f}s" if t.get(k) else f"{k} n/a" for k in STEPS]
+    cells = [f"{k} {t[k].seconds:.2f}s" if t.get(k) else f"{k} n/a" for k in STEPS if k in t]
     rss = max(x.peak_rss_mb for x in t.values() if x)
     return ", ".join(cells) + f" (ingest+v+p cpu {ivp(t, cpu=True):.2f}s; peak RSS {rss:.0f} MB)"
 
@@ -198,9 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         print("# peak RSS: the largest process of a command's tree")
         results = {}
         for scale in args.scales:
+            customers = demo_customers * scale
+            champion = None if args.no_whole else champion_for(work, customers)
             for days in args.days:
-                customers = demo_customers * scale
-                r = case(work, days, customers, args.repeats, not args.no_whole)
+                r = case(work, days, customers, args.repeats, not args.no_whole, champion)
                 results[scale, days] = r
                 f, n = r["full"], r["new day"]
                 print(f"{days} days, {customers} customers:")
@@ -208,11 +259,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  new day:    {describe(n)}")
                 print(
                     f"  new day / full: ingest+v+p {ivp(n) / ivp(f):.3f} (cpu "
-                    f"{ivp(n, cpu=True) / ivp(f, cpu=True):.3f}), whole repro "
-                    f"{whole(n) / whole(f):.3f}",
+                    f"{ivp(n, cpu=True) / ivp(f, cpu=True):.3f}), prediction run / full build "
+                    f"{prediction_run(n) / whole(f):.3f}",
                     flush=True,
                 )
         top = max(args.scales)
+        if 365 in args.days and not args.no_whole:
+            f365, n365 = results[top, 365]["full"], results[top, 365]["new day"]
+            print(f"# the daily prediction run, {demo_customers * top} customers, wall time")
+            print(f"prediction_run_ratio_365: {prediction_run(n365) / whole(f365):.3f}")
+            if 30 in args.days:
+                n30 = results[top, 30]["new day"]
+                print(f"prediction_growth_365_30: {prediction_run(n365) / prediction_run(n30):.3f}")
         if 365 in args.days:
             f365, n365 = results[top, 365]["full"], results[top, 365]["new day"]
             print(f"# ingest + validate + prepare, {demo_customers * top} customers, wall time")
@@ -223,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# the same in cpu time: {ivp(n365, True) / ivp(f365, True):.3f}", end="")
             if 30 in args.days:
                 print(f", growth {ivp(n365, True) / ivp(n30, True):.3f}", end="")
-            print(f"; the whole repro, wall time: {whole(n365) / whole(f365):.3f}")
+            print()
         first, best = one_million_rows(work)
         print(f"validate_1m_rows_s: {first:.2f} (first call), {best:.2f} (best of 3)")
         print(f"# load average {os.getloadavg()[0]:.1f} at the end")

@@ -35,7 +35,18 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "the shadow model's live record and verdict, and the serving skew",
     ),
     ("report", "pr"): ("stages.cli.pr_report", "the pull request's report: challenger vs champion"),
-    ("retrain",): ("stages.cli.retrain", "ingest, reproduce, gate, report; push retrain/<date>"),
+    ("run",): (
+        "stages.cli.run",
+        "run prediction|training|daily: the two pipelines, the retrain policy between them",
+    ),
+    ("champion",): (
+        "stages.cli.champion",
+        "make the trained model the champion (models/champion, models/champion.dvc)",
+    ),
+    ("retrain",): (
+        "stages.cli.retrain",
+        "ingest, training run, gate, promote, prediction run, report; push retrain/<date>",
+    ),
     ("promote",): (
         "stages.cli.promote",
         "verify the verdict, GTO tags, stamped card, build context",

@@ -6,11 +6,15 @@
 In order: config overrides (read from an environment variable, validated against conf/, written
 into conf/) and `evergreen params`; the DVC locks a killed earlier run left cleared
 (stages/cli/repro.py); `dvc pull --allow-missing` (the persisted validate/prepare state, so the
-stages do only the increment); `evergreen ingest`; `dvc repro`; `dvc push`;
-`evergreen gate --ref REMOTE/BASE` (the verdict is committed with the challenger: promotion
-checks it); `evergreen report pr`; then a commit on `retrain/<date>` pushed (forced: a rerun the
-same day replaces it) to REMOTE. A gate that does not bless still pushes the branch: the pull
-request shows why, and its failing check blocks the merge. Nothing changed: nothing is pushed.
+stages do only the increment); `evergreen ingest`; the training run's stages (`dvc repro card
+drift`); `evergreen gate --ref REMOTE/BASE` (the verdict is committed with the challenger:
+promotion checks it); a blessed model becomes the champion (`evergreen champion
+--blessed-only`: the branch carries the new `models/champion.dvc`, so merging promotes) and the
+prediction stages rerun on it (`dvc repro report`: the pull request's lock is complete and its
+insights report is the new champion's); `dvc push`; `evergreen report pr`; then a commit on
+`retrain/<date>` pushed (forced: a rerun the same day replaces it) to REMOTE. A gate that does
+not bless still pushes the branch, the champion unchanged: the pull request shows why, and its
+failing check blocks the merge. Nothing changed: nothing is pushed.
 
 Opening the pull request is left to the workflow (`gh pr create`), the one step that needs
 GitHub itself. When run in GitHub Actions, `branch`, `changed` and `blessed` are step outputs.
@@ -28,6 +32,7 @@ from pathlib import Path
 
 from stages.cli.promote import github_output
 from stages.cli.repro import clear_stale_locks
+from stages.cli.run import PREDICTION_TARGETS, TRAINING_TARGETS
 
 # what a retrain may change; everything else in the tree stays out of the commit
 COMMITTED = ("conf", "params.yaml", "data.dvc", "dvc.lock", "metrics", "plots", "models")
@@ -58,13 +63,16 @@ def retrain(args: argparse.Namespace) -> dict[str, str]:
         print(f"retrain: {line}", flush=True)
     _run(["dvc", "pull", "--allow-missing"], repo)
     _evergreen(repo, "ingest", *(["--lake", args.lake] if args.lake else []))
-    _run(["dvc", "repro"], repo)
-    _run(["dvc", "push"], repo)
+    _run(["dvc", "repro", *TRAINING_TARGETS], repo)
     base = f"{args.remote}/{args.base}" if args.remote else args.base
     if args.remote:
         # the champion is what the remote's base holds now, not a stale local copy
         _run(["git", "fetch", "--quiet", args.remote, args.base], repo)
     blessed = _evergreen(repo, "gate", "--ref", base, ok=(0, 1)) == 0
+    if blessed:
+        _evergreen(repo, "champion", "--blessed-only")
+    _run(["dvc", "repro", *PREDICTION_TARGETS], repo)
+    _run(["dvc", "push"], repo)
     _evergreen(repo, "report", "pr", "--base", base, "--out", args.report)
 
     branch = f"retrain/{args.date}"

@@ -36,7 +36,13 @@ from stages.lib.dataset import DatasetConfig
 from stages.lib.engine import EngineConfig, collect, connect, read_parquet, write_parquet
 from stages.lib.io import write_json
 from stages.lib.predictions import SNAPSHOT_COL
-from stages.lib.snapshots import FeaturesConfig, category_types, frame_schema, without_excluded
+from stages.lib.snapshots import (
+    FeaturesConfig,
+    category_types,
+    check_champion_features,
+    frame_schema,
+    without_excluded,
+)
 
 PENDING = "pending targets"
 LATEST_PERIOD = "latest period"
@@ -204,4 +210,40 @@ def write_rows(
         f"{task.period_days} days up to {bounds['last_labelled']}, {n_predict} to predict "
         f"({why}); {bounds['untimed']} row(s) without a time left out"
     )
+    return 0
+
+
+def write_rows_predict_set(
+    history_dir: Path,
+    out_dir: Path,
+    dataset: DatasetConfig,
+    cfg: FeaturesConfig,
+    engine: EngineConfig,
+    champion: tuple[FeatureSchema, Path],
+) -> int:
+    """A rows task's prediction set, as `write_rows` picks it (the rows whose target is still
+    null, else the latest period's), with the columns the champion's schema reads."""
+    schema, schema_path = champion
+    numeric, categorical = rows_features(dataset, cfg)
+    key = dataset.task.key
+    check_champion_features([*numeric, *categorical], schema, schema_path, key)
+    con = connect(engine)
+    source = history_dir / f"{dataset.task.table}.parquet"
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"{source}: prepare's history of table '{dataset.task.table}' not found"
+        )
+    table = read_parquet(con, source)
+    bounds = _day_bounds(con, table, dataset)
+    if bounds["last_labelled"] is None:
+        raise ValueError(f"{source}: no row has a target '{dataset.task.target}' (and a time)")
+    labelled, pending = build_rows(table, dataset, cfg, last=bounds["last_labelled"])
+    predict, why = pending, PENDING
+    if not collect(con, pending.aggregate(n=pending.count())).to_pylist()[0]["n"]:
+        predict, why = latest_period(labelled, dataset), LATEST_PERIOD
+    n_predict = write_parquet(con, predict, out_dir / "predict.parquet", frame_schema(predict))
+    write_json(
+        {"date": str(bounds["last"]), "rows": n_predict, "source": why}, out_dir / "summary.json"
+    )
+    print(f"predict_set ({dataset.task.kind}): {n_predict} rows to score ({why})")
     return 0

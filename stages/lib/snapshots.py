@@ -384,3 +384,46 @@ def write_snapshots(
         f"({dates[0]}..{dates[-1]}), {n_predict} to predict at {last}"
     )
     return 0
+
+
+def check_champion_features(
+    computed: Sequence[str], schema: FeatureSchema, schema_path: Path, key: str
+) -> None:
+    """ValueError naming the champion's features (or key) that today's config does not
+    compute: its schema, not the config, says what it reads, so a config change that drops one
+    needs a training run before the prediction run can score with it."""
+    if schema.entity_key != key:
+        raise ValueError(
+            f"{schema_path}: the champion is keyed by '{schema.entity_key}', the dataset by "
+            f"'{key}': run `evergreen run training --promote`"
+        )
+    missing = [f for f in schema.features if f not in computed]
+    if missing:
+        raise ValueError(
+            f"{schema_path}: the champion reads {missing}, which the features config does not "
+            "compute now: run `evergreen run training --promote`"
+        )
+
+
+def write_predict_set(
+    history_dir: Path,
+    out_dir: Path,
+    dataset: DatasetConfig,
+    cfg: FeaturesConfig,
+    engine: EngineConfig,
+    champion: tuple[FeatureSchema, Path],
+) -> int:
+    """An entity-churn task's prediction set: the entities active at the latest date, with the
+    features the champion's schema reads. One snapshot: the events of its band only (the
+    aggregates' longest window or the lookback), however long the history."""
+    schema, schema_path = champion
+    numeric, categorical = feature_names(dataset, cfg)
+    check_champion_features([*numeric, *categorical], schema, schema_path, dataset.entity_key)
+    con = connect(engine)
+    events, entities = read_history(con, history_dir, dataset)
+    _, last = date_range(con, events, dataset.events.timestamp)
+    predict = build_features(events, entities, [last], dataset, cfg, labelled=False)
+    n_predict = write_parquet(con, predict, out_dir / "predict.parquet", frame_schema(predict))
+    write_json({"date": str(last), "rows": n_predict}, out_dir / "summary.json")
+    print(f"predict_set: {n_predict} entities active at {last} to score")
+    return 0

@@ -58,3 +58,12 @@ def init_repo(base: Path) -> Path:
     sh(repo, "dvc", "config", "hydra.enabled", "true")
     sh(repo, "dvc", "remote", "add", "-d", "local", str(base / "remote"))
     return repo
+
+
+def both_runs(repo: Path, *args: str) -> str:
+    """The whole graph as a first `dvc repro` ran it before the two pipelines: the training
+    stages, the model made the champion (whatever a gate would say), then the prediction
+    stages on it; the output of all three (`args` go to both `dvc repro`s)."""
+    out = sh(repo, "dvc", "repro", "card", "drift", *args)
+    out += sh(repo, "evergreen", "champion")
+    return out + sh(repo, "dvc", "repro", "report", *args)

@@ -22,7 +22,7 @@ import requests
 
 from stages.contract.feature_schema import load_schema
 from stages.lib.model_io import load_model
-from tests.e2e.helpers import e2e_env, init_repo, ran_stages, run, sh
+from tests.e2e.helpers import both_runs, e2e_env, init_repo, ran_stages, run, sh
 from tests.server_process import free_port, running_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -55,7 +55,7 @@ def loop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     lake = ["--lake", "lake", "--days", str(case.days), "--seed", "7"]
     sh(repo, "evergreen", "lake", "simulate", "--dataset", name, *lake)
     sh(repo, "evergreen", "ingest", "--lake", "lake")
-    out = sh(repo, "dvc", "repro")
+    out = both_runs(repo)
     every = {"validate", "prepare", "features", "split", "train", "evaluate", "export", "card"}
     assert every | {"drift", "predict", "monitor", "report"} <= ran_stages(out)
     gate = run(repo, "evergreen", "gate")

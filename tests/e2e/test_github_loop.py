@@ -3,10 +3,12 @@
 A bare git repository is `origin`; a moto S3 server on 127.0.0.1 is both the lake
 (s3://BUCKET/lake) and the DVC remote (s3://BUCKET/dvc). Each job runs in a fresh clone of
 origin, as on a runner. Play: a champion on main -> new days land in the lake -> `evergreen
-retrain` pushes retrain/<date> with the new dvc.lock, the verdict and the report -> the PR
-check (`dvc pull`, `dvc status`, `evergreen gate`, `evergreen report pr`) reproduces both ->
-merge into main -> `evergreen promote` tags the version with GTO, stamps the card and writes the
-image's build context -> `evergreen canary` starts the server from it and checks /info's version.
+retrain` (the training run) pushes retrain/<date> with the new dvc.lock, the verdict, the new
+champion (models/champion.dvc) and the report -> the PR check (`dvc pull`, `dvc status`,
+`evergreen gate`, `evergreen report pr`) reproduces both -> merge into main -> `evergreen
+promote` tags the version with GTO, stamps the card and writes the image's build context ->
+`evergreen canary` starts the server from it and checks /info's version -> daily.yml's
+prediction run on main scores a new day with the merged champion and trains nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import pytest
 import yaml
 
 from stages.cli.gate import recorded_md5
-from tests.e2e.helpers import init_repo, run, sh
+from stages.contract.card import file_md5
+from tests.e2e.helpers import both_runs, init_repo, ran_stages, run, sh
 from tests.server_process import free_port
 from tests.stages.test_ingest import s3_endpoint  # noqa: F401 (a real moto S3 server)
 
@@ -69,7 +72,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
     simulate = ("evergreen", "lake", "simulate", "--lake", lake)
     sh(seed, *simulate, "--start", "2026-01-01", "--days", "60", "--customers", "300")
     sh(seed, "evergreen", "ingest", "--lake", lake)
-    sh(seed, "dvc", "repro")
+    both_runs(seed)
     sh(seed, "evergreen", "gate")
     sh(seed, "git", "add", "-A")
     sh(seed, "git", "commit", "-q", "-m", "champion")
@@ -128,6 +131,11 @@ def test_retrain_pushes_a_branch_with_the_new_lock_verdict_and_report(
     assert gate["blessed"] is True, gate
     assert gate["champion"]["commit"] == retrained["champion"]
     assert gate["challenger"]["model_md5"] == recorded_md5(new_lock, "models/model.skops")
+    # blessed, so the branch carries the new champion: merging it promotes
+    champion = yaml.safe_load(show(origin, branch, "models/champion.dvc"))["outs"][0]["md5"]
+    assert champion != yaml.safe_load(show(origin, "main", "models/champion.dvc"))["outs"][0]["md5"]
+    monitor = json.loads(show(origin, branch, "metrics/monitor.json"))
+    assert monitor["date"] == "2026-03-08"  # the prediction stages reran on the new champion
 
     report = show(origin, branch, "review/report.md")
     old = json.loads(show(origin, "main", "metrics/evaluate.json"))
@@ -197,3 +205,29 @@ def test_merge_then_promote_tags_builds_and_serves_the_new_model(
     again = run(promoter, "evergreen", "promote", "--out", "build2")
     assert again.returncode == 0, again.stdout + again.stderr
     assert sh(promoter, "git", "ls-remote", "--tags", "origin") == tags
+
+
+def test_after_the_merge_the_daily_prediction_run_scores_with_the_new_champion(
+    world: dict, retrained: dict
+) -> None:
+    """daily.yml on main after the merge: `dvc pull`, a new day ingested, `evergreen run daily`:
+    the prediction stages only, scored by the merged champion, published to the lake."""
+    import boto3
+    import pandas as pd
+
+    daily = clone(world, "daily")
+    sh(daily, "dvc", "pull", "-q")
+    sh(daily, "evergreen", "lake", "simulate", "--lake", world["lake"], "--days", "1")
+    sh(daily, "evergreen", "ingest", "--lake", world["lake"])
+    out = sh(daily, "evergreen", "run", "daily", "--lake", world["lake"])
+    assert ran_stages(out) == {
+        "validate", "profiles", "prepare", "predict_set", "predict", "monitor", "report"
+    }  # fmt: skip
+    assert "daily: policy 'monitor': no training" in out
+    onnx = file_md5(daily / "models/champion/model.onnx")
+    lock = yaml.safe_load((daily / "dvc.lock").read_text())
+    assert onnx == recorded_md5(lock, "models/model.onnx")  # the merged model is the champion
+    key = "lake/predictions/date=2026-03-09/predictions.parquet"
+    body = boto3.client("s3").get_object(Bucket=world["bucket"], Key=key)["Body"].read()
+    (daily / "published.parquet").write_bytes(body)
+    assert set(pd.read_parquet(daily / "published.parquet")["model_version"]) == {onnx}

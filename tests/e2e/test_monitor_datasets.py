@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 
 from stages.sim.samples import bank, bikes, retail
-from tests.e2e.helpers import init_repo, ran_stages, sh
+from tests.e2e.helpers import both_runs, init_repo, ran_stages, sh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-SINGLE = ("validate", "profiles", "prepare", "features", "predict", "monitor")
+SINGLE = ("validate", "profiles", "prepare", "predict_set", "predict", "monitor")
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def verdicts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     lake = ("--lake", "lake", "--dataset", name, "--seed", "7")
     sh(repo, "evergreen", "lake", "simulate", *lake, "--days", str(case.trained_days))
     sh(repo, "evergreen", "ingest", "--lake", "lake")
-    assert "train" in ran_stages(sh(repo, "dvc", "repro"))
+    assert "train" in ran_stages(both_runs(repo))
     model = (repo / "models/model.onnx").read_bytes()
     trained = _verdict(repo)
     sh(repo, "evergreen", "publish", "--lake", "lake")

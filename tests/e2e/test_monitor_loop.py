@@ -19,12 +19,12 @@ import pytest
 from PIL import Image
 
 from stages.lib.params import compose_params
-from tests.e2e.helpers import e2e_env, init_repo, ran_stages, run, sh
+from tests.e2e.helpers import both_runs, e2e_env, init_repo, ran_stages, run, sh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 DRIFT_DAY = 64  # the model is trained on days 0..59, the regime changes on day 64
-SINGLE = ("validate", "profiles", "prepare", "features", "predict", "monitor", "report")
+SINGLE = ("validate", "profiles", "prepare", "predict_set", "predict", "monitor", "report")
 CHROMIUM = Path("/usr/bin/chromium")
 
 
@@ -50,7 +50,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict:
         [f"simulate.drift_day={DRIFT_DAY}", "train.n_trials=0"],
     )
     _simulate(repo, "--start", "2026-01-01", "--days", "60", "--seed", "7")
-    out = sh(repo, "dvc", "repro")
+    out = both_runs(repo)
     assert {"predict", "monitor", "report"} <= ran_stages(out)
     first = json.loads((repo / "artifacts/monitor/report.json").read_text())
     sh(repo, "evergreen", "publish")

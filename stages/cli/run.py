@@ -1,0 +1,169 @@
+"""`evergreen run prediction|training|daily`: the two pipelines, and the policy between them.
+
+    evergreen run prediction [--lake DIR|s3://...]       (after `evergreen ingest`)
+    evergreen run training [--ref REF] [--promote]
+    evergreen run daily [--lake ...] [--train] [--ref REF]
+
+- **prediction**: `dvc repro report` (validate, profiles, prepare, predict_set, predict,
+  monitor, report: the champion in models/champion/ scores the latest day), then `evergreen
+  publish`. No stage of it depends on a training output, so it never trains; it prints the
+  stages that ran, and fails in one line when there is no champion.
+- **training**: `dvc repro card drift` (features, split, train, evaluate, export, card and the
+  data drift report), then `evergreen gate` against the champion on REF; with `--promote`, a
+  blessed model becomes the champion (`evergreen champion`). Exit 0 blessed, 1 not.
+- **daily**: the prediction run, then the production retrain policy (`retrain.policy`,
+  stages/lib/policy.py) decides from the monitor's `retrain_recommended` and the days since the
+  champion's training data ends whether the training run follows: printed with its reason, and
+  a step output `train` in GitHub Actions (the daily workflow dispatches the training run);
+  `--train` runs it here, promoting a blessed model.
+
+Each first clears the DVC locks a killed earlier run left (stages/cli/repro.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from stages.cli.champion import ChampionError, champion_record, promote, require_champion
+from stages.cli.promote import github_output
+from stages.cli.repro import clear_stale_locks
+
+# `dvc repro` targets: each run reproduces these and what they depend on, nothing else
+PREDICTION_TARGETS = ("report",)
+TRAINING_TARGETS = ("card", "drift")
+TRAINING_STAGES = ("features", "split", "drift", "train", "evaluate", "export", "card")
+
+
+def repro(targets: Sequence[str]) -> tuple[int, list[str]]:
+    """`dvc repro TARGETS` after clearing stale locks, its output passed through; (exit code,
+    the stages that ran, in order)."""
+    for line in clear_stale_locks(Path(".")):
+        print(line, flush=True)
+    ran = []
+    with subprocess.Popen(
+        ["dvc", "repro", *targets], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            if line.startswith("Running stage '"):
+                ran.append(line.split("'")[1])
+    return proc.returncode, ran
+
+
+def _evergreen(*args: str) -> int:
+    # the same interpreter, so the stages and the venv are the ones running this command
+    return subprocess.run([sys.executable, "-m", "stages.cli", *args], check=False).returncode
+
+
+def prediction(lake: str | None) -> int:
+    try:
+        require_champion()
+    except ChampionError as exc:
+        print(f"evergreen run prediction: {exc}", file=sys.stderr)
+        return 2
+    code, ran = repro(PREDICTION_TARGETS)
+    if code != 0:
+        print(f"evergreen run prediction: `dvc repro report` exited {code}", file=sys.stderr)
+        return 1
+    trained = [s for s in ran if s in TRAINING_STAGES]
+    if trained:  # the graph forbids it; a dvc.yaml edit that breaks that must not go unseen
+        print(f"evergreen run prediction: training stages ran: {trained}", file=sys.stderr)
+        return 1
+    print(f"prediction run: stages run: {', '.join(ran) if ran else 'none (up to date)'}")
+    return _evergreen("publish", *(["--lake", lake] if lake else []))
+
+
+def training(ref: str | None, *, promote_blessed: bool) -> int:
+    code, ran = repro(TRAINING_TARGETS)
+    if code != 0:
+        print(f"evergreen run training: `dvc repro card drift` exited {code}", file=sys.stderr)
+        return 1
+    print(f"training run: stages run: {', '.join(ran) if ran else 'none (up to date)'}")
+    verdict = _evergreen("gate", *(["--ref", ref] if ref else []))
+    if verdict not in (0, 1):
+        print(f"evergreen run training: `evergreen gate` exited {verdict}", file=sys.stderr)
+        return 2
+    if promote_blessed:
+        if verdict != 0:
+            print("training run: not promoted: the gate did not bless the model")
+            return 1
+        try:
+            record = promote(Path("."), blessed_only=True)
+        except ChampionError as exc:
+            print(f"evergreen run training: {exc}", file=sys.stderr)
+            return 2
+        print(f"training run: promoted {record['onnx_md5']} to models/champion")
+    return verdict
+
+
+def decide(params_path: Path = Path("params.yaml")) -> tuple[bool, str, str]:
+    """(train?, why, the policy's name) for the production policy, from metrics/monitor.json
+    and the champion's record."""
+    from stages.lib.params import load_params
+    from stages.lib.policy import production_policy
+
+    policy = production_policy(load_params(params_path))
+    record = champion_record()
+    monitor_path = Path("metrics/monitor.json")
+    monitor = json.loads(monitor_path.read_text()) if monitor_path.is_file() else {}
+    today = dt.date.fromisoformat(monitor["date"]) if monitor.get("date") else dt.date.today()
+    last = record and record.get("trained_through")
+    last_trained = dt.date.fromisoformat(last) if last and last != "None" else None
+    decision = policy.decide(today, last_trained, bool(monitor.get("retrain_recommended")))
+    return decision.train, decision.reason, policy.name
+
+
+def daily(lake: str | None, ref: str | None, *, train_here: bool) -> int:
+    if champion_record() is None:
+        print("daily: prediction run skipped: no model in production")
+    else:
+        code = prediction(lake)
+        if code != 0:
+            return code
+    try:
+        train, reason, name = decide()
+    except (ValueError, KeyError) as exc:  # a PolicyError names retrain.<key>
+        print(f"evergreen run daily: {exc}", file=sys.stderr)
+        return 2
+    print(f"daily: policy '{name}': {'TRAIN' if train else 'no training'} ({reason})")
+    github_output({"train": str(train).lower()})
+    if train and train_here:
+        blessed = training(ref, promote_blessed=True)
+        if blessed == 0:
+            return prediction(lake)  # the new champion scores the day
+        return 0 if blessed == 1 else blessed
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="evergreen run",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("pipeline", choices=("prediction", "training", "daily"))
+    parser.add_argument("--lake", help="where predictions are published (default: lake.path)")
+    parser.add_argument("--ref", help="the champion's git ref for the gate (gate.champion_ref)")
+    parser.add_argument(
+        "--promote", action="store_true", help="training: make a blessed model the champion"
+    )
+    parser.add_argument(
+        "--train", action="store_true", help="daily: run the training run here when it is due"
+    )
+    args = parser.parse_args(argv)
+    if args.pipeline == "prediction":
+        return prediction(args.lake)
+    if args.pipeline == "training":
+        return training(args.ref, promote_blessed=args.promote)
+    return daily(args.lake, args.ref, train_here=args.train)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
