@@ -13,6 +13,10 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "stages.cli.simulate",
         "write the simulated shop lake (daily partitions)",
     ),
+    ("lake", "land"): (
+        "stages.cli.land",
+        "split CSV exports by day into the lake's partitions of a table",
+    ),
     ("new",): (
         "stages.cli.new",
         "start the project over for a dataset: make it the default, clear the previous state",

@@ -1,0 +1,175 @@
+"""`evergreen lake land`: CSV exports into the lake's daily partitions of one table.
+
+    evergreen lake land --table TABLE [--lake DIR|s3://bucket/prefix] FILE_OR_FOLDER...
+                        [--params params.yaml]
+
+Real data seldom arrives as `landing/<table>/date=YYYY-MM-DD/`: an export is one CSV, or one
+per month. This splits each CSV's rows by the calendar day of the table's `timestamp` column
+and writes them to `landing/<table>/<partition>=<day>/<file stem>.csv`: the header, then that
+day's rows with their values' text untouched (validate parses and checks the types, as for a
+file any other tool landed). The day is the one the file writes for a naive time, and the day
+in the table's `timezone` for a time with an offset, so a day's partition holds that local day.
+
+No row is dropped: a row whose timestamp is not an ISO 8601 time (or that has another number of
+fields than the header) stops the command before anything is written, with one line naming the
+file, the line and what was expected. A partition file with the same bytes is left alone (a
+rerun writes nothing); one with other bytes is replaced, as a re-sent day is (ingest then copies
+it, validate redoes that partition). The table must be declared `format: csv`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import io
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from stages.contract.storage import Lake
+from stages.lib.dataset import DatasetConfigError, TableSpec, dataset_from_params
+from stages.lib.params import ParamsError, default_lake, load_params
+
+
+class LandError(ValueError):
+    """An input that cannot be landed; the message is one line naming the file."""
+
+
+def csv_files(inputs: Iterable[str]) -> list[Path]:
+    """The CSV files named, and those in the folders named (sorted: the same order each run)."""
+    files: list[Path] = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.csv") if p.is_file())
+            if not found:
+                raise LandError(f"{path}: no *.csv file in this folder")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise LandError(f"{path}: no such file or folder")
+    stems = defaultdict(list)
+    for path in files:
+        stems[path.stem].append(path)
+    clash = next((paths for paths in stems.values() if len(paths) > 1), None)
+    if clash:
+        # each input's rows of a day go to <stem>.csv: two inputs with one stem would overwrite
+        raise LandError(f"{clash[0]} and {clash[1]}: two inputs named {clash[0].stem}.csv")
+    return files
+
+
+def day_of(text: str, zone: ZoneInfo) -> dt.date | None:
+    """The calendar day of an ISO 8601 time: its own for a naive time, `zone`'s for an aware one."""
+    try:
+        moment = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(zone)
+    return moment.date()
+
+
+def split_by_day(path: Path, table: TableSpec) -> tuple[list[str], dict[dt.date, list[list[str]]]]:
+    """The header and each day's rows of one CSV file (LandError on a row it cannot place)."""
+    zone = ZoneInfo(table.timezone)
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if not header:
+            raise LandError(f"{path}: empty file, expected a header line")
+        if table.timestamp not in header:
+            raise LandError(
+                f"{path}: no column '{table.timestamp}' (the table's timestamp), "
+                f"header has {', '.join(header[:8])}{'...' if len(header) > 8 else ''}"
+            )
+        at = header.index(table.timestamp)
+        days: dict[dt.date, list[list[str]]] = defaultdict(list)
+        for row in reader:
+            if not row:
+                continue  # a blank line holds no row
+            if len(row) != len(header):
+                raise LandError(
+                    f"{path}: line {reader.line_num}: {len(row)} fields, expected "
+                    f"{len(header)} as in the header"
+                )
+            day = day_of(row[at], zone)
+            if day is None:
+                raise LandError(
+                    f"{path}: line {reader.line_num}: {table.timestamp} {row[at][:40]!r} is "
+                    f"not an ISO 8601 time (e.g. 2026-03-01 14:05:00)"
+                )
+            days[day].append(row)
+    return header, days
+
+
+def to_csv(header: list[str], rows: list[list[str]]) -> bytes:
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue().encode("utf-8")
+
+
+def land(files: Sequence[Path], table: TableSpec, lake: Lake) -> dict[str, int]:
+    """Write every file's days into `lake`; every file is read (and checked) before one byte
+    is written, so a bad row leaves the lake as it was."""
+    planned: list[tuple[str, bytes]] = []
+    rows = 0
+    for path in files:
+        header, days = split_by_day(path, table)
+        for day, day_rows in sorted(days.items()):
+            rel = f"landing/{table.name}/{table.partition}={day.isoformat()}/{path.stem}.csv"
+            planned.append((rel, to_csv(header, day_rows)))
+            rows += len(day_rows)
+    written = unchanged = 0
+    for rel, data in planned:
+        if lake.exists(rel) and lake.read(rel) == data:
+            unchanged += 1
+            continue
+        lake.write(rel, data)
+        written += 1
+    return {"files": len(files), "rows": rows, "written": written, "unchanged": unchanged}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="evergreen lake land", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("inputs", nargs="+", help="CSV files, or folders of them (recursive)")
+    parser.add_argument("--table", required=True, help="the dataset's table they belong to")
+    parser.add_argument("--lake", help="lake folder or s3:// prefix (default: params lake.path)")
+    parser.add_argument("--params", default="params.yaml", help="params file")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        dataset = dataset_from_params(params["dataset"])
+        names = [t.name for t in dataset.tables]
+        if args.table not in names:
+            raise LandError(
+                f"{args.params}: dataset '{dataset.name}' has no table '{args.table}' "
+                f"(tables: {', '.join(names)})"
+            )
+        table = dataset.table(args.table)
+        if table.format != "csv":
+            raise LandError(
+                f"{args.params}: dataset.tables.{table.name}.format is {table.format}; "
+                "`lake land` writes CSV partitions: declare format: csv"
+            )
+        counts = land(csv_files(args.inputs), table, Lake(default_lake(args.lake, args.params)))
+    except (LandError, ParamsError, DatasetConfigError, OSError, UnicodeDecodeError) as exc:
+        print(f"evergreen lake land: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"landed {counts['rows']} rows of {counts['files']} file(s) into table "
+        f"{table.name}: {counts['written']} partition file(s) written, "
+        f"{counts['unchanged']} unchanged"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""`evergreen lake land`: CSV exports split by day into a table's partitions, no row lost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+HEADER = "play_id,user_id,played_at,kind,quantity,unit_price,seconds,region,device\n"
+
+
+@pytest.fixture
+def params(tmp_path: Path) -> Path:
+    """The committed params with the plays dataset (a CSV table, partition key `day`,
+    naive times in Europe/Paris)."""
+    composed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    composed["dataset"] = yaml.safe_load((ROOT / "tests/data/plays.yaml").read_text())
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(composed))
+    return path
+
+
+def land(params: Path, lake: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "stages.cli", "lake", "land", "--params", str(params),
+         "--lake", str(lake), *args],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+
+
+def row(play: int, when: str, note: str = "play") -> str:
+    # a quoted field with a comma: its text must come out as it went in
+    return f'p{play:06d},u0001,{when},{note},,,"12.5",north,web\n'
+
+
+def test_rows_go_to_the_day_of_their_time_and_a_rerun_writes_nothing(tmp_path, params):
+    export = tmp_path / "exports"
+    export.mkdir()
+    (export / "march.csv").write_text(
+        HEADER
+        + row(1, "2026-03-01 23:59:00")
+        + row(2, "2026-03-02T00:00:01")
+        # 23:30 UTC is 00:30 the next day in Paris: the table's local day
+        + row(3, "2026-03-01T23:30:00+00:00")
+        + "\n"
+        + row(4, "2026-03-02 08:00:00")
+    )
+    lake = tmp_path / "lake"
+    done = land(params, lake, str(export), "--table", "activity")
+    assert done.returncode == 0, done.stderr
+    assert "landed 4 rows of 1 file(s) into table activity: 2 partition file(s) written" in (
+        done.stdout
+    )
+    first = lake / "landing/activity/day=2026-03-01/march.csv"
+    second = lake / "landing/activity/day=2026-03-02/march.csv"
+    assert first.read_text() == HEADER + row(1, "2026-03-01 23:59:00").replace('"12.5"', "12.5")
+    assert second.read_text().splitlines()[1:] == [
+        "p000002,u0001,2026-03-02T00:00:01,play,,,12.5,north,web",
+        "p000003,u0001,2026-03-01T23:30:00+00:00,play,,,12.5,north,web",
+        "p000004,u0001,2026-03-02 08:00:00,play,,,12.5,north,web",
+    ]
+    again = land(params, lake, str(export / "march.csv"), "--table", "activity")
+    assert "0 partition file(s) written, 2 unchanged" in again.stdout
+    # a re-sent export replaces the day it changes, and only that day
+    (export / "march.csv").write_text(HEADER + row(1, "2026-03-01 23:59:00", "skip"))
+    resent = land(params, lake, str(export), "--table", "activity")
+    assert "1 partition file(s) written" in resent.stdout
+    assert ",skip," in first.read_text() and second.is_file()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (HEADER + row(1, "2026-03-01 10:00:00") + row(2, "03/01/2026 10:00"),
+         "bad.csv: line 3: played_at '03/01/2026 10:00' is not an ISO 8601 time"),
+        (HEADER + "p000001,u0001,2026-03-01 10:00:00\n",
+         "bad.csv: line 2: 3 fields, expected 9 as in the header"),
+        ("id,when\n1,2026-03-01\n", "bad.csv: no column 'played_at' (the table's timestamp)"),
+        ("", "bad.csv: empty file, expected a header line"),
+    ],
+)  # fmt: skip
+def test_a_row_it_cannot_place_stops_it_before_anything_is_written(
+    tmp_path, params, content, message
+):
+    good = tmp_path / "good.csv"
+    good.write_text(HEADER + row(9, "2026-03-05 10:00:00"))
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content)
+    lake = tmp_path / "lake"
+    done = land(params, lake, str(good), str(bad), "--table", "activity")
+    assert done.returncode == 2
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not lake.exists()  # the good file was not landed either
+
+
+def test_config_mistakes_are_one_line(tmp_path, params):
+    export = tmp_path / "a.csv"
+    export.write_text(HEADER)
+    unknown = land(params, tmp_path / "lake", str(export), "--table", "plays")
+    assert unknown.returncode == 2
+    assert "dataset 'plays' has no table 'plays' (tables: activity)" in unknown.stderr
+    missing = land(params, tmp_path / "lake", str(tmp_path / "nope"), "--table", "activity")
+    assert missing.returncode == 2 and "nope: no such file or folder" in missing.stderr
+    composed = yaml.safe_load(params.read_text())
+    composed["dataset"]["tables"]["activity"]["format"] = "parquet"
+    params.write_text(yaml.safe_dump(composed))
+    parquet = land(params, tmp_path / "lake", str(export), "--table", "activity")
+    assert parquet.returncode == 2
+    assert "dataset.tables.activity.format is parquet" in parquet.stderr
