@@ -135,9 +135,11 @@ def compose_params(
         merged = merge_dataset_sections(raw, key_overrides)
         if dataset_keys is not None:
             dataset_keys.update(_set_keys(raw.get("dataset"), key_overrides))
-        cfg = OmegaConf.create(merged)
-        OmegaConf.resolve(cfg)
-        text = OmegaConf.to_yaml(cfg)
+        # resolved into plain containers: OmegaConf.resolve in place cannot store a
+        # container an interpolation returns (`${oc.select:dataset.slices,[]}` of a dataset
+        # without slices: "Value 'list' is not a supported primitive type")
+        resolved = OmegaConf.to_container(OmegaConf.create(merged), resolve=True)
+        text = OmegaConf.to_yaml(OmegaConf.create(resolved))
     except ParamsError:
         raise
     except Exception as exc:  # Hydra and OmegaConf raise many types; one line, never a trace

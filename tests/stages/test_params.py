@@ -169,6 +169,17 @@ def test_a_dataset_sets_its_sections_over_conf_and_the_command_line_wins(conf, t
     assert _compose(conf, tmp_path)["features"]["windows"] == [7, 14, 28]  # shop: conf's
 
 
+def test_a_dataset_without_slices_composes_with_none(conf, tmp_path):
+    # evaluate.slices is `${oc.select:dataset.slices,[]}`: its default, a list, must resolve
+    # (a new user's first config seldom names slices)
+    text = (conf / "dataset" / "bank.yaml").read_text()
+    (conf / "dataset" / "noslices.yaml").write_text(
+        text.replace("name: bank", "name: noslices").replace("slices: [contact, month, job]", "")
+    )
+    params = _compose(conf, tmp_path, "dataset=noslices")
+    assert params["evaluate"]["slices"] == [] and "slices" not in params["dataset"]
+
+
 def test_an_unknown_key_in_a_dataset_section_is_one_line_naming_file_and_key(conf, tmp_path):
     with (conf / "dataset" / "bank.yaml").open("a") as f:
         f.write("drift:\n  last_dayz: 3\n")
