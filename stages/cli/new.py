@@ -177,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("nothing to remove: no state of a previous dataset")
     lake = load_params(args.repo / PARAMS_FILE).get("lake", {}).get("path")
     print(
-        f"next: evergreen ingest (from {lake}); dvc repro; evergreen gate; then commit "
+        f"next: evergreen ingest (from {lake}); evergreen run training --promote; evergreen "
+        "run prediction; then commit "
         "(git add -A): main's champion is another dataset's until this state is committed there"
     )
     return 0
