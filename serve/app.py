@@ -71,7 +71,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
-from serve.direct import DirectLitServer, serve_directly
+from serve.direct import DirectLitServer, freeze_loaded, serve_directly
 from serve.health import WorkerHealth, WorkerMonitor, fail_waiting_requests
 from serve.model import Feed, ServedModel, concat, load_served_model, preflight
 from serve.protocol import timed_protocol
@@ -167,6 +167,7 @@ class PredictAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         # LitServe numbers its inference workers 0..workers-1 and says which one this is
         self.load(int(os.environ.get("LITSERVE_WORKER_ID", "0")), role="worker")
+        freeze_loaded()
         if self.sink is not None:
             atexit.register(self.sink.close)
             signal.signal(signal.SIGTERM, _exit_on_signal)

@@ -30,6 +30,7 @@ than handing it to a thread would cost. Models whose inference dominates belong 
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -71,6 +72,15 @@ class DirectLitServer(ls.LitServer):
         workers = super()._start_server(*args, **kwargs)
         self.api_server_processes = list(workers.values())
         return workers
+
+
+def freeze_loaded() -> None:
+    """Take what the process holds once its model is loaded (libraries, model, app) out of
+    the garbage collector's passes: it lives as long as the process, and a full collection
+    walking its ~350,000 objects held the event loop for 150 ms on this container, which is
+    a request's p99 at any concurrency (bench/README.md, "The p99 tail")."""
+    gc.collect()
+    gc.freeze()
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -204,6 +214,7 @@ def serve_directly(
     async def lifespan(app: Any) -> AsyncIterator[Any]:
         # LitServe sets each API server's copy of the app its number (0..api_servers-1)
         api.load(int(app.response_queue_id or 0), role="API server")
+        freeze_loaded()
         try:
             async with inner(app) as state:
                 yield state

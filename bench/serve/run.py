@@ -381,7 +381,9 @@ def run_server(
             results[("soak", SOAK_CONCURRENCY)] = load
             emit(
                 f"serve: {name} soak c={SOAK_CONCURRENCY} seconds={soak_s:.0f} {load.describe()} "
-                f"rss_start_mb={rss[0]:.0f} rss_end_mb={rss[-1]:.0f} rss_max_mb={max(rss):.0f}"
+                f"rss_start_mb={rss[0]:.0f} rss_end_mb={rss[-1]:.0f} rss_max_mb={max(rss):.0f} "
+                # growth that levels off is a buffer filling; growth to the end, a leak
+                f"rss_mb_every_10s={','.join(f'{r:.0f}' for r in rss[::10])}"
             )
     finally:
         stop(proc, profiled=bool(py_spy and name == "evergreen"))

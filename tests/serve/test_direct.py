@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -207,3 +208,72 @@ def test_both_modes_log_the_same_predictions_with_the_shadow_scores(
     rows = logs["direct"]
     assert len(rows) == 4 and all(r["authenticated"] for r in rows)
     assert all(r["shadow_score"] is not None and r["shadow_score"] != r["score"] for r in rows)
+
+
+# an API server's lifespan (serve_directly's), run in a fresh interpreter: freezing is for
+# the whole process, and pytest's must not be frozen
+LIFESPAN = """
+import asyncio, gc, json, sys
+from fastapi import FastAPI
+from serve.app import routed_api, validate
+from serve.direct import serve_directly
+from serve.model import load_served_model
+from serve.schema import api_models
+from serve.settings import load_settings
+from serve.sink import Counters
+
+settings = load_settings(sys.argv[1], {})
+champion = load_served_model(settings.model, settings.card, range_margin=1.0)
+models = api_models(champion.schema, settings.max_records)
+api = routed_api(models)(settings, key=None, counters=Counters())
+app = FastAPI()
+app.add_api_route("/predict", lambda: None, methods=["POST"])
+app.response_queue_id = 1  # as LitServe numbers its API servers
+serve_directly(app, api, lambda body: validate(models, body), None, path="/predict",
+               failing="failing", not_received="not received", limit=1 << 20)
+
+
+async def main():
+    before = gc.get_freeze_count()
+    async with app.router.lifespan_context(app):
+        frozen = gc.get_freeze_count()
+        sent = []
+        scope = {"type": "http", "method": "POST", "path": "/predict", "headers": [],
+                 "query_string": b"", "root_path": ""}
+
+        async def receive():
+            return {"type": "http.request", "body": sys.argv[2].encode(), "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await app(scope, receive, send)
+    print(json.dumps({"before": before, "frozen": frozen, "status": sent[0]["status"],
+                      "answer": json.loads(sent[1]["body"])}))
+
+
+asyncio.run(main())
+"""
+
+
+def test_an_api_server_keeps_what_it_loaded_out_of_the_collectors_passes(tmp_path: Path) -> None:
+    # a full collection walking the libraries' and the model's objects held the event loop
+    # 150 ms: the p99 of every concurrency (bench/README.md, "The p99 tail")
+    champion = write_model(tmp_path / "models")
+    settings = settings_file(
+        tmp_path / "direct.yaml",
+        model=str(champion.onnx),
+        card=str(champion.card),
+        predictions_path=None,
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", LIFESPAN, str(settings), json.dumps(record(5))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out["before"] == 0 and out["frozen"] > 50_000, out
+    assert out["status"] == 200 and out["answer"]["predictions"][0]["customer_id"] == 5
