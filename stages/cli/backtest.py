@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--warmup-days",
         type=int,
-        help="days of history before the first step (default: what a first training needs)",
+        help="days of history before the first step (default: a full training window)",
     )
     parser.add_argument("--start", type=_date, help="the first step (overrides --warmup-days)")
     parser.add_argument(

@@ -113,7 +113,7 @@ class BacktestError(ValueError):
 @dataclass(frozen=True)
 class BacktestConfig:
     """How the history is replayed: a step every `step_days` days from `start` (default: the
-    lake's first day + `warmup_days`, the least history a first training needs) to `end`
+    lake's first day + `warmup_days`, the history a full training window needs) to `end`
     (default: the last day whose labels have matured within the lake)."""
 
     step_days: int = 7
@@ -184,15 +184,25 @@ class Settings:
         return dt.timedelta(days=self.dataset.label.horizon_days)
 
     def warmup_days(self) -> int:
-        """The least history a first training needs: entity churn, min_history_days + the label
-        horizon + one snapshot interval per valid and test snapshot (split needs three labelled
-        snapshots); a rows task, one period per split."""
+        """The history the first model needs to be trained like every later one: a full window
+        of `features.max_snapshots` labelled snapshots (entity churn: min_history_days + the
+        label horizon + the snapshot intervals between them; a rows task: as many periods), and
+        never less than split needs (a train snapshot besides the valid and test ones).
+
+        Not the least history a training can run on: a first model on one train snapshot is a
+        model nobody would ship, and every policy keeps it until it retrains, so a short
+        warm-up judges how soon a policy replaces a weak first model rather than how it follows
+        the data (retail: one snapshot of ~170 customers, which the weekly schedule replaced
+        and the monitor, seeing no drift, rightly did not)."""
         held_out = self.split.valid_snapshots + self.split.test_snapshots
+        snapshots = max(self.features.max_snapshots, held_out + 1)
         if self.rows:
-            return (held_out + 1) * self.dataset.task.period_days
+            return snapshots * self.dataset.task.period_days
         f = self.features
         return (
-            f.min_history_days + self.dataset.label.horizon_days + held_out * f.snapshot_every_days
+            f.min_history_days
+            + self.dataset.label.horizon_days
+            + (snapshots - 1) * f.snapshot_every_days
         )
 
 
@@ -458,7 +468,6 @@ class Labels:
 class PolicyRun:
     policy: Policy
     champion: Trained | None = None
-    last_trained: dt.date | None = None
     trainings: list[dict[str, Any]] = field(default_factory=list)
     # what the lake's predictions/ would hold: the latest predictions per snapshot date
     published: dict[dt.date, pd.DataFrame] = field(default_factory=dict)
@@ -623,13 +632,15 @@ def _step_policy(
             latest = max(live)
             seen = {k: live[latest][k] for k in ("n", "roc_auc", "mae") if k in live[latest]}
             record["monitor_live"] = {"snapshot": latest, **seen}
-    last = run.last_trained if run.champion is not None else None
+    # production's clock (`evergreen run daily`: the champion's `trained_through`): a challenger
+    # the gate refused is not the model in production, so it neither restarts the schedule nor
+    # the monitor's min gap, which exists because a model just promoted has no matured labels
+    last = run.champion.date if run.champion is not None else None
     decision = run.policy.decide(day, last, recommends)
     record.update(train=decision.train, why=decision.reason)
     if decision.train:
         promoted, what, cost = _train(history, day, run, work, settings, caches, gate)
         seconds += cost
-        run.last_trained = day
         run.trainings.append({"date": day.isoformat(), "promoted": promoted, "result": what})
         record.update(promoted=promoted, result=what)
     run.seconds += seconds

@@ -5,6 +5,7 @@ decision saw), the policies' counts, the page drawn in headless Chromium, one-li
 from __future__ import annotations
 
 import datetime as dt
+import io
 import itertools
 import json
 import shutil
@@ -13,17 +14,28 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import yaml
 
 from stages.cli.backtest import main
 from stages.cli.simulate import main as simulate
-from stages.lib.backtest import BacktestConfig, BacktestError, Settings, step_dates
-from tests.conftest import write_params
+from stages.lib.backtest import (
+    BacktestConfig,
+    BacktestError,
+    GateResult,
+    Settings,
+    Trained,
+    replay,
+    step_dates,
+)
+from stages.lib.params import compose_params
+from stages.lib.snapshots import snapshot_dates
+from tests.conftest import ROOT, write_params
 from tests.stages.test_report_page import rendered
 
 START = dt.date(2026, 1, 1)
 DAYS = 70
-# the steps of the tiny lake: warm-up 7 + 14 + 2 x 7 = 35 days, the last step 14 days (the
-# label horizon) before the lake's last day
+# the steps of the tiny lake: warm-up (a full window of 3 snapshots) 7 + 14 + 2 x 7 = 35 days,
+# the last step 14 days (the label horizon) before the lake's last day
 STEPS = ["2026-02-05", "2026-02-12", "2026-02-19"]
 POISON_AFTER = "2026-02-19"
 
@@ -31,7 +43,7 @@ POISON_AFTER = "2026-02-19"
 def tiny_params(shop_params: dict, tmp: Path) -> Path:
     params = json.loads(json.dumps(shop_params))
     params["dataset"]["label"].update(horizon_days=14, lookback_days=21)
-    params["features"].update(min_history_days=7, max_snapshots=4, windows=[7, 14])
+    params["features"].update(min_history_days=7, max_snapshots=3, windows=[7, 14])
     params["train"]["n_trials"] = 0
     params["gate"]["bootstrap"] = 200
     params["simulate"]["drift_day"] = 40
@@ -40,7 +52,6 @@ def tiny_params(shop_params: dict, tmp: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory, shop_params_file: Path) -> dict[str, Any]:
-    import yaml
 
     tmp = tmp_path_factory.mktemp("backtest")
     params = tiny_params(yaml.safe_load(shop_params_file.read_text()), tmp)
@@ -144,6 +155,30 @@ def test_labels_after_a_step_never_reach_its_decisions(tiny: dict) -> None:
     assert moved > 0
 
 
+def test_a_refused_challenger_does_not_restart_the_clock(tiny: dict) -> None:
+    """Production's clock is the champion's (`evergreen run daily` reads its trained_through):
+    a challenger the gate refuses leaves the old model serving, so the schedule counts on from
+    the champion and the policy trains again at the next step that is due, not every_days
+    after the refused training."""
+    params = yaml.safe_load(tiny["params"].read_text())
+    params["retrain"]["policies"] = {"every_6_days": {"every_days": 6}}
+    settings = Settings.from_params(params)
+
+    def refuse_all(challenger: Trained, champion: Trained | None) -> GateResult:
+        return GateResult(champion is None, "only the first model passes this gate")
+
+    cfg = BacktestConfig(step_days=3, end=dt.date.fromisoformat(STEPS[0]) + dt.timedelta(days=12))
+    found = replay(tiny["lake"] / "landing", tiny["tmp"] / "clock", settings, cfg, refuse_all,
+                   log=io.StringIO())  # fmt: skip
+    run = found["policies"]["every_6_days"]
+    steps = found["steps"]  # 3 days apart: 0, 3, 6, 9, 12 days after the first
+    assert len(steps) == 5
+    # 6 days after the champion, then 9 and 12 (the refused 6's clock would skip 9)
+    assert [t["date"] for t in run["training_dates"]] == [steps[0], *steps[2:]]
+    assert run["promotions"] == 1
+    assert {r["model"] for r in run["series"][1:]} == {f"trained-{steps[0]}"}
+
+
 def test_the_page_draws_the_metric_and_the_table(tiny: dict) -> None:
     shown = rendered(tiny["out"] / "backtest.html")
     assert len(shown["figures"]) == 1
@@ -158,13 +193,37 @@ def test_the_page_draws_the_metric_and_the_table(tiny: dict) -> None:
 def test_the_steps_follow_the_warm_up_the_step_and_the_horizon(shop_params: dict) -> None:
     settings = Settings.from_params(shop_params)
     first, last = dt.date(2026, 1, 1), dt.date(2026, 12, 31)
-    # shop: min_history_days 21 + horizon 21 + valid and test snapshots 2 x 7 = 56 days
+    # shop: the first model's window is full, max_snapshots 8 labelled snapshots: the first
+    # 21 days after min_history_days 21, 7 x 7 days apart, the last one's horizon (21) matured
     steps = step_dates(first, last, settings, BacktestConfig(step_days=7))
-    assert steps[0] == first + dt.timedelta(days=56)
+    assert steps[0] == first + dt.timedelta(days=21 + 7 * 7 + 21)
     assert steps[-1] <= last - dt.timedelta(days=21) < steps[-1] + dt.timedelta(days=7)
     assert {(b - a).days for a, b in itertools.pairwise(steps)} == {7}
     with pytest.raises(BacktestError, match="leave no step"):
-        step_dates(first, first + dt.timedelta(days=60), settings, BacktestConfig())
+        step_dates(first, first + dt.timedelta(days=100), settings, BacktestConfig())
+
+
+def test_the_first_model_is_trained_on_a_full_window(shop_params: dict, tmp_path: Path) -> None:
+    """At the first step the features stage finds max_snapshots labelled snapshots (one fewer
+    the day before): the first model is trained on as much history as every later one, not
+    on the one train snapshot a training can run on."""
+    settings = Settings.from_params(shop_params)
+    first = dt.date(2026, 1, 1)
+    start = step_dates(first, first + dt.timedelta(days=365), settings, BacktestConfig())[0]
+    horizon = settings.dataset.label.horizon_days
+    found = snapshot_dates(first, start, settings.features, horizon_days=horizon)
+    before = snapshot_dates(
+        first, start - dt.timedelta(days=1), settings.features, horizon_days=horizon
+    )
+    assert len(found) == settings.features.max_snapshots == 8
+    assert len(before) == 7
+    # a rows task: as many periods (bikes: 8 weeks of hours), never fewer than split needs
+    bikes = yaml.safe_load(
+        compose_params(ROOT / "conf", tmp_path / "p.yaml", ["dataset=bikes"]).read_text()
+    )
+    assert Settings.from_params(bikes).warmup_days() == 8 * 7
+    bikes["features"]["max_snapshots"] = 2
+    assert Settings.from_params(bikes).warmup_days() == 3 * 7  # train, valid, test: a period each
 
 
 def test_usage_errors_are_one_line(tiny: dict, capsys: pytest.CaptureFixture[str]) -> None:
