@@ -349,8 +349,9 @@ def test_the_command_takes_its_paths_from_dvc_yaml(tmp_path: Path) -> None:
         "metrics/monitor_history.csv",
         "artifacts/monitor/report.json",
     ]
-    # the serving skew's reference is an option, not one of the positions
-    assert argv[argv.index("--train") + 1] == "artifacts/split/train.parquet"
+    # the serving skew's reference is an option, not one of the positions: the champion's
+    # train split (the model in production, not the one last trained)
+    assert argv[argv.index("--train") + 1] == "models/champion/train.parquet"
     with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
         stage_argv(tmp_path / "nope.yaml")
     (tmp_path / "dvc.yaml").write_text("stages: {train: {cmd: python -m stages.train}}\n")

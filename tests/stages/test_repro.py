@@ -177,6 +177,7 @@ def test_retrain_clears_stale_locks_before_its_first_dvc_command(
     )  # fmt: skip
     retrain.retrain(args)
     assert seen[0] == ("dvc pull --allow-missing", False)
-    assert ("dvc repro", False) in seen
+    # the training run's stages, then the prediction stages on the champion it made
+    assert ("dvc repro card drift", False) in seen and ("dvc repro report", False) in seen
     out = capsys.readouterr().out
     assert f"retrain: .dvc/tmp/rwlock: cleared the stale lock of PID {pid}" in out
