@@ -87,14 +87,13 @@ def _output_fields(regression: bool) -> list[tuple[str, pa.DataType]]:
     ]
 
 
-def read_logged(
-    path: str | None, days: int, column: str = SCORE, *, authenticated_only: bool = False
-) -> tuple[np.ndarray | None, dict[str, Any]]:
-    """Scores (or a regression's `prediction`: `column`) of the server's prediction log in its
-    latest `days` days (parquet or JSON lines, local folder or s3://); None with the reason
-    when there is no log. With `authenticated_only`, only the rows of requests that carried the
-    API key (`authenticated`; a file written before the column existed counts as
-    unauthenticated); the info says how many rows were read and how many were authenticated."""
+def log_files(
+    path: str | None, days: int
+) -> tuple[tuple[pafs.FileSystem, list[str]] | None, dict[str, Any]]:
+    """The log's files of its latest `days` days with files (parquet or JSON lines, a local
+    folder or s3://), in day then name order, with their filesystem; None and why when there
+    are none. The info names the path and the days chosen: what every reader of the log
+    reports (the monitor's scores, `evergreen shadow`'s rows)."""
     if not path:
         return None, {"status": "absent", "detail": "serve.predictions_path is not set"}
     if path.startswith("s3://"):
@@ -103,9 +102,8 @@ def read_logged(
         fs, base = pafs.LocalFileSystem(), str(Path(path).resolve())
     if fs.get_file_info(base).type != pafs.FileType.Directory:
         return None, {"status": "absent", "path": path, "detail": "no prediction log folder"}
-    selector = pafs.FileSelector(base, recursive=True)
     by_day: dict[str, list[str]] = {}
-    for info in fs.get_file_info(selector):
+    for info in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
         parent, _, name = info.path.rpartition("/")
         match = PARTITION_RE.match(parent.rpartition("/")[2])
         if match and info.is_file and name.endswith((".parquet", ".jsonl")) and name[0] != ".":
@@ -113,18 +111,31 @@ def read_logged(
     if not by_day:
         return None, {"status": "absent", "path": path, "detail": "no prediction log files"}
     chosen = sorted(by_day)[-days:]
+    files = [f for day in chosen for f in sorted(by_day[day])]
+    return (fs, files), {"status": "read", "path": path, "days": chosen}
+
+
+def read_logged(
+    path: str | None, days: int, column: str = SCORE, *, authenticated_only: bool = False
+) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """Scores (or a regression's `prediction`: `column`) of the server's prediction log in its
+    latest `days` days (parquet or JSON lines, local folder or s3://); None with the reason
+    when there is no log. With `authenticated_only`, only the rows of requests that carried the
+    API key (`authenticated`; a file written before the column existed counts as
+    unauthenticated); the info says how many rows were read and how many were authenticated."""
+    found, info = log_files(path, days)
+    if found is None:
+        return None, info
+    fs, files = found
     scores, keyed = [], []
-    for day in chosen:
-        for file in sorted(by_day[day]):
-            values, authenticated = _read_file(fs, file, column)
-            scores.append(values)
-            keyed.append(authenticated)
+    for file in files:
+        values, authenticated = _read_file(fs, file, column)
+        scores.append(values)
+        keyed.append(authenticated)
     values = np.concatenate(scores).astype("float64")
     authenticated = np.concatenate(keyed).astype(bool)
     info = {
-        "status": "read",
-        "path": path,
-        "days": chosen,
+        **info,
         "rows": len(values),
         "authenticated_rows": int(authenticated.sum()),
         "unauthenticated_share": round(float(1 - authenticated.mean()), 6) if len(values) else 0.0,

@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,7 +41,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from stages.contract.storage import PARTITION_RE
+from stages.contract.prediction_log import log_files
 from stages.lib.bootstrap import METRICS, WeightedMetric, paired_bootstrap
 from stages.lib.drift import compare_values
 from stages.lib.skew import serving_skew
@@ -81,30 +80,16 @@ def read_log(
     s3://), inputs as `features.<name>` columns; None with the reason when there is none. With
     `authenticated_only`, only the requests that carried the API key (as the monitor reads
     them: anyone can send the others)."""
-    if not path:
-        return None, {"status": "absent", "detail": "serve.predictions_path is not set"}
-    if path.startswith("s3://"):
-        fs, base = pafs.FileSystem.from_uri(path)
-    else:
-        fs, base = pafs.LocalFileSystem(), str(Path(path).resolve())
-    if fs.get_file_info(base).type != pafs.FileType.Directory:
-        return None, {"status": "absent", "path": path, "detail": "no prediction log folder"}
-    by_day: dict[str, list[str]] = {}
-    for info in fs.get_file_info(pafs.FileSelector(base, recursive=True)):
-        parent, _, name = info.path.rpartition("/")
-        match = PARTITION_RE.match(parent.rpartition("/")[2])
-        if match and info.is_file and name.endswith((".parquet", ".jsonl")) and name[0] != ".":
-            by_day.setdefault(match.group(1), []).append(info.path)
-    if not by_day:
-        return None, {"status": "absent", "path": path, "detail": "no prediction log files"}
-    chosen = sorted(by_day)[-days:]
-    frames = [_read_file(fs, f) for day in chosen for f in sorted(by_day[day])]
+    found, info = log_files(path, days)
+    if found is None:
+        return None, info
+    fs, files = found
+    frames = [_read_file(fs, f) for f in files]
     log = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if "authenticated" not in log:  # files written before the column existed
         log["authenticated"] = False
     log["authenticated"] = log["authenticated"].fillna(False).astype(bool)
-    info = {"status": "read", "path": path, "days": chosen, "rows": len(log),
-            "authenticated_rows": int(log["authenticated"].sum())}  # fmt: skip
+    info = {**info, "rows": len(log), "authenticated_rows": int(log["authenticated"].sum())}
     if authenticated_only:
         log = log[log["authenticated"]].reset_index(drop=True)
         if log.empty:
