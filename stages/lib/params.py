@@ -1,7 +1,8 @@
 """Params: compose `conf/` into `params.yaml` and read one section of it.
 
-`conf/` (Hydra) is the source of truth. `params.yaml` is its composition, written exactly as
-`dvc exp run` writes it (we call DVC's own composer), so plain `dvc repro` and `dvc exp run`
+`conf/` (Hydra) is the source of truth. `params.yaml` is its composition, written as `dvc exp
+run` writes it (the same Hydra compose and YAML dump as DVC's `compose_and_dump`, with the
+dataset merge below between composing and resolving), so plain `dvc repro` and `dvc exp run`
 see the same values.
 
 A dataset is its config: `conf/dataset/<name>.yaml` may set any key of the sections that
