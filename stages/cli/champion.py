@@ -120,13 +120,14 @@ def check_trained(repo: Path, *, blessed_only: bool) -> dict[str, Any]:
         if gate.get("blessed") is not True:
             raise ChampionError("metrics/gate.json: the gate did not bless this model")
     summary = _read_json(repo / FEATURES_SUMMARY, "the features summary")
+    last_day = (summary.get("predict") or {}).get("date")
     params = yaml.safe_load((repo / "params.yaml").read_text()) or {}
     return {
         "dataset": (params.get("dataset") or {}).get("name"),
         "model_md5": model_md5,
         "onnx_md5": onnx_md5,
         # the last day of data the training run read: the retrain policy counts from it
-        "trained_through": str((summary.get("predict") or {}).get("date")),
+        "trained_through": None if last_day is None else str(last_day),
     }
 
 

@@ -115,7 +115,7 @@ def decide(params_path: Path = Path("params.yaml")) -> tuple[bool, str, str]:
     monitor = json.loads(monitor_path.read_text()) if monitor_path.is_file() else {}
     today = dt.date.fromisoformat(monitor["date"]) if monitor.get("date") else dt.date.today()
     last = record and record.get("trained_through")
-    last_trained = dt.date.fromisoformat(last) if last and last != "None" else None
+    last_trained = dt.date.fromisoformat(last) if last else None
     decision = policy.decide(today, last_trained, bool(monitor.get("retrain_recommended")))
     return decision.train, decision.reason, policy.name
 
