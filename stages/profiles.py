@@ -1,7 +1,8 @@
 """Stage `profiles`: per-partition statistics of the validated data, what drift compares.
 
-The work is stages/lib/profiling.py's (its docstring says how); this module reads the paths
-dvc.yaml passes and the params section, and writes the outputs."""
+The work is stages/lib/profiling.py's (its docstring says how), run incrementally by
+stages/lib/profile_store.py;
+this module reads the paths dvc.yaml passes and the params section, and reports."""
 
 from __future__ import annotations
 
@@ -10,12 +11,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from stages.lib.dataset import dataset_from_params
-from stages.lib.io import validated_partitions, write_json
 from stages.lib.params import section, stage_params
-from stages.lib.profiling import ProfileConfig, profile_partition
+from stages.lib.profile_store import profiles_fingerprint, run_profiles
+from stages.lib.profiling import ProfileConfig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,19 +31,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # a DatasetConfigError names the file and key
         print(f"profiles: {exc}", file=sys.stderr)
         return 2
-    for table in dataset.tables:
-        partitions = validated_partitions(args.validated_dir, table.name)
-        wanted = {f"date={d}.json" for d in partitions}
-        for stale in sorted((args.out_dir / table.name).glob("date=*.json")):
-            if stale.name not in wanted:  # a partition no longer validated
-                stale.unlink()
-        rows = 0
-        for date, path in partitions.items():
-            frame = pq.read_table(path).to_pandas()
-            profile = profile_partition(frame, table, top_k=cfg.top_k)
-            write_json(profile, args.out_dir / table.name / f"date={date}.json")
-            rows += profile["rows"]
-        print(f"profile {table.name}: {len(partitions)} partitions, {rows} rows")
+    fp = profiles_fingerprint(section(params, "dataset.tables"), section(params, "profile"))
+    run = run_profiles(args.validated_dir, args.out_dir, dataset, cfg, fp)
+    if run.rebuilt:
+        print(f"profiles: {run.rebuilt}")
+    for table, (partitions, rows, profiled) in run.tables.items():
+        print(f"profile {table}: {partitions} partitions, {rows} rows ({profiled} profiled now)")
     return 0
 
 

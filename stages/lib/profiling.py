@@ -9,8 +9,10 @@ values; numbers add min, max, mean, std and the percentiles 0..100; strings and 
 most frequent values (`top`) and how many rows hold another one (`other`), and so do integers
 (as text, "2"), which may be codes of a category (season 1-4) that drift compares as one; dates and
 timestamps their range. A profile depends on its partition alone (`profile_partition` is pure),
-so it can be computed once per partition, and partitions' profiles combine into the profile of
+so it is computed once per partition, and partitions' profiles combine into the profile of
 a period (see `stages/drift.py`).
+
+The stage runs incrementally (stages/lib/profile_store.py): only new or changed partitions.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import pandas as pd
 from stages.lib.dataset import NUMERIC_TYPES, TableSpec
 
 PERCENTILES = np.linspace(0.0, 1.0, 101)
+
 SIGNIFICANT = 10  # digits kept: profiles are compared, not re-added, and stay readable
 
 

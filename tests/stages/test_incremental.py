@@ -16,6 +16,7 @@ import yaml
 from stages.lib import incremental
 from stages.lib.incremental import StatCache, content_hash, remove_temp_files
 from stages.lib.merge import CODE_FILES as PREPARE_CODE
+from stages.lib.profile_store import CODE_FILES as PROFILES_CODE
 from stages.lib.merge import plan_merge
 from stages.lib.validation import CODE_FILES as VALIDATE_CODE
 from stages.lib.validation import plan_partitions
@@ -57,10 +58,14 @@ def test_plan_merge_appends_only_partitions_after_the_merged_ones():
 
 def test_code_files_are_the_stage_deps_in_dvc_yaml():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name, code in (("validate", VALIDATE_CODE), ("prepare", PREPARE_CODE)):
+    for name, out, code in (
+        ("validate", "validate", VALIDATE_CODE),
+        ("prepare", "prepare", PREPARE_CODE),
+        ("profiles", "profile", PROFILES_CODE),
+    ):
         deps = {d for d in stages[name]["deps"] if d.startswith("stages/")}
         assert deps == {f"stages/{f}" for f in code}, name
-        assert stages[name]["outs"][0][f"artifacts/{name}"]["persist"] is True
+        assert stages[name]["outs"][0][f"artifacts/{out}"]["persist"] is True
 
 
 # --- content hashes ---------------------------------------------------------------------------

@@ -199,3 +199,57 @@ def test_bad_drift_and_profile_params_exit_2(tmp_path, shop_params, capsys):
     params = write_params(bad, tmp_path / "params.yaml")
     assert profile_main([str(tmp_path), str(tmp_path / "p"), "--params", str(params)]) == 2
     assert "profile.top_k" in capsys.readouterr().err
+
+
+def _tree(folder):
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*.json"))
+        if p.name != "manifest.json"
+    }
+
+
+def test_profiles_stage_is_incremental_and_equals_a_full_run(tmp_path, shop_params, capsys):
+    """A run profiles only new or changed partitions (and a profile someone altered); the
+    files are byte-identical to a run from nothing; a params change profiles everything."""
+    params = write_params(shop_params, tmp_path / "params.yaml")
+    validated, profiles = tmp_path / "validated", tmp_path / "profile"
+
+    def land(i, seed):
+        day = f"2026-01-{i + 1:02d}"
+        frame = _events(40, seed=seed)
+        frame["event_id"] += 1000 * i
+        write_partition(tmp_path / "data", "events", day, frame)
+        write_partition(tmp_path / "data", "customers", day, customers_frame(
+            [(i + 1, "2025-12-01", "DE", "basic", "ads", 9.0, f"{day} 00:00")]))  # fmt: skip
+
+    def run(out=profiles):
+        argv = [str(tmp_path / "data/landing"), str(validated), str(tmp_path / "v.json")]
+        assert validate_main([*argv, "--params", str(params)]) == 0
+        capsys.readouterr()
+        assert profile_main([str(validated), str(out), "--params", str(params)]) == 0
+        return capsys.readouterr().out
+
+    for i in range(5):
+        land(i, seed=i)
+    assert "events: 5 partitions, 200 rows (5 profiled now)" in run()
+    land(5, seed=5)
+    assert "events: 6 partitions, 240 rows (1 profiled now)" in run()
+    land(2, seed=99)  # a replaced partition: new bytes under the same date
+    assert "events: 6 partitions, 240 rows (1 profiled now)" in run()
+    altered = profiles / "events/date=2026-01-01.json"
+    altered.write_text(altered.read_text().replace('"rows": 40', '"rows": 41'))
+    assert "events: 6 partitions, 240 rows (1 profiled now)" in run()
+    assert json.loads(altered.read_text())["rows"] == 40
+    assert "events: 6 partitions, 240 rows (0 profiled now)" in run()
+
+    full = tmp_path / "full"
+    run(full)
+    assert _tree(profiles) == _tree(full)
+    assert (profiles / "manifest.json").read_bytes() == (full / "manifest.json").read_bytes()
+
+    # another `profile` setting is another fingerprint: every partition again
+    params = write_params(dict(shop_params, profile={"top_k": 3}), tmp_path / "params.yaml")
+    out = run()
+    assert "events: 6 partitions, 240 rows (6 profiled now)" in out
+    assert "code, params or library versions changed" in out
