@@ -4,7 +4,9 @@
 
 1. verify the gate verdict recorded for HEAD (the merge commit): `metrics/gate.json` committed
    there is blessed and judged the model `dvc.lock` records (`models/model.skops` md5), which is
-   also the one the committed model card describes; the ONNX file pulled matches dvc.lock;
+   also the one the committed model card describes; the ONNX file pulled matches dvc.lock; and
+   that model is the champion `models/champion.dvc` records (the training run's `evergreen
+   champion --blessed-only` put it there): the image serves what the prediction run scores with;
 2. register the version and assign the stage with GTO: git tags `churn@vX.Y.Z` (the first is
    v0.1.0, each promotion bumps the minor version) and `churn#prod#N`, pushed to `--remote`;
    a rerun on a commit already registered reuses its version;
@@ -44,6 +46,7 @@ CARD = "models/model_card.json"
 LOCK = "dvc.lock"
 MODEL = "models/model.skops"
 ONNX = "models/model.onnx"
+CHAMPION = "models/champion"
 FIRST_VERSION = "v0.1.0"
 
 
@@ -131,6 +134,28 @@ class Release:
     onnx_md5: str
 
 
+def champion_model(repo: Path, onnx: str, *, pull: bool) -> Path:
+    """The champion's ONNX graph, which must be the blessed model (`onnx`, its md5): a merge
+    whose branch did not record its model as the champion would otherwise ship a model the
+    daily prediction run never scores with."""
+    record = f"{CHAMPION}.dvc"
+    if committed(repo, record, as_json=False) is None:
+        raise PromotionRefused(
+            f"{record} is not committed: the training run's `evergreen champion --blessed-only` "
+            "records the model production scores with"
+        )
+    if pull:
+        _run(["dvc", "pull", record], repo)
+    path = repo / CHAMPION / "model.onnx"
+    found = file_md5(path) if path.is_file() else None
+    if found != onnx:
+        raise PromotionRefused(
+            f"{CHAMPION}/model.onnx: {'missing' if found is None else f'holds {found}'}, not the "
+            f"blessed model ({onnx}): run `evergreen champion --blessed-only` on the branch"
+        )
+    return path
+
+
 def _tags_at(repo: Path, commit: str, pattern: str) -> list[str]:
     out = _run(["git", "tag", "--points-at", commit, "--list", pattern], repo)
     return sorted(out.split())
@@ -185,6 +210,7 @@ def promote(args: argparse.Namespace) -> Release:
     pulled = repo / ONNX
     if not pulled.is_file() or file_md5(pulled) != onnx:
         raise PromotionRefused(f"{ONNX}: missing or not the file {LOCK} records ({onnx})")
+    served = champion_model(repo, onnx, pull=args.pull)
     version, tags = register(repo, args.name, args.stage, commit)
     if args.remote:
         _run(["git", "push", args.remote, *(f"refs/tags/{t}" for t in tags)], repo)
@@ -200,7 +226,7 @@ def promote(args: argparse.Namespace) -> Release:
                   "--out", str(stamped), "--repo", str(repo)]) != 0:  # fmt: skip
         raise RuntimeError("card stamp failed (see above)")
     context = out / "serve"
-    if context_main(["--out", str(context), "--card", str(stamped), "--model", str(pulled),
+    if context_main(["--out", str(context), "--card", str(stamped), "--model", str(served),
                      "--settings", str(repo / args.settings)]) != 0:  # fmt: skip
         raise RuntimeError("serve build-context failed (see above)")
     release = Release(args.name, version, args.stage, tuple(tags), commit, model, onnx)

@@ -20,7 +20,7 @@ def test_the_composed_params_give_every_setting(shop_params: dict) -> None:
     assert settings.threshold == shop_params["evaluate"]["threshold"]
     assert settings.host == "127.0.0.1" and settings.port == 8000
     # relative paths are relative to the settings file
-    assert settings.model == ROOT / "models/model.onnx"
+    assert settings.model == ROOT / "models/champion/model.onnx"
     assert settings.predictions_path == str(ROOT / "logs/predictions")
 
 

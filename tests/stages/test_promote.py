@@ -146,3 +146,35 @@ def test_the_canary_needs_a_build_context(
 ) -> None:
     assert canary_main(["--context", str(tmp_path)]) == 2
     assert f"{tmp_path}/model/model_card.json not found" in capsys.readouterr().err
+
+
+def test_promote_serves_the_champion_and_refuses_a_model_that_is_not(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The blessed model must be the champion models/champion.dvc records: without the record,
+    or with another model in it, nothing is tagged and no context is written."""
+    from stages.cli.promote import champion_model
+    from stages.contract.card import file_md5
+
+    onnx = repo / "models/model.onnx"
+    onnx.parent.mkdir(parents=True)
+    onnx.write_bytes(b"the blessed graph")
+    blessed = file_md5(onnx)
+    files = {"metrics/gate.json": gate(), "dvc.lock": lock(onnx=blessed),
+             "models/model_card.json": card(onnx=blessed)}  # fmt: skip
+    commit(repo, files, "blessed, champion not recorded")
+    argv = ["--repo", str(repo), "--out", str(repo / "build"), "--remote", "", "--no-pull"]
+    assert promote_main(argv) == 1
+    assert "models/champion.dvc is not committed" in capsys.readouterr().err
+
+    champion = repo / "models/champion/model.onnx"
+    champion.parent.mkdir(parents=True)
+    champion.write_bytes(b"last month's graph")
+    commit(repo, {"models/champion.dvc": {"outs": [{"path": "champion"}]}}, "stale champion")
+    assert promote_main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"models/champion/model.onnx: holds {file_md5(champion)}, not the blessed" in err
+    assert git(repo, "tag", "--list") == "" and not (repo / "build").exists()
+
+    champion.write_bytes(b"the blessed graph")
+    assert champion_model(repo, blessed, pull=False) == champion
