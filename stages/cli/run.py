@@ -13,9 +13,14 @@
   blessed model becomes the champion (`evergreen champion`). Exit 0 blessed, 1 not.
 - **daily**: the prediction run, then the production retrain policy (`retrain.policy`,
   stages/lib/policy.py) decides from the monitor's `retrain_recommended` and the days since the
-  champion's training data ends whether the training run follows: printed with its reason, and
-  a step output `train` in GitHub Actions (the daily workflow dispatches the training run);
-  `--train` runs it here, promoting a blessed model.
+  last training run whether the training run follows: printed with its reason, and a step
+  output `train` in GitHub Actions (the daily workflow dispatches the training run); `--train`
+  runs it here, promoting a blessed model. The last training run is the later of the champion's
+  training (its `trained_through`) and the last attempt, which a TRAIN decision records in
+  `reports/retrain.json` (committed by the daily workflow): a challenger the gate refuses (or
+  whose PR waits for review) leaves the champion as it was, and without the record the next day,
+  the monitor still recommending, would start another training run on one more day of data,
+  every day until one is blessed.
 
 Each first clears the DVC locks a killed earlier run left (stages/cli/repro.py).
 """
@@ -28,16 +33,21 @@ import json
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from stages.cli.champion import ChampionError, champion_record, promote, require_champion
 from stages.cli.promote import github_output
 from stages.cli.repro import clear_stale_locks
+from stages.lib.io import write_json
 
 # `dvc repro` targets: each run reproduces these and what they depend on, nothing else
 PREDICTION_TARGETS = ("report",)
 TRAINING_TARGETS = ("card", "drift")
 TRAINING_STAGES = ("features", "split", "drift", "train", "evaluate", "export", "card")
+# the last training run a TRAIN decision started (the champion's record says when the model in
+# production was trained; this, when a later attempt did not replace it)
+ATTEMPT = Path("reports/retrain.json")
 
 
 def repro(targets: Sequence[str]) -> tuple[int, list[str]]:
@@ -103,21 +113,58 @@ def training(ref: str | None, *, promote_blessed: bool) -> int:
     return verdict
 
 
-def decide(params_path: Path = Path("params.yaml")) -> tuple[bool, str, str]:
-    """(train?, why, the policy's name) for the production policy, from metrics/monitor.json
-    and the champion's record."""
+def last_attempt(dataset: str | None, path: Path = ATTEMPT) -> dt.date | None:
+    """The date of the last training run a TRAIN decision started for `dataset` (None: none
+    recorded, or one of another dataset, which `evergreen new` left behind)."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if record.get("dataset") != dataset:
+            return None
+        return dt.date.fromisoformat(record["date"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: expected {{dataset, date: YYYY-MM-DD, ...}} ({exc})") from None
+
+
+@dataclass(frozen=True)
+class DailyDecision:
+    train: bool
+    reason: str
+    policy: str
+    dataset: str | None
+    today: dt.date
+
+
+def decide(params_path: Path = Path("params.yaml")) -> DailyDecision:
+    """The production policy's decision, from metrics/monitor.json, the champion's record and
+    the last attempt (`reports/retrain.json`)."""
     from stages.lib.params import load_params
     from stages.lib.policy import production_policy
 
-    policy = production_policy(load_params(params_path))
+    params = load_params(params_path)
+    policy = production_policy(params)
+    dataset = (params.get("dataset") or {}).get("name")
     record = champion_record()
     monitor_path = Path("metrics/monitor.json")
     monitor = json.loads(monitor_path.read_text()) if monitor_path.is_file() else {}
     today = dt.date.fromisoformat(monitor["date"]) if monitor.get("date") else dt.date.today()
     last = record and record.get("trained_through")
-    last_trained = dt.date.fromisoformat(last) if last else None
+    trained = [dt.date.fromisoformat(last)] if last else []
+    attempt = last_attempt(dataset) if trained else None  # no champion: train, whatever ran
+    last_trained = max([*trained, *([attempt] if attempt else [])], default=None)
     decision = policy.decide(today, last_trained, bool(monitor.get("retrain_recommended")))
-    return decision.train, decision.reason, policy.name
+    reason = decision.reason
+    if attempt and last_trained == attempt and attempt > trained[0]:
+        reason += f" (the last training run, {attempt}, did not replace the champion)"
+    return DailyDecision(decision.train, reason, policy.name, dataset, today)
+
+
+def record_attempt(decision: DailyDecision, path: Path = ATTEMPT) -> None:
+    """Record that a training run starts today (read back by `last_attempt`)."""
+    record = {"dataset": decision.dataset, "date": decision.today.isoformat(),
+              "policy": decision.policy, "reason": decision.reason}  # fmt: skip
+    write_json(record, path)
 
 
 def daily(lake: str | None, ref: str | None, *, train_here: bool) -> int:
@@ -128,11 +175,15 @@ def daily(lake: str | None, ref: str | None, *, train_here: bool) -> int:
         if code != 0:
             return code
     try:
-        train, reason, name = decide()
+        decision = decide()
     except (ValueError, KeyError) as exc:  # a PolicyError names retrain.<key>
         print(f"evergreen run daily: {exc}", file=sys.stderr)
         return 2
-    print(f"daily: policy '{name}': {'TRAIN' if train else 'no training'} ({reason})")
+    train = decision.train
+    verdict = "TRAIN" if train else "no training"
+    print(f"daily: policy '{decision.policy}': {verdict} ({decision.reason})")
+    if train:
+        record_attempt(decision)
     github_output({"train": str(train).lower()})
     if train and train_here:
         blessed = training(ref, promote_blessed=True)

@@ -96,3 +96,49 @@ def test_evergreen_params_refuses_a_bad_policy_in_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "retrain.policy" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_refused_training_run_restarts_the_production_clock(tmp_path, monkeypatch):
+    """`evergreen run daily`'s decision counts from the later of the champion's training and
+    the last TRAIN decision (reports/retrain.json): a challenger the gate refused does not make
+    the next day train again while the monitor still recommends."""
+    import json
+    import shutil
+
+    from stages.cli.run import ATTEMPT, decide, last_attempt, record_attempt
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "params.yaml", "params.yaml")  # shop: monitor, min_gap_days 14
+    champion = Path("models/champion")
+    champion.mkdir(parents=True)
+    (champion / "model.onnx").write_bytes(b"graph")
+    record = {"trained_through": "2026-03-01", "dataset": "shop"}
+    (champion / "champion.json").write_text(json.dumps(record))
+    Path("metrics").mkdir()
+
+    def day(date: str) -> None:
+        monitor = {"date": date, "retrain_recommended": True}
+        Path("metrics/monitor.json").write_text(json.dumps(monitor))
+
+    day("2026-03-20")
+    first = decide()
+    assert first.train and first.dataset == "shop" and first.today == dt.date(2026, 3, 20)
+    record_attempt(first)  # the training run starts; its challenger is refused
+    assert last_attempt("shop") == dt.date(2026, 3, 20) and last_attempt("bank") is None
+    day("2026-03-21")
+    nxt = decide()
+    assert not nxt.train
+    assert "the last training run, 2026-03-20, did not replace the champion" in nxt.reason
+    day("2026-04-03")
+    assert decide().train  # min_gap_days after the attempt
+    # a champion trained after the attempt is the clock again
+    record["trained_through"] = "2026-04-01"
+    (champion / "champion.json").write_text(json.dumps(record))
+    assert not decide().train and "did not replace" not in decide().reason
+    # an attempt of another dataset (left by `evergreen new`) is not this one's
+    ATTEMPT.write_text(json.dumps({"dataset": "bank", "date": "2026-04-02"}))
+    day("2026-04-20")
+    assert decide().train
+    ATTEMPT.write_text("{not json")
+    with pytest.raises(ValueError, match=r"reports/retrain\.json: expected"):
+        decide()
