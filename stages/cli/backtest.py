@@ -3,10 +3,12 @@
     evergreen backtest --lake DIR --step-days K --out DIR [--params params.yaml]
         [--warmup-days N] [--start YYYY-MM-DD] [--end YYYY-MM-DD] [--policies a,b] [--work DIR]
 
-Writes `<out>/backtest.json` (per policy: mean_metric, trainings, promotions, seconds, and the
-step-by-step series) and `<out>/backtest.html` (the plot and the tables). How it replays:
-stages/lib/backtest.py; how to read it: README "Backtest: choosing a retrain policy". Progress
-goes to stderr, one line per step and policy. Exit 0 when written, 2 on a usage or input error.
+Writes `<out>/backtest.json` (per policy: mean_metric, trainings, promotions, seconds, the
+step-by-step series, and hindsight_best: the best mean any choice of as many training days
+could have reached, from the top-level `hindsight` bound) and `<out>/backtest.html` (the plot
+and the tables). How it replays: stages/lib/backtest.py; how to read it: README "Backtest:
+choosing a retrain policy". Progress goes to stderr, one line per step and policy. Exit 0
+when written, 2 on a usage or input error.
 
 The gate is `evergreen gate`'s own (the paired bootstrap and its checks, `gate` params),
 judged on the challenger's test split against the policy's model in production, scored on
@@ -131,10 +133,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_bytes_atomic(render(payload).encode(), args.out / HTML_FILE)
     for name, p in payload["policies"].items():
         mean = "-" if p["mean_metric"] is None else f"{p['mean_metric']:.4f}"
+        bound = "-" if p["hindsight_best"] is None else f"{p['hindsight_best']:.4f}"
         print(
             f"backtest {name}: mean {payload['metric']} {mean} over {p['steps_scored']} steps, "
-            f"{p['trainings']} trainings, {p['promotions']} promotions, {p['seconds']:.1f} s"
+            f"{p['trainings']} trainings, {p['promotions']} promotions, {p['seconds']:.1f} s; "
+            f"best with hindsight at {p['trainings']} trainings {bound}"
         )
+    hindsight = payload["hindsight"]
+    if hindsight["available"]:
+        print(f"backtest: the bound with hindsight cost {hindsight['seconds']:.1f} s")
+    else:
+        print(f"backtest: no bound with hindsight: {hindsight['why']}")
     print(f"backtest: {args.out / JSON_FILE} and {args.out / HTML_FILE}")
     return 0
 

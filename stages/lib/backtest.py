@@ -30,6 +30,13 @@ MAE and R². Its mean over the steps is the policy's `mean_metric`. What no deci
 is kept out of the replay: labels reach the monitor only at maturity, and the truth reaches
 nothing but the score card.
 
+The bound with hindsight: when a model was trained at every step date (a policy that trains at
+every step ran, every_7_days at a 7-day step), every one of them is scored on every later
+step, and `best_with_hindsight` finds, for each number of trainings, the best mean any choice
+of training days could have reached, knowing every realised metric in advance and promoting
+every model (no gate). It is a bound, not a policy: how far a policy is from it at the same
+number of trainings is what a better choice of days could still win.
+
 Work the policies share is done once: the data, the prediction set and the labels of each
 step; a training at a given date (same data, same seed: the same model) is cached by date, a
 gate by (challenger, champion), scores by (model, step). Every result is a pure function of the
@@ -468,6 +475,7 @@ class Labels:
 class PolicyRun:
     policy: Policy
     champion: Trained | None = None
+    last_attempt: dt.date | None = None  # the last step a training run started
     trainings: list[dict[str, Any]] = field(default_factory=list)
     # what the lake's predictions/ would hold: the latest predictions per snapshot date
     published: dict[dt.date, pd.DataFrame] = field(default_factory=dict)
@@ -632,13 +640,16 @@ def _step_policy(
             latest = max(live)
             seen = {k: live[latest][k] for k in ("n", "roc_auc", "mae") if k in live[latest]}
             record["monitor_live"] = {"snapshot": latest, **seen}
-    # production's clock (`evergreen run daily`: the champion's `trained_through`): a challenger
-    # the gate refused is not the model in production, so it neither restarts the schedule nor
-    # the monitor's min gap, which exists because a model just promoted has no matured labels
+    # production's clock (`evergreen run daily`): the later of the champion's training and the
+    # last training run started (reports/retrain.json), so that a challenger the gate refused
+    # is not retried on one more step of data at every step the monitor still recommends
     last = run.champion.date if run.champion is not None else None
+    if last is not None and run.last_attempt is not None:
+        last = max(last, run.last_attempt)
     decision = run.policy.decide(day, last, recommends)
     record.update(train=decision.train, why=decision.reason)
     if decision.train:
+        run.last_attempt = day
         promoted, what, cost = _train(history, day, run, work, settings, caches, gate)
         seconds += cost
         run.trainings.append({"date": day.isoformat(), "promoted": promoted, "result": what})
@@ -707,7 +718,10 @@ def replay(
     started = time.process_time()
     truth = _truth(lake, last, snapshots, frames, settings)
     shared += time.process_time() - started
-    return _payload(runs, steps, snapshots, truth, lake, (first, last), settings, cfg, shared)
+    hindsight = _hindsight(steps, frames, truth, caches, settings, log)
+    return _payload(
+        runs, steps, snapshots, truth, lake, (first, last), settings, cfg, shared, hindsight
+    )
 
 
 def _snapshot(frame: pd.DataFrame, day: dt.date) -> dt.date:
@@ -791,6 +805,131 @@ def _mean(values: Iterable[Any]) -> float | None:
     return float(np.mean(found)) if found else None
 
 
+# --- the bound with hindsight -------------------------------------------------------------------
+
+
+def best_with_hindsight(
+    matrix: Sequence[Sequence[float | None] | None], higher_is_better: bool
+) -> dict[int, float | None]:
+    """For K = 1..n trainings, the best mean realised metric any choice of at most K training
+    steps could reach, step 0 always among them (there is no model before it): `matrix[i][j]`
+    is the metric at step j of the model trained at step i (read for j > i only; None: not
+    judged there, left out of the mean as `_mean` leaves it out); `matrix[i]` None: no model at
+    step i (the training failed), so that step cannot be chosen. A model trained at i serves
+    steps i+1 up to the next training, every model promoted (no gate). None: no step judged.
+
+    At most K, not exactly K: a training the gate refused, or one that failed, leaves the old
+    model serving, as not training does, so each policy's own steps are one of the choices
+    counted at its number of trainings and its mean can never beat the bound there (but for a
+    policy whose first model the gate refused: it judged fewer steps, not the same ones).
+
+    Exact: a dynamic programme over (latest training, trainings so far, steps judged so far),
+    keeping the least oriented sum per state; the count is carried because a None can make
+    the number of judged steps depend on the choice, and a mean is a sum over a count. Where
+    every model is judged on the same steps (the usual case) a state holds one count."""
+    n = len(matrix)
+    sign = -1.0 if higher_is_better else 1.0  # minimise sign * metric
+    served = [_served(row, i, n, sign) for i, row in enumerate(matrix)]
+    # reach[t][k]: {steps judged: least oriented sum} over the choices of k trainings whose
+    # latest is at step t, every step up to t served
+    reach: list[list[dict[int, float]]] = [[{} for _ in range(n + 1)] for _ in range(n)]
+    if n:
+        reach[0][1] = {0: 0.0}
+    exactly: list[float | None] = [None] * (n + 1)  # least oriented mean with k trainings
+    for t in range(n):
+        for k in range(1, n + 1):
+            states = reach[t][k]
+            if not states:
+                continue
+            exactly[k] = _least_mean(exactly[k], states, served[t][n - 1])  # no more trainings
+            for u in range(t + 1, n):  # the next training at u: t's model serves t+1..u
+                if matrix[u] is None:
+                    continue
+                add_sum, add_count = served[t][u]
+                target = reach[u][k + 1]
+                for count, total in states.items():
+                    if total + add_sum < target.get(count + add_count, np.inf):
+                        target[count + add_count] = total + add_sum
+    bound: dict[int, float | None] = {}
+    best: float | None = None
+    for k in range(1, n + 1):  # at most k
+        if exactly[k] is not None and (best is None or exactly[k] < best):
+            best = exactly[k]
+        bound[k] = None if best is None else sign * best
+    return bound
+
+
+def _served(
+    row: Sequence[float | None] | None, i: int, n: int, sign: float
+) -> list[tuple[float, int]]:
+    """Per step t: (oriented sum, steps judged) of the model trained at step i over i+1..t."""
+    total, count, sums = 0.0, 0, [(0.0, 0)] * n
+    for t in range(i + 1, n):
+        value = None if row is None else row[t]
+        if value is not None:
+            total, count = total + sign * float(value), count + 1
+        sums[t] = (total, count)
+    return sums
+
+
+def _least_mean(
+    least: float | None, states: Mapping[int, float], tail: tuple[float, int]
+) -> float | None:
+    for count, total in states.items():
+        if count + tail[1]:
+            mean = (total + tail[0]) / (count + tail[1])
+            if least is None or mean < least:
+                least = mean
+    return least
+
+
+def _hindsight(
+    steps: Sequence[dt.date],
+    frames: Sequence[pd.DataFrame],
+    truth: pd.DataFrame,
+    caches: Caches,
+    settings: Settings,
+    log: TextIO,
+) -> dict[str, Any]:
+    """The bound with hindsight (`best_with_hindsight`) when a model was trained at every step
+    date: each scored on every later step's prediction set (the scores the policies already
+    made are cached, so only the others are computed) and judged like a policy's step."""
+    started = time.process_time()
+    missing = [d for d in steps if d not in caches.trained]
+    if missing:
+        why = (
+            f"no policy trained at every step ({len(steps) - len(missing)} of {len(steps)} step "
+            f"dates trained, not {missing[0]}): run one that does, as every_7_days at "
+            "--step-days 7"
+        )
+        print(f"backtest: no bound with hindsight: {why}", file=log)
+        return {"available": False, "why": why, "best_by_trainings": {}, "seconds": 0.0}
+    metric, _, higher = headline_metric(settings)
+    key = settings.dataset.entity_key
+    print(f"backtest: hindsight: {len(steps)} models judged on every later step", file=log)
+    matrix: list[list[float | None] | None] = []
+    for i, day in enumerate(steps):
+        trained = caches.trained[day]
+        if isinstance(trained, str):  # a failed training: no model to choose at that step
+            matrix.append(None)
+            continue
+        row: list[float | None] = [None] * len(steps)
+        for j in range(i + 1, len(steps)):
+            if len(frames[j]):
+                seen = (trained.model_id, steps[j]) in caches.scores
+                scored, _ = _score(trained, frames[j], steps[j], caches, settings)
+                row[j] = realised(scored, truth, key, settings.regression).get(metric)
+                if not seen:  # n² scored frames kept would grow with the lake: read once
+                    del caches.scores[trained.model_id, steps[j]]
+        matrix.append(row)
+    bound = best_with_hindsight(matrix, higher)
+    return {
+        "available": True,
+        "best_by_trainings": {str(k): v for k, v in bound.items()},
+        "seconds": round(time.process_time() - started, 2),
+    }
+
+
 def _payload(
     runs: Sequence[PolicyRun],
     steps: Sequence[dt.date],
@@ -801,6 +940,7 @@ def _payload(
     settings: Settings,
     cfg: BacktestConfig,
     shared_seconds: float,
+    hindsight: Mapping[str, Any],
 ) -> dict[str, Any]:
     metric, metrics, higher = headline_metric(settings)
     key = settings.dataset.entity_key
@@ -822,6 +962,8 @@ def _payload(
             "seconds": round(run.seconds, 2),
             "training_dates": run.trainings,
             "series": run.steps,
+            # the bound at this policy's trainings: what the best days would have given
+            "hindsight_best": hindsight["best_by_trainings"].get(str(len(run.trainings))),
         }
     first, last = days
     return round_floats(
@@ -849,6 +991,7 @@ def _payload(
             "snapshots": [d.isoformat() for d in snapshots],
             "labelled_rows": len(truth),
             "policies": policies,
+            "hindsight": dict(hindsight),
             "shared_seconds": round(shared_seconds, 2),
         },
         DIGITS,

@@ -17,6 +17,7 @@ from stages.lib.insights import Page, Section, frame_table, png, render_html
 TITLE = "Backtest: which retrain policy pays"
 NAMES = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "mae": "MAE", "r2": "R²"}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+HINDSIGHT = "best with hindsight, same trainings"
 
 
 def metric_figure(payload: Mapping[str, Any]) -> bytes | None:
@@ -58,7 +59,8 @@ def metric_figure(payload: Mapping[str, Any]) -> bytes | None:
 
 
 def summary_table(payload: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per policy: its settings, mean metrics, trainings, promotions, CPU seconds."""
+    """One row per policy: its settings, mean metrics, trainings, promotions, CPU seconds, and
+    the bound with hindsight at its number of trainings."""
     rows = []
     for name, p in payload["policies"].items():
         rule = []
@@ -71,6 +73,7 @@ def summary_table(payload: Mapping[str, Any]) -> pd.DataFrame:
                 "policy": name,
                 "rule": " or ".join(rule) or "first model only",
                 **{f"mean {NAMES.get(m, m)}": p[f"mean_{m}"] for m in payload["metrics"]},
+                HINDSIGHT: p.get("hindsight_best"),
                 "steps scored": p["steps_scored"],
                 "trainings": p["trainings"],
                 "promotions": p["promotions"],
@@ -109,6 +112,7 @@ def reading(payload: Mapping[str, Any]) -> list[str]:
         f"over the scored steps ({better} is better). Trainings cost: CPU seconds per policy, "
         "each training counted in full for every policy that ran it.",
     ]
+    text.append(hindsight_reading(payload))
     for a, b in (("monitor", "every_7_days"), ("monitor", "never")):
         found = comparison(payload, a, b)
         if found is None:
@@ -118,6 +122,29 @@ def reading(payload: Mapping[str, Any]) -> list[str]:
         text.append(
             f"**{a}** vs **{b}**: mean {metric} {abs(found['difference']):.4f} {verb} "
             f"({na} trainings against {nb})."
+        )
+    return text
+
+
+def hindsight_reading(payload: Mapping[str, Any]) -> str:
+    """What the hindsight column is: a bound on every policy, not one of them."""
+    hindsight = payload.get("hindsight") or {}
+    if not hindsight.get("available"):
+        why = hindsight.get("why", "not computed")
+        return f"No bound with hindsight ({HINDSIGHT}): {why}."
+    metric = NAMES.get(payload["metric"], payload["metric"])
+    text = (
+        f"**{HINDSIGHT}** is a bound, not a policy: the best mean {metric} any choice of that "
+        "many training days could have reached, chosen with perfect foresight of every "
+        "model's realised metric and every model promoted (no gate). No policy can beat it at "
+        "its number of trainings; the gap between a policy's mean and it is what a better "
+        "choice of the same number of training days could still have won."
+    )
+    monitor = payload["policies"].get("monitor")
+    if monitor and monitor["mean_metric"] is not None and monitor["hindsight_best"] is not None:
+        text += (
+            f" **monitor** vs the best with hindsight at its {monitor['trainings']} trainings: "
+            f"{monitor['mean_metric']:.4f} against {monitor['hindsight_best']:.4f}."
         )
     return text
 

@@ -1,6 +1,8 @@
 """`evergreen backtest` on a tiny simulated shop lake: the JSON contract, the same bytes twice,
 labels never read before they mature (a lake poisoned after the last step changes nothing a
-decision saw), the policies' counts, the page drawn in headless Chromium, one-line errors."""
+decision saw), the policies' counts, the bound with hindsight (its dynamic programme on
+hand-made matrices, and no policy beating it), the page drawn in headless Chromium, one-line
+errors."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import datetime as dt
 import io
 import itertools
 import json
+import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from stages.lib.backtest import (
     GateResult,
     Settings,
     Trained,
+    best_with_hindsight,
     replay,
     step_dates,
 )
@@ -98,6 +102,102 @@ def test_the_json_holds_the_contract(tiny: dict) -> None:
         assert p["steps_scored"] == len(STEPS) - 1
 
 
+def test_the_bound_with_hindsight_holds_every_policy(tiny: dict) -> None:
+    """every_7_days trains at each step, so every model is judged on every later step: at each
+    policy's number of trainings the bound is at least as good as the policy's own mean (a
+    refused challenger equals not training), K=1 is never's path exactly, and more trainings
+    never make the bound worse."""
+    found = payload(tiny["out"])
+    hindsight = found["hindsight"]
+    assert set(hindsight) == {"available", "best_by_trainings", "seconds"}
+    assert hindsight["available"] is True and isinstance(hindsight["seconds"], float)
+    bound = hindsight["best_by_trainings"]
+    assert list(bound) == [str(k) for k in range(1, len(STEPS) + 1)]
+    assert all(isinstance(v, float) and 0.5 < v <= 1 for v in bound.values())
+    assert all(a <= b for a, b in itertools.pairwise(bound.values()))  # ROC AUC: higher
+    policies = found["policies"]
+    assert bound["1"] == pytest.approx(policies["never"]["mean_metric"], abs=1e-9)
+    for name, p in policies.items():
+        assert p["hindsight_best"] == bound[str(p["trainings"])], name
+        assert p["hindsight_best"] >= p["mean_metric"] - 1e-9, name
+
+
+def test_hindsight_prefers_the_later_training_when_it_pays() -> None:
+    """Step 1's model is poor, step 2's excellent: with two trainings the best is step 0 then
+    step 2, not the earliest next one; at most K, so a third training (step 1's) that would
+    only hurt is not forced on the bound; K=1 is never's path, step 0's model throughout."""
+    x = None
+    matrix = [
+        [x, 5.0, 5.0, 5.0],
+        [x, x, 9.0, 9.0],
+        [x, x, x, 1.0],
+        [x, x, x, x],
+    ]
+    bound = best_with_hindsight(matrix, higher_is_better=False)
+    assert bound[1] == pytest.approx(5.0)
+    assert bound[2] == pytest.approx((5 + 5 + 1) / 3)  # train at 2: the latest pays
+    assert bound[3] == bound[4] == bound[2]  # every training: (5 + 9 + 1) / 3, worse
+    # higher is better: the same matrix read as a score wants step 1's model instead
+    higher = best_with_hindsight(matrix, higher_is_better=True)
+    assert higher[1] == pytest.approx(5.0)
+    assert higher[2] == pytest.approx((5 + 9 + 9) / 3)
+
+
+def test_hindsight_leaves_out_what_was_not_judged() -> None:
+    """A None metric is left out of the mean (as `_mean` does), even where it makes the number
+    of judged steps depend on the choice; a failed training (row None) cannot be chosen; a
+    first training that failed leaves the steps before the next one unjudged."""
+    x = None
+    # step 2 is judged by nobody (one class): means over steps 1 and 3
+    column = [[x, 4.0, x, 4.0], [x, x, x, 2.0], [x, x, x, 0.0], [x, x, x, x]]
+    bound = best_with_hindsight(column, higher_is_better=False)
+    assert bound[1] == pytest.approx(4.0) and bound[2] == pytest.approx(2.0)
+    # step 1's model is not judged on step 2: its choice judges one step (2.0), not two
+    uneven = [[x, 2.0, 6.0], [x, x, None], [x, x, x]]
+    assert best_with_hindsight(uneven, higher_is_better=False) == {1: 4.0, 2: 2.0, 3: 2.0}
+    # a failed training at step 1: only step 2 remains to choose
+    failed = [[x, 3.0, 3.0, 3.0], None, [x, x, x, 1.0], [x, x, x, x]]
+    assert best_with_hindsight(failed, higher_is_better=False)[2] == pytest.approx(7 / 3)
+    # the first training failed: no model until step 1's, nothing judged with one training
+    first = [None, [x, x, 0.7], [x, x, x]]
+    assert best_with_hindsight(first, higher_is_better=True) == {1: None, 2: 0.7, 3: 0.7}
+    assert best_with_hindsight([[x]], higher_is_better=True) == {1: None}
+
+
+def test_hindsight_is_the_best_of_every_choice() -> None:
+    """The programme against every set of training steps on seeded random matrices, Nones and
+    failed trainings included, both orientations."""
+    rng = random.Random(11)
+    for _ in range(60):
+        n = rng.randint(1, 7)
+        matrix = [
+            None
+            if i and rng.random() < 0.15
+            else [None if rng.random() < 0.2 else rng.uniform(0, 100) for _ in range(n)]
+            for i in range(n)
+        ]
+        for higher in (False, True):
+            pick = max if higher else min
+            usable = [u for u in range(1, n) if matrix[u] is not None]
+            means: dict[int, list[float]] = {k: [] for k in range(1, n + 1)}
+            for r in range(len(usable) + 1):
+                for rest in itertools.combinations(usable, r):
+                    chosen = (0, *rest)
+                    values = []
+                    for j in range(1, n):
+                        row = matrix[max(i for i in chosen if i < j)]
+                        if row is not None and row[j] is not None:
+                            values.append(row[j])
+                    if values:
+                        for k in range(len(chosen), n + 1):  # at most k trainings
+                            means[k].append(sum(values) / len(values))
+            bound = best_with_hindsight(matrix, higher)
+            assert list(bound) == list(range(1, n + 1))
+            for k, found in means.items():
+                expected = pick(found) if found else None
+                assert bound[k] == pytest.approx(expected, abs=1e-9), (matrix, higher, k)
+
+
 def test_policies_train_as_their_rule_says(tiny: dict) -> None:
     policies = payload(tiny["out"])["policies"]
     never, weekly = policies["never"], policies["every_7_days"]
@@ -155,11 +255,11 @@ def test_labels_after_a_step_never_reach_its_decisions(tiny: dict) -> None:
     assert moved > 0
 
 
-def test_a_refused_challenger_does_not_restart_the_clock(tiny: dict) -> None:
-    """Production's clock is the champion's (`evergreen run daily` reads its trained_through):
-    a challenger the gate refuses leaves the old model serving, so the schedule counts on from
-    the champion and the policy trains again at the next step that is due, not every_days
-    after the refused training."""
+def test_a_refused_challenger_restarts_the_clock_as_in_production(tiny: dict) -> None:
+    """Production's clock (`evergreen run daily`) is the later of the champion's training and
+    the last training run started (reports/retrain.json): a challenger the gate refuses leaves
+    the old model serving, and the schedule counts every_days from the refused training, not
+    from the champion (which would train again at every step once due)."""
     params = yaml.safe_load(tiny["params"].read_text())
     params["retrain"]["policies"] = {"every_6_days": {"every_days": 6}}
     settings = Settings.from_params(params)
@@ -173,10 +273,15 @@ def test_a_refused_challenger_does_not_restart_the_clock(tiny: dict) -> None:
     run = found["policies"]["every_6_days"]
     steps = found["steps"]  # 3 days apart: 0, 3, 6, 9, 12 days after the first
     assert len(steps) == 5
-    # 6 days after the champion, then 9 and 12 (the refused 6's clock would skip 9)
-    assert [t["date"] for t in run["training_dates"]] == [steps[0], *steps[2:]]
+    # 6 days after the champion (refused), then 6 days after that attempt, not 9 days in
+    assert [t["date"] for t in run["training_dates"]] == [steps[0], steps[2], steps[4]]
+    assert "schedule: 3 days" not in str(run["series"]) and run["series"][3]["train"] is False
     assert run["promotions"] == 1
     assert {r["model"] for r in run["series"][1:]} == {f"trained-{steps[0]}"}
+    # no model was trained at step 1: no bound with hindsight, and the JSON says why
+    assert found["hindsight"]["available"] is False
+    assert "no policy trained at every step (3 of 5" in found["hindsight"]["why"]
+    assert found["hindsight"]["best_by_trainings"] == {} and run["hindsight_best"] is None
 
 
 def test_the_page_draws_the_metric_and_the_table(tiny: dict) -> None:
@@ -187,7 +292,9 @@ def test_the_page_draws_the_metric_and_the_table(tiny: dict) -> None:
     policies = next(t for t in shown["tables"] if t["section"] == "policies")
     assert policies["rows"] == ["never", "every_7_days", "monitor"]
     assert "mean ROC AUC" in policies["head"] and "trainings" in policies["head"]
+    assert "best with hindsight, same trainings" in policies["head"]
     assert "monitor vs every_7_days" in shown["text"]
+    assert "is a bound, not a policy" in shown["text"]
 
 
 def test_the_steps_follow_the_warm_up_the_step_and_the_horizon(shop_params: dict) -> None:
