@@ -54,8 +54,7 @@ from typing import Any
 import ibis
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
-from sklearn.metrics import brier_score_loss, roc_auc_score
+from scipy.special import ndtri  # norm.ppf, without importing scipy.stats (drift.py says why)
 
 from stages.contract.card import ModelCard
 from stages.contract.prediction_log import PREDICTION, SCORE, read_logged
@@ -506,6 +505,10 @@ def realised_performance(
     """
     if predictions.empty or labels.empty:
         return {}
+    # here, not at the top: scikit-learn imports scipy.stats (~1.5 s together), which the daily
+    # monitor run needs only once labels have matured
+    from sklearn.metrics import brier_score_loss, roc_auc_score
+
     left = predictions.assign(**{SNAPSHOT_COL: pd.to_datetime(predictions[SNAPSHOT_COL])})
     right = labels[[key, SNAPSHOT_COL, label]].assign(
         **{SNAPSHOT_COL: pd.to_datetime(labels[SNAPSHOT_COL])}
@@ -584,7 +587,7 @@ def _judged(performance: Mapping[str, Mapping[str, Any]], cfg: MonitorConfig) ->
 
 
 def _z(cfg: MonitorConfig) -> float:
-    return float(norm.ppf(1 - (1 - cfg.confidence) / 2))
+    return float(ndtri(1 - (1 - cfg.confidence) / 2))
 
 
 def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
