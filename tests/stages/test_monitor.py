@@ -455,3 +455,24 @@ def test_a_rows_tasks_targets_arrive_by_key_from_prepares_history(
     assert perf["n"] == 3 and perf["positives"] == 2 and perf["roc_auc"] == 0.5
     with pytest.raises(FileNotFoundError, match=r"calls\.parquet"):
         arrived_targets(tmp_path / "nope", dataset, published["row_key"])
+
+
+def test_the_monitor_stage_starts_without_scipy_stats_or_scikit_learn():
+    """The daily monitor run starts in ~1 s: scipy.stats and scikit-learn (~1.5 s to import)
+    are imported only when matured labels are judged; the scipy.special functions it uses are
+    scipy.stats' own, value for value."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from scipy import special
+    from scipy.stats import chi2, norm
+
+    heavy = "('scipy.stats', 'sklearn')"
+    code = f"import sys, stages.monitor; print(*(m in sys.modules for m in {heavy}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"]
+    x, df, q = np.linspace(0.01, 80, 200), np.arange(1, 201), np.linspace(0.001, 0.999, 200)
+    assert np.array_equal(special.chdtrc(df, x), chi2.sf(x, df))
+    assert np.array_equal(special.ndtr(-x / 10), norm.sf(x / 10))
+    assert np.array_equal(special.ndtri(q), norm.ppf(q))
