@@ -553,11 +553,19 @@ def realised_regression(
         return {}
     joined = predictions.merge(targets, on=key, how="inner", validate="many_to_one")
     ref_residuals = (reference["target"] - reference["prediction"]).to_numpy(dtype="float64")
-    ref_mae = float(np.abs(ref_residuals).mean()) if len(ref_residuals) else None
+    ref_mae, ref_se = _mae_and_se(ref_residuals)
     out = {}
     for date, part in joined.groupby(SNAPSHOT_COL, sort=True):
         residuals = (part["target"] - part["prediction"]).to_numpy(dtype="float64")
-        mae = float(np.abs(residuals).mean())
+        mae, se = _mae_and_se(residuals)
+        rise = mae / ref_mae - 1 if ref_mae else None
+        low = None
+        if rise is not None and mae > 0:
+            # the ratio of two independent means' standard error (delta method): the rise's
+            # lower bound, what the check compares with max_mae_increase (a week of a few
+            # hundred rows has a MAE known to +-10 % or so)
+            ratio_se = (mae / ref_mae) * float(np.hypot(se / mae, ref_se / ref_mae))
+            low = rise - _z(cfg) * ratio_se
         drift = values_drift(ref_residuals, residuals, cfg.residual_drift())
         versions = (
             sorted(part["model_version"].astype(str).unique()) if "model_version" in part else []
@@ -571,13 +579,23 @@ def realised_regression(
                 "mean_prediction": float(part["prediction"].mean()),
                 "mean_target": float(part["target"].mean()),
                 "reference_mae": ref_mae,
-                "mae_increase": mae / ref_mae - 1 if ref_mae else None,
+                "mae_increase": rise,
+                "mae_increase_ci_low": low,
                 "residual_psi": drift["value"],
                 "residual_drifted": bool(drift["drifted"]),
                 "model_versions": versions,
             }
         )
     return out
+
+
+def _mae_and_se(residuals: np.ndarray) -> tuple[float | None, float]:
+    """The mean absolute residual and its standard error (None, 0 with no residual)."""
+    if not len(residuals):
+        return None, 0.0
+    errors = np.abs(residuals)
+    se = float(errors.std(ddof=1) / np.sqrt(len(errors))) if len(errors) > 1 else 0.0
+    return float(errors.mean()), se
 
 
 def _judged(performance: Mapping[str, Mapping[str, Any]], cfg: MonitorConfig) -> str | None:
@@ -613,11 +631,13 @@ def regression_reasons(
             _reason("residual_drift", "residual", "psi", m["residual_psi"],
                     cfg.residual_psi_threshold, n_test, m["n"], snapshot=date)
         )  # fmt: skip
-    rise = m["mae_increase"]
-    if cfg.max_mae_increase is not None and rise is not None and rise > cfg.max_mae_increase:
+    rise, low = m["mae_increase"], m.get("mae_increase_ci_low")
+    # a reason only when the rise's confidence interval lies beyond the threshold, as every
+    # performance check: a point estimate over it may be a week's noise on a few hundred rows
+    if cfg.max_mae_increase is not None and low is not None and low > cfg.max_mae_increase:
         reasons.append(
             _reason("performance", "prediction", "mae_increase", rise, cfg.max_mae_increase,
-                    n_test, m["n"], snapshot=date)
+                    n_test, m["n"], snapshot=date, ci_low=round(low, DIGITS))
         )  # fmt: skip
     return reasons
 

@@ -387,6 +387,7 @@ def test_a_regressions_realised_performance_and_residual_drift() -> None:
     late = pd.DataFrame({"k": keys[:300], "target": reference["target"][:300] + 15.0})
     m = realised_regression(predictions, late, "k", reference, cfg)["2026-03-01"]
     assert m["n"] == 300 and m["residual_drifted"] and m["mae_increase"] > 0.5
+    assert m["mae_increase_ci_low"] > 0.5
     reasons = performance_reasons({"2026-03-01": m}, cfg, n)
     assert [(r["kind"], r["statistic"], r["n_reference"], r["n_current"]) for r in reasons] == [
         ("residual_drift", "psi", n, 300),
@@ -476,3 +477,32 @@ def test_the_monitor_stage_starts_without_scipy_stats_or_scikit_learn():
     assert np.array_equal(special.chdtrc(df, x), chi2.sf(x, df))
     assert np.array_equal(special.ndtr(-x / 10), norm.sf(x / 10))
     assert np.array_equal(special.ndtri(q), norm.ppf(q))
+
+
+def test_a_regressions_mae_rise_is_a_reason_only_beyond_its_confidence_interval() -> None:
+    """A rise of the MAE past max_mae_increase (0.5) is a reason on a large snapshot (errors
+    x1.7), and not on 30 rows, whose interval still holds the threshold."""
+    from stages.lib.monitoring import performance_reasons, realised_regression
+
+    rng = np.random.default_rng(3)
+    n = 2000
+    pred = rng.normal(100, 20, n)
+    residuals = rng.normal(0, 5, n)
+    reference = pd.DataFrame({"prediction": pred, "target": pred + residuals})
+    cfg = MonitorConfig(min_labelled=30, residual_psi_threshold=None)
+
+    def judged(rows: int) -> tuple[dict, list]:
+        keys = np.arange(rows)
+        published = pd.DataFrame({"k": keys, "snapshot_date": D1, "prediction": pred[:rows]})
+        # the rows' errors scaled to a MAE exactly 1.7 times the test split's
+        scale = 1.7 * np.abs(residuals).mean() / np.abs(residuals[:rows]).mean()
+        live = pd.DataFrame({"k": keys, "target": pred[:rows] + scale * residuals[:rows]})
+        m = realised_regression(published, live, "k", reference, cfg)["2026-03-01"]
+        return m, performance_reasons({"2026-03-01": m}, cfg, n)
+
+    small, none = judged(30)
+    large, some = judged(2000)
+    assert small["mae_increase"] == pytest.approx(0.7, abs=1e-5) == large["mae_increase"]
+    assert small["mae_increase_ci_low"] < 0.5 and none == []
+    assert large["mae_increase_ci_low"] > 0.5
+    assert [(r["kind"], r["statistic"]) for r in some] == [("performance", "mae_increase")]
