@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -37,7 +36,7 @@ from stages.cli.card import main as stamp_main
 from stages.cli.gate import recorded_md5
 from stages.contract.card import ModelCard, file_md5
 from stages.lib.gitref import commit_of
-from stages.lib.io import write_json
+from stages.lib.io import github_output, write_json
 
 GATE = "metrics/gate.json"
 # the verdict in full (its figures), committed beside the headline: what the card cites
@@ -232,14 +231,6 @@ def promote(args: argparse.Namespace) -> Release:
     release = Release(args.name, version, args.stage, tuple(tags), commit, model, onnx)
     write_json(asdict(release), out / "release.json")
     return release
-
-
-def github_output(values: Mapping[str, str]) -> None:
-    """Step outputs for the workflow, when it runs in GitHub Actions."""
-    path = os.environ.get("GITHUB_OUTPUT")
-    if path:
-        with open(path, "a") as f:
-            f.writelines(f"{k}={v}\n" for k, v in values.items())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

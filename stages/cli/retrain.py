@@ -30,9 +30,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from stages.cli.promote import github_output
 from stages.cli.repro import clear_stale_locks
 from stages.cli.run import PREDICTION_TARGETS, TRAINING_TARGETS
+from stages.lib.io import github_output
 
 # what a retrain may change; everything else in the tree stays out of the commit
 COMMITTED = ("conf", "params.yaml", "data.dvc", "dvc.lock", "metrics", "plots", "models")

@@ -37,9 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stages.cli.champion import ChampionError, champion_record, promote, require_champion
-from stages.cli.promote import github_output
 from stages.cli.repro import clear_stale_locks
-from stages.lib.io import write_json
+from stages.lib.io import github_output, write_json
 
 # `dvc repro` targets: each run reproduces these and what they depend on, nothing else
 PREDICTION_TARGETS = ("report",)

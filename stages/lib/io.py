@@ -174,3 +174,12 @@ def validated_partitions(validated_dir: Path, table: str) -> dict[str, Path]:
         if match:
             found[match.group(1)] = path
     return found
+
+
+def github_output(values: Mapping[str, str]) -> None:
+    """Step outputs for the workflow, when it runs in GitHub Actions (here, not with the
+    commands that set them: `evergreen run` must not import promote's model loading, ~3 s)."""
+    path = os.environ.get("GITHUB_OUTPUT")
+    if path:
+        with open(path, "a") as f:
+            f.writelines(f"{k}={v}\n" for k, v in values.items())

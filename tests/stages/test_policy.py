@@ -142,3 +142,19 @@ def test_a_refused_training_run_restarts_the_production_clock(tmp_path, monkeypa
     ATTEMPT.write_text("{not json")
     with pytest.raises(ValueError, match=r"reports/retrain\.json: expected"):
         decide()
+
+
+def test_evergreen_run_starts_without_model_loading_and_writes_step_outputs(tmp_path, monkeypatch):
+    """`evergreen run prediction` every day: its process must not import skops and torch
+    (~3 s, through promote's gate) to print a step output."""
+    from stages.lib.io import github_output
+
+    heavy = "('torch', 'skops.io', 'sklearn')"
+    code = f"import sys, stages.cli.run; print(*(m in sys.modules for m in {heavy}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False", "False"]
+    out = tmp_path / "github_output"
+    monkeypatch.setenv("GITHUB_OUTPUT", str(out))
+    github_output({"train": "true"})
+    github_output({"version": "v0.2.0"})
+    assert out.read_text() == "train=true\nversion=v0.2.0\n"
