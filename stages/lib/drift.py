@@ -28,6 +28,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
+
 # scipy.special, not scipy.stats: the same functions (chi2.sf is chdtrc, norm.sf is ndtr(-x),
 # bit for bit), without scipy.stats' 1 s import that every monitor and drift run paid
 from scipy.special import chdtrc, ndtr

@@ -16,8 +16,8 @@ import yaml
 from stages.lib import incremental
 from stages.lib.incremental import StatCache, content_hash, remove_temp_files
 from stages.lib.merge import CODE_FILES as PREPARE_CODE
-from stages.lib.profile_store import CODE_FILES as PROFILES_CODE
 from stages.lib.merge import plan_merge
+from stages.lib.profile_store import CODE_FILES as PROFILES_CODE
 from stages.lib.validation import CODE_FILES as VALIDATE_CODE
 from stages.lib.validation import plan_partitions
 from stages.prepare import main as prepare_main
