@@ -60,13 +60,9 @@ def first_unhealthy(url: str, limit_s: float) -> tuple[float, int | None]:
     return float("inf"), 200
 
 
-@pytest.mark.parametrize("fault", ["killed", "frozen"])
-def test_a_dead_or_stuck_worker_turns_health_to_503_and_the_server_exits(
-    tmp_path: Path, fault: str
-) -> None:
-    # queued mode: requests wait for the inference worker, and are answered 503 when it fails
-    # killed: SIGKILL (the stall limit is far); frozen: SIGSTOP, found by its stopped heartbeat
-    stall_s = 2.0 if fault == "frozen" else 60.0
+def faulty_server(tmp_path: Path, mode: str, stall_s: float) -> tuple[list[str], int, Path]:
+    """(command, port, log) of a server in `mode` whose scoring processes count as stuck after
+    `stall_s` seconds without a heartbeat, with no prediction log."""
     champion = write_model(tmp_path / "models")
     port = free_port()
     settings = settings_file(
@@ -74,12 +70,22 @@ def test_a_dead_or_stuck_worker_turns_health_to_503_and_the_server_exits(
         model=str(champion.onnx),
         card=str(champion.card),
         port=port,
-        mode="queued",
+        mode=mode,
         predictions_path=None,
         worker_stall_timeout=stall_s,
     )
     cmd = [sys.executable, "-m", "serve.app", "--settings", str(settings)]
-    log = tmp_path / "server.log"
+    return cmd, port, tmp_path / "server.log"
+
+
+@pytest.mark.parametrize("fault", ["killed", "frozen"])
+def test_a_dead_or_stuck_worker_turns_health_to_503_and_the_server_exits(
+    tmp_path: Path, fault: str
+) -> None:
+    # queued mode: requests wait for the inference worker, and are answered 503 when it fails
+    # killed: SIGKILL (the stall limit is far); frozen: SIGSTOP, found by its stopped heartbeat
+    stall_s = 2.0 if fault == "frozen" else 60.0
+    cmd, port, log = faulty_server(tmp_path, "queued", stall_s)
     with (
         running_server(cmd, port, log, exit_code=1) as (url, proc),
         ThreadPoolExecutor(1) as pool,
@@ -110,19 +116,7 @@ def test_a_dead_or_stuck_api_server_turns_health_to_503_in_direct_mode(
     # direct mode: the API servers hold the model; the monitor watches them as it watches
     # workers, and the one left answers /health 503 until the server exits
     stall_s = 2.0 if fault == "frozen" else 60.0
-    champion = write_model(tmp_path / "models")
-    port = free_port()
-    settings = settings_file(
-        tmp_path / "params.yaml",
-        model=str(champion.onnx),
-        card=str(champion.card),
-        port=port,
-        mode="direct",
-        predictions_path=None,
-        worker_stall_timeout=stall_s,
-    )
-    cmd = [sys.executable, "-m", "serve.app", "--settings", str(settings)]
-    log = tmp_path / "server.log"
+    cmd, port, log = faulty_server(tmp_path, "direct", stall_s)
     with running_server(cmd, port, log, exit_code=1) as (url, proc):
         for _ in range(4):  # both API servers answer (each with its own model)
             assert requests.post(f"{url}/predict", json=RECORD, timeout=10).status_code == 200
