@@ -148,6 +148,26 @@ def _day_bounds(con: ibis.BaseBackend, table: ir.Table, dataset: DatasetConfig) 
     return collect(con, bounds).to_pylist()[0]
 
 
+def _history_source(history_dir: Path, dataset: DatasetConfig) -> Path:
+    """prepare's history of the task's table; FileNotFoundError naming it when absent."""
+    source = history_dir / f"{dataset.task.table}.parquet"
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"{source}: prepare's history of table '{dataset.task.table}' not found"
+        )
+    return source
+
+
+def _prediction_rows(
+    con: ibis.BaseBackend, labelled: ir.Table, pending: ir.Table, dataset: DatasetConfig
+) -> tuple[ir.Table, str]:
+    """The rows to predict and why: those whose target is still null, else the latest labelled
+    period's (the module docstring says why)."""
+    if collect(con, pending.aggregate(n=pending.count())).to_pylist()[0]["n"]:
+        return pending, PENDING
+    return latest_period(labelled, dataset), LATEST_PERIOD
+
+
 def write_rows(
     history_dir: Path,
     out_dir: Path,
@@ -160,9 +180,7 @@ def write_rows(
     task = dataset.task
     numeric, categorical = rows_features(dataset, cfg)
     con = connect(engine)
-    source = history_dir / f"{task.table}.parquet"
-    if not source.is_file():
-        raise FileNotFoundError(f"{source}: prepare's history of table '{task.table}' not found")
+    source = _history_source(history_dir, dataset)
     table = read_parquet(con, source)
     unmapped = unmapped_targets(con, table, dataset)
     if unmapped:
@@ -176,10 +194,7 @@ def write_rows(
     labelled, pending = build_rows(table, dataset, cfg, last=bounds["last_labelled"])
     n_labelled = write_parquet(con, labelled, out_dir / "snapshots.parquet", frame_schema(labelled))
     written = read_parquet(con, out_dir / "snapshots.parquet")
-    predict, why = pending, PENDING
-    n_pending = collect(con, pending.aggregate(n=pending.count())).to_pylist()[0]["n"]
-    if not n_pending:
-        predict, why = latest_period(written, dataset), LATEST_PERIOD
+    predict, why = _prediction_rows(con, written, pending, dataset)
     n_predict = write_parquet(con, predict, out_dir / "predict.parquet", frame_schema(predict))
 
     spec = dataset.table(task.table)
@@ -228,19 +243,13 @@ def write_rows_predict_set(
     key = dataset.task.key
     check_champion_features([*numeric, *categorical], schema, schema_path, key)
     con = connect(engine)
-    source = history_dir / f"{dataset.task.table}.parquet"
-    if not source.is_file():
-        raise FileNotFoundError(
-            f"{source}: prepare's history of table '{dataset.task.table}' not found"
-        )
+    source = _history_source(history_dir, dataset)
     table = read_parquet(con, source)
     bounds = _day_bounds(con, table, dataset)
     if bounds["last_labelled"] is None:
         raise ValueError(f"{source}: no row has a target '{dataset.task.target}' (and a time)")
     labelled, pending = build_rows(table, dataset, cfg, last=bounds["last_labelled"])
-    predict, why = pending, PENDING
-    if not collect(con, pending.aggregate(n=pending.count())).to_pylist()[0]["n"]:
-        predict, why = latest_period(labelled, dataset), LATEST_PERIOD
+    predict, why = _prediction_rows(con, labelled, pending, dataset)
     n_predict = write_parquet(con, predict, out_dir / "predict.parquet", frame_schema(predict))
     write_json(
         {"date": str(bounds["last"]), "rows": n_predict, "source": why}, out_dir / "summary.json"
