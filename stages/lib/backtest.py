@@ -74,6 +74,7 @@ from stages.lib.monitoring import (
     MonitorConfig,
     arrived_targets,
     input_drift,
+    judged_predictions,
     matured_labels,
     monitor,
     realised_performance,
@@ -501,21 +502,13 @@ def monitor_verdict(
     inputs = input_drift(profiles, dataset, champion.schema.features, cutoff, cfg)
     main = dataset.task.table if dataset.task.rows else dataset.events.name
     last_day = dt.date.fromisoformat(max(profiles[main]))
-    published = (
-        pd.concat(run.published.values(), ignore_index=True) if run.published else pd.DataFrame()
+    published, matured = judged_predictions(
+        pd.concat(run.published.values(), ignore_index=True) if run.published else pd.DataFrame(),
+        batch,
+        champion.evaluated,
+        last_day,
+        dataset,
     )
-    matured: list[dt.date] = []
-    if len(published):
-        dates = sorted({pd.Timestamp(d).date() for d in published[SNAPSHOT_COL]})
-        matured = [d for d in dates if d > champion.evaluated and d + settings.horizon <= last_day]
-        published = published[pd.to_datetime(published[SNAPSHOT_COL]).dt.date.isin(matured)]
-    if dataset.task.rows and len(batch):
-        fresh = batch[pd.to_datetime(batch[SNAPSHOT_COL]).dt.date > champion.evaluated]
-        if len(fresh):
-            published = pd.concat([published, fresh], ignore_index=True).drop_duplicates(
-                key, keep="first"
-            )
-            matured = sorted({*matured, *pd.to_datetime(fresh[SNAPSHOT_COL]).dt.date})
     performance: dict[str, dict[str, Any]] = {}
     if not dataset.task.rows:
         performance = realised_performance(

@@ -875,6 +875,41 @@ class MonitorPaths:
     train: Path | None = None
 
 
+def judged_predictions(
+    published: pd.DataFrame,
+    batch: pd.DataFrame,
+    evaluated: dt.date,
+    last_day: dt.date,
+    dataset: DatasetConfig,
+) -> tuple[pd.DataFrame, list[dt.date]]:
+    """The predictions the monitor judges the model on, and their snapshot dates: only those
+    it made on rows it never saw, with their labels (snapshots after `evaluated`, the latest
+    one it was evaluated on, whose labels have matured by `last_day`). The monitor stage and
+    the backtest both read them so."""
+    horizon = dt.timedelta(days=dataset.label.horizon_days)
+    matured: list[dt.date] = []
+    if not published.empty:
+        dates = sorted({pd.Timestamp(d).date() for d in published[SNAPSHOT_COL]})
+        matured = [d for d in dates if d > evaluated and d + horizon <= last_day]
+    published = (
+        published[pd.to_datetime(published[SNAPSHOT_COL]).dt.date.isin(matured)]
+        if matured
+        else published.iloc[0:0]
+    )
+    if dataset.task.rows and len(batch):
+        # prequential: a rows task whose targets arrive with their rows has this run's batch
+        # scored by the model before it ever saw those rows; where they are newer than what it
+        # was judged on, their targets judge it now (a row published earlier keeps its first
+        # prediction)
+        fresh = batch[pd.to_datetime(batch[SNAPSHOT_COL]).dt.date > evaluated]
+        if len(fresh):
+            published = pd.concat([published, fresh], ignore_index=True).drop_duplicates(
+                dataset.entity_key, keep="first"
+            )
+            matured = sorted({*matured, *pd.to_datetime(fresh[SNAPSHOT_COL]).dt.date})
+    return published, matured
+
+
 def run_monitor(args: MonitorPaths) -> dict[str, Any]:
     """Judge the latest data and predictions; write monitor.json and upsert the history CSV."""
     params = load_params(args.params)
@@ -924,28 +959,7 @@ def run_monitor(args: MonitorPaths) -> dict[str, Any]:
     lake = str(section(params, "lake.path"))
     published = read_published(lake)
     last_day = dt.date.fromisoformat(max(profiles[main_table]))
-    # only predictions the model made on rows it never saw with their labels: snapshots after
-    # the latest one it was evaluated on, whose labels have matured since
-    matured: list[dt.date] = []
-    if not published.empty:
-        dates = sorted({pd.Timestamp(d).date() for d in published[SNAPSHOT_COL]})
-        matured = [d for d in dates if d > evaluated and d + horizon <= last_day]
-    published = (
-        published[pd.to_datetime(published.get(SNAPSHOT_COL, [])).dt.date.isin(matured)]
-        if matured
-        else published.iloc[0:0]
-    )
-    if dataset.task.rows and len(batch):
-        # prequential: a rows task whose targets arrive with their rows has this run's batch
-        # scored by the model before it ever saw those rows; where they are newer than what it
-        # was judged on, their targets judge it now (a row published earlier keeps its first
-        # prediction)
-        fresh = batch[pd.to_datetime(batch[SNAPSHOT_COL]).dt.date > evaluated]
-        if len(fresh):
-            published = pd.concat([published, fresh], ignore_index=True).drop_duplicates(
-                dataset.entity_key, keep="first"
-            )
-            matured = sorted({*matured, *pd.to_datetime(fresh[SNAPSHOT_COL]).dt.date})
+    published, matured = judged_predictions(published, batch, evaluated, last_day, dataset)
     performance = live_performance(
         args.history_dir, dataset, features, published, matured, reference, cfg
     )
