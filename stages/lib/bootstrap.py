@@ -103,6 +103,25 @@ def roc_auc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarra
         return np.where(pairs > 0, right / np.where(pairs > 0, pairs, 1.0), np.nan)
 
 
+def pr_auc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Average precision (sklearn's `average_precision_score`: precision at each distinct
+    score, weighted by the recall it adds) of each weighted resample; NaN without a
+    positive."""
+    order = np.argsort(-scores, kind="mergesort")
+    ranked = scores[order]
+    positive = np.asarray(y)[order] == 1
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    w = weights[:, order]
+    tp = np.add.reduceat(np.where(positive, w, 0.0), starts, axis=1)
+    fp = np.add.reduceat(np.where(positive, 0.0, w), starts, axis=1)
+    cum_tp, cum_all = np.cumsum(tp, axis=1), np.cumsum(tp + fp, axis=1)
+    total = tp.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(cum_all > 0, cum_tp / np.where(cum_all > 0, cum_all, 1.0), 0.0)
+        ap = (tp * precision).sum(axis=1) / np.where(total > 0, total, 1.0)
+    return np.where(total > 0, ap, np.nan)
+
+
 def brier(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Mean squared difference of probability and 0/1 label (lower is better)."""
     return _sum(weights, (scores - y) ** 2) / weights.sum(axis=1)
@@ -137,6 +156,7 @@ class Metric:
 
 METRICS: dict[str, Metric] = {
     "roc_auc": Metric(roc_auc, True),
+    "pr_auc": Metric(pr_auc, True),
     "brier": Metric(brier, False),
     "mae": Metric(mae, False),
     "rmse": Metric(rmse, False),

@@ -42,7 +42,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from stages.contract.prediction_log import log_files
-from stages.lib.bootstrap import METRICS, WeightedMetric, paired_bootstrap
+from stages.lib.bootstrap import METRICS, paired_bootstrap
 from stages.lib.drift import compare_values
 from stages.lib.skew import serving_skew
 
@@ -172,34 +172,9 @@ def closeness(champion: np.ndarray, shadow: np.ndarray) -> dict[str, Any]:
     }
 
 
-def pr_auc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Average precision (sklearn's `average_precision_score`: precision at each distinct
-    score, weighted by the recall it adds) of each weighted resample; NaN without a
-    positive."""
-    order = np.argsort(-scores, kind="mergesort")
-    ranked = scores[order]
-    positive = np.asarray(y)[order] == 1
-    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
-    w = weights[:, order]
-    tp = np.add.reduceat(np.where(positive, w, 0.0), starts, axis=1)
-    fp = np.add.reduceat(np.where(positive, 0.0, w), starts, axis=1)
-    cum_tp, cum_all = np.cumsum(tp, axis=1), np.cumsum(tp + fp, axis=1)
-    total = tp.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(cum_all > 0, cum_tp / np.where(cum_all > 0, cum_all, 1.0), 0.0)
-        ap = (tp * precision).sum(axis=1) / np.where(total > 0, total, 1.0)
-    return np.where(total > 0, ap, np.nan)
-
-
-# name -> (metric, higher is better), the primary one first
-CLASSIFICATION_METRICS: dict[str, tuple[WeightedMetric, bool]] = {
-    "roc_auc": (METRICS["roc_auc"].fn, True),
-    "pr_auc": (pr_auc, True),
-}
-REGRESSION_METRICS: dict[str, tuple[WeightedMetric, bool]] = {
-    "mae": (METRICS["mae"].fn, False),
-    "rmse": (METRICS["rmse"].fn, False),
-}
+# the metrics compared (stages/lib/bootstrap.py's METRICS), the primary one first
+CLASSIFICATION_METRICS = ("roc_auc", "pr_auc")
+REGRESSION_METRICS = ("mae", "rmse")
 
 
 def compare_on_labels(
@@ -226,13 +201,14 @@ def compare_on_labels(
                 "min_labelled": cfg.min_labelled, "detail": why, "metrics": {}}  # fmt: skip
     metrics = {}
     chosen = REGRESSION_METRICS if regression else CLASSIFICATION_METRICS
-    for name, (fn, higher) in chosen.items():
+    for name in chosen:
+        higher = METRICS[name].higher_is_better
         a, b = (shadow, champion) if higher else (champion, shadow)
         found = paired_bootstrap(
             y,
             a,
             b,
-            fn,
+            METRICS[name].fn,
             resamples=cfg.resamples,
             seed=cfg.seed,
             confidence=cfg.confidence,

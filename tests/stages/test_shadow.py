@@ -17,6 +17,7 @@ from sklearn.metrics import average_precision_score
 
 from stages.cli import shadow as shadow_cli
 from stages.contract.prediction_log import log_schema
+from stages.lib.bootstrap import pr_auc
 from stages.lib.insights import render_html
 from stages.lib.shadow import (
     BETTER,
@@ -26,7 +27,6 @@ from stages.lib.shadow import (
     WORSE,
     ShadowConfig,
     agreement,
-    pr_auc,
     read_log,
     shadow_record,
 )
