@@ -149,12 +149,15 @@ def decide(params_path: Path = Path("params.yaml")) -> DailyDecision:
     monitor = json.loads(monitor_path.read_text()) if monitor_path.is_file() else {}
     today = dt.date.fromisoformat(monitor["date"]) if monitor.get("date") else dt.date.today()
     last = record and record.get("trained_through")
-    trained = [dt.date.fromisoformat(last)] if last else []
-    attempt = last_attempt(dataset) if trained else None  # no champion: train, whatever ran
-    last_trained = max([*trained, *([attempt] if attempt else [])], default=None)
+    last_trained = dt.date.fromisoformat(last) if last else None
+    # no champion: train, whatever ran before
+    attempt = last_attempt(dataset) if last_trained else None
+    refused = attempt is not None and last_trained is not None and attempt > last_trained
+    if refused:
+        last_trained = attempt
     decision = policy.decide(today, last_trained, bool(monitor.get("retrain_recommended")))
     reason = decision.reason
-    if attempt and last_trained == attempt and attempt > trained[0]:
+    if refused:
         reason += f" (the last training run, {attempt}, did not replace the champion)"
     return DailyDecision(decision.train, reason, policy.name, dataset, today)
 
