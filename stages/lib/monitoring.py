@@ -132,9 +132,15 @@ class MonitorConfig:
     score_psi_threshold: float | None = 0.2
     served_days: int = 7
     # realised performance of published predictions once their labels matured (the latest
-    # snapshot with at least min_labelled rows is judged)
-    min_roc_auc: float | None = 0.7
+    # snapshot with at least min_labelled rows is judged), against the model's own on its test
+    # split: the ROC AUC's drop, and the calibration gap's (observed rate - mean score) change.
+    # Relative, as the regression's MAE rise: a model the gate blessed at ROC AUC 0.65, or
+    # with scores under a label rate that moved inside its training window, would otherwise
+    # be "retrain" the day after every training, and retraining would not change it.
+    # `min_roc_auc`, an absolute floor, is a team's requirement; off by default
+    max_roc_auc_drop: float | None = 0.05
     max_calibration_gap: float | None = 0.1
+    min_roc_auc: float | None = None
     min_labelled: int = 200
     # label-free: ROC AUC expected from this run's scores if the model is as calibrated as on
     # its test split (CBPE); a reason when it falls this much below the test split's estimate
@@ -642,18 +648,42 @@ def regression_reasons(
     return reasons
 
 
+def reference_performance(reference: pd.DataFrame) -> dict[str, Any] | None:
+    """The model's scores on its test split, measured as `realised_performance` measures a
+    snapshot (n, positives, ROC AUC, observed rate, calibration gap): what a live snapshot is
+    compared with. None without labels (a regression's reference has its own measures)."""
+    if "label" not in reference or not len(reference):
+        return None
+    y = reference["label"].to_numpy(dtype="float64")
+    p = reference["score"].to_numpy(dtype="float64")
+    positives = int(y.sum())
+    # the exact ROC AUC: the expected one with each label known for certain (no scikit-learn
+    # import on a day no label has matured)
+    auc = expected_roc_auc(p, y) if 0 < positives < len(y) else None
+    rate = float(y.mean())
+    measures = {"n": len(y), "positives": positives, "roc_auc": auc, "observed_rate": rate,
+                "calibration_gap": rate - float(p.mean())}  # fmt: skip
+    return round_floats(measures)
+
+
+def _rate_variance(rate: float, n: int) -> float:
+    return max(rate * (1 - rate), 0.0) / max(n, 1)
+
+
 def performance_reasons(
     performance: Mapping[str, Mapping[str, Any]],
     cfg: MonitorConfig,
     n_test: int,
-    test_rate: float | None = None,
+    test: Mapping[str, Any] | None = None,
     *,
     label_shift: bool = False,
 ) -> list[dict[str, Any]]:
-    """Reasons from the latest matured snapshot with at least `min_labelled` rows, each only
-    when its confidence interval lies beyond the threshold (a snapshot of a few hundred rows
-    has a wide one); with `label_shift`, the snapshot's observed label rate against the test
-    split's (`test_rate`) too (the label rate of an entity-churn task is known only then)."""
+    """Reasons from the latest matured snapshot with at least `min_labelled` rows, against the
+    model's own performance on its test split (`test`: `reference_performance`), each only when its
+    confidence interval lies beyond the threshold (a snapshot of a few hundred rows has a wide
+    one): the ROC AUC's drop, the calibration gap's change and, with `label_shift`, the
+    observed label rate's (the label rate of an entity-churn task is known only then). The
+    live and the test rows are independent samples: each difference's variance is the sum."""
     date = _judged(performance, cfg)
     if date is None:
         return []
@@ -662,25 +692,42 @@ def performance_reasons(
         return regression_reasons(performance, cfg, n_test)
     reasons = []
     z = _z(cfg)
-    auc = m["roc_auc"]
-    if cfg.min_roc_auc is not None and auc is not None:
-        se = auc_standard_error(auc, m["positives"], m["n"] - m["positives"])
-        if auc + z * se < cfg.min_roc_auc:
+    auc, rate = m["roc_auc"], m["observed_rate"]
+    se = auc_standard_error(auc, m["positives"], m["n"] - m["positives"]) if auc else 0.0
+    test_auc = test.get("roc_auc") if test else None
+    if cfg.max_roc_auc_drop is not None and auc is not None and test_auc is not None:
+        negatives = test["n"] - test["positives"]
+        se_drop = float(np.hypot(se, auc_standard_error(test_auc, test["positives"], negatives)))
+        drop = test_auc - auc
+        if drop - z * se_drop > cfg.max_roc_auc_drop:
             reasons.append(
-                _reason("performance", "score", "roc_auc", auc, cfg.min_roc_auc, n_test, m["n"],
-                        snapshot=date, ci_high=round(auc + z * se, DIGITS))
+                _reason("performance", "score", "roc_auc_drop", drop, cfg.max_roc_auc_drop,
+                        n_test, m["n"], snapshot=date, roc_auc=auc, test_roc_auc=test_auc,
+                        ci_low=round(drop - z * se_drop, DIGITS))
             )  # fmt: skip
-    gap = m["calibration_gap"]
-    rate = m["observed_rate"]
-    se = float(np.sqrt(max(rate * (1 - rate), 0.0) / max(m["n"], 1)))
-    if cfg.max_calibration_gap is not None and abs(gap) - z * se > cfg.max_calibration_gap:
+    if cfg.min_roc_auc is not None and auc is not None and auc + z * se < cfg.min_roc_auc:
         reasons.append(
-            _reason("calibration", "score", "calibration_gap", gap, cfg.max_calibration_gap,
-                    n_test, m["n"], snapshot=date)
+            _reason("performance", "score", "roc_auc", auc, cfg.min_roc_auc, n_test, m["n"],
+                    snapshot=date, ci_high=round(auc + z * se, DIGITS))
         )  # fmt: skip
-    if label_shift and test_rate is not None and cfg.label_rate_change is not None:
-        positives = m["positives"]
-        change, p = rate_comparison(round(test_rate * n_test), n_test, positives, m["n"])
+    if cfg.max_calibration_gap is not None and test:
+        # the gap's change from the test split's: a gap the model had when the gate blessed it
+        # (scores under a label rate that moved inside its training window) is the model, and
+        # retraining the same way would give it again; a gap that opened since is its ageing
+        change = m["calibration_gap"] - test["calibration_gap"]
+        se_change = float(
+            np.sqrt(_rate_variance(rate, m["n"]) + _rate_variance(test["observed_rate"], test["n"]))
+        )
+        if abs(change) - z * se_change > cfg.max_calibration_gap:
+            reasons.append(
+                _reason("calibration", "score", "calibration_gap_change", change,
+                        cfg.max_calibration_gap, n_test, m["n"], snapshot=date,
+                        calibration_gap=m["calibration_gap"],
+                        test_calibration_gap=test["calibration_gap"])
+            )  # fmt: skip
+    if label_shift and test and cfg.label_rate_change is not None:
+        test_rate = test["observed_rate"]
+        change, p = rate_comparison(round(test_rate * n_test), n_test, m["positives"], m["n"])
         if abs(change) > cfg.label_rate_change and p < 1 - cfg.confidence:
             reasons.append(
                 _reason("label_shift", "label", "rate_change", change, cfg.label_rate_change,
@@ -712,15 +759,13 @@ def monitor(
     estimated, estimated_reasons = (None, [])
     if output == "score":
         estimated, estimated_reasons = estimated_performance(reference, batch_scores, cfg)
-    test_rate = (
-        float(reference["label"].mean()) if "label" in reference and len(reference) else None
-    )
+    test = reference_performance(reference) if output == "score" else None
     reasons = [
         *inputs["reasons"],
         *batch_reasons,
         *served_reasons,
         *estimated_reasons,
-        *performance_reasons(performance, cfg, len(reference), test_rate, label_shift=label_shift),
+        *performance_reasons(performance, cfg, len(reference), test, label_shift=label_shift),
     ]
     return round_floats(
         {
@@ -729,7 +774,7 @@ def monitor(
             "inputs": {k: v for k, v in inputs.items() if k != "reasons"},
             "prediction_drift": {"batch": batch, "served": served},
             "estimated_performance": estimated,
-            "performance": {"snapshots": dict(performance)},
+            "performance": {"test": test, "snapshots": dict(performance)},
         }
     )
 

@@ -18,7 +18,9 @@ from stages.lib.monitoring import (
     expected_roc_auc,
     input_drift,
     monitor,
+    performance_reasons,
     realised_performance,
+    reference_performance,
     upsert_history,
     windows,
 )
@@ -255,7 +257,7 @@ def test_prediction_drift_and_performance_flip_the_verdict() -> None:
     perf = {
         "2026-03-01": {"n": 400, "positives": 80, "roc_auc": 0.9, "calibration_gap": 0.0,
                        "observed_rate": 0.2},
-        "2026-03-08": {"n": 400, "positives": 80, "roc_auc": 0.6, "calibration_gap": 0.2,
+        "2026-03-08": {"n": 400, "positives": 80, "roc_auc": 0.5, "calibration_gap": 0.2,
                        "observed_rate": 0.2},
         "2026-03-15": {"n": 3, "positives": 1, "roc_auc": 0.1, "calibration_gap": 0.5,
                        "observed_rate": 0.3},  # too few to judge
@@ -264,10 +266,16 @@ def test_prediction_drift_and_performance_flip_the_verdict() -> None:
         reference=reference, batch_scores=reference["score"].to_numpy(),
         **{**kwargs, "performance": perf},
     )  # fmt: skip
-    assert [(r["kind"], r["value"], r["snapshot"]) for r in judged["reasons"]] == [
-        ("performance", 0.6, "2026-03-08"),
-        ("calibration", 0.2, "2026-03-08"),
+    test = judged["performance"]["test"]
+    assert test["n"] == 2000 and abs(test["calibration_gap"]) < 0.02 and test["roc_auc"] > 0.7
+    assert [(r["kind"], r["statistic"], r["snapshot"]) for r in judged["reasons"]] == [
+        ("performance", "roc_auc_drop", "2026-03-08"),
+        ("calibration", "calibration_gap_change", "2026-03-08"),
     ]
+    drop, gap = judged["reasons"]
+    assert drop["value"] == pytest.approx(test["roc_auc"] - 0.5, abs=1e-6)
+    assert drop["ci_low"] > 0.05 and drop["test_roc_auc"] == test["roc_auc"]
+    assert gap["value"] == pytest.approx(0.2 - test["calibration_gap"], abs=1e-6)
     # the same point estimates on 40 rows: the intervals reach the thresholds, no reason
     small = {"2026-03-08": {**perf["2026-03-08"], "n": 40, "positives": 8}}
     noisy = monitor(
@@ -275,7 +283,7 @@ def test_prediction_drift_and_performance_flip_the_verdict() -> None:
         **{**kwargs, "performance": small},
     )  # fmt: skip
     assert noisy["reasons"] == []
-    off = MonitorConfig(min_labelled=5, min_roc_auc=None, max_calibration_gap=None)
+    off = MonitorConfig(min_labelled=5, max_roc_auc_drop=None, max_calibration_gap=None)
     assert (
         monitor(
             reference=reference,
@@ -284,6 +292,40 @@ def test_prediction_drift_and_performance_flip_the_verdict() -> None:
         )["reasons"]
         == []
     )
+
+
+def test_performance_is_judged_against_the_models_own_test_split() -> None:
+    # a model the gate blessed at ROC AUC ~0.62 whose scores sit ~0.2 under the label rate (it
+    # moved inside the training window): live rows that perform as the test rows did are no
+    # reason, where an absolute floor (0.7) and an absolute gap (0.1) said "retrain" the day
+    # after every training, and retraining alike gives the same model
+    rng = np.random.default_rng(1)
+    n = 3000
+    scores = rng.beta(2, 6, n)
+    labels = (rng.random(n) < np.clip(0.5 * scores + 0.3, 0, 1)).astype(int)
+    reference = pd.DataFrame({"score": scores, "label": labels})
+    test = reference_performance(reference)
+    assert test is not None and 0.55 < test["roc_auc"] < 0.68 and test["calibration_gap"] > 0.1
+    from sklearn.metrics import roc_auc_score
+
+    assert test["roc_auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
+    positives = round(test["observed_rate"] * 1000)
+    live = {"2026-03-08": {"n": 1000, "positives": positives, "roc_auc": test["roc_auc"],
+                           "observed_rate": positives / 1000,
+                           "calibration_gap": test["calibration_gap"]}}  # fmt: skip
+    cfg = MonitorConfig(min_labelled=200)
+    assert performance_reasons(live, cfg, n, test) == []
+    floors = MonitorConfig(min_labelled=200, min_roc_auc=0.7)
+    assert [r["statistic"] for r in performance_reasons(live, floors, n, test)] == ["roc_auc"]
+    # the same live snapshot against a test split that was calibrated and sharper: both reasons
+    sharp = {**test, "roc_auc": 0.8, "calibration_gap": 0.0}
+    given = performance_reasons(live, cfg, n, sharp)
+    assert [r["statistic"] for r in given] == ["roc_auc_drop", "calibration_gap_change"]
+    # and on 30 live rows the same drop is within the noise
+    few = {"2026-03-08": {**live["2026-03-08"], "n": 30, "positives": 9, "observed_rate": 0.3}}
+    assert performance_reasons(few, MonitorConfig(min_labelled=30), n, sharp) == []
+    # no labels on the reference (a regression's): nothing to compare a snapshot with
+    assert reference_performance(reference[["score"]]) is None
 
 
 def test_served_logs_absent_are_reported_and_present_ones_read(tmp_path: Path) -> None:
