@@ -83,6 +83,7 @@ _TASK_KEYS = (
     "surrogate_key",
     "features",
     "period_days",
+    "max_periods",
 )
 _ROWS_FEATURE_KEYS = ("numeric", "categorical")
 _CALENDAR_KEYS = ("weekdays", "holidays")
@@ -231,6 +232,10 @@ class TaskSpec:
     numeric: tuple[str, ...] = ()
     categorical: tuple[str, ...] = ()
     period_days: int = 7
+    # the labelled examples of the latest `max_periods` periods only (None: the whole history):
+    # where the label rate or the relation moved, older rows pull the model (and its
+    # calibration) towards what no longer holds
+    max_periods: int | None = None
 
     @property
     def rows(self) -> bool:
@@ -752,6 +757,12 @@ def _rows_dataset(raw: Mapping[str, Any], kind: str, task: Mapping[str, Any], w:
     if not numeric and not categorical:
         raise w.fail("task.features", "at least one feature column")
     period = task.get("period_days", 7)
+    max_periods = task.get("max_periods")
+    # the out-of-time split needs a train, a valid and a test period at least
+    if max_periods is not None and (
+        isinstance(max_periods, bool) or not isinstance(max_periods, int) or max_periods < 3
+    ):
+        raise w.fail("task.max_periods", "null or a whole number of periods >= 3", max_periods)
     spec = TaskSpec(
         kind=kind,
         table=table.name,
@@ -763,6 +774,7 @@ def _rows_dataset(raw: Mapping[str, Any], kind: str, task: Mapping[str, Any], w:
         numeric=numeric,
         categorical=categorical,
         period_days=w.positive_int(period, "task.period_days"),
+        max_periods=max_periods,
     )
     return DatasetConfig(
         name=raw["name"],

@@ -102,6 +102,8 @@ def build_rows(
     columns = list(dict.fromkeys([task.key, SNAPSHOT_COL, task.time, *numeric, *categorical]))
     order = list(dict.fromkeys([SNAPSHOT_COL, task.time, task.key]))
     known = timed.filter(timed._target.notnull())
+    if task.max_periods is not None:  # the training window: the latest periods only
+        known = known.filter(known._day > last_day - task.max_periods * task.period_days)
     labelled = known.mutate(**{SNAPSHOT_COL: period_end(known._day, last_day, task.period_days)})
     labelled = labelled.mutate(**{task.target: labelled._target})
     labelled = labelled.select(*columns, task.target).order_by(order)

@@ -106,6 +106,8 @@ BANK_BAD = [
     ("task.surrogate_key", False, "task.key: expected a key column, or surrogate_key: true"),
     ("task.key", "age", "task.key: expected a new column name for the surrogate key"),
     ("task.period_days", 0, "task.period_days: expected a whole number of days >= 1"),
+    ("task.max_periods", 2, "task.max_periods: expected null or a whole number of periods >= 3"),
+    ("task.max_periods", "13", "task.max_periods: expected null or a whole number of periods"),
     ("task.features", {"numeric": ["job"]}, "task.features.numeric: expected a column of type"),
     ("task.features", {"numeric": ["y"]}, "task.features.numeric: expected a column of type"),
     ("task.features", {"categorical": ["y"]}, "task.features: expected feature columns other"),

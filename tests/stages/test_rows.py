@@ -112,6 +112,30 @@ def test_without_pending_targets_the_latest_period_is_the_prediction_set(tmp_pat
     assert sum(s["rows"] for s in summary["snapshots"].values()) == 32
 
 
+def test_max_periods_keeps_the_latest_labelled_periods_and_the_prediction_set(
+    tmp_path: Path,
+) -> None:
+    # 30 days: periods end on days 1, 8, 15, 22, 29; the latest 3 are trained, validated and
+    # tested on, the older rows (whose label rate may no longer hold) are left out
+    windowed = copy.deepcopy(LOANS)
+    windowed["task"]["max_periods"] = 3
+    history = _history(30, pending_from=28)
+    code, out = _run(tmp_path, windowed, history)
+    assert code == 0
+    snaps = pd.read_parquet(out / "snapshots.parquet")
+    last = START + dt.timedelta(days=27)
+    assert sorted({d.date() for d in snaps["snapshot_date"]}) == [
+        last - dt.timedelta(days=14), last - dt.timedelta(days=7), last
+    ]  # fmt: skip
+    assert len(snaps) == 2 * 21
+    # the rows still waiting for their target are predicted whatever the window
+    predict = pd.read_parquet(out / "predict.parquet")
+    assert sorted(predict["application_id"]) == ["a0280", "a0281", "a0290", "a0291"]
+    (tmp_path / "full").mkdir()
+    code, full = _run(tmp_path / "full", LOANS, history)
+    assert code == 0 and len(pd.read_parquet(full / "snapshots.parquet")) == 2 * 28
+
+
 def test_rows_with_a_null_target_are_the_prediction_set(tmp_path: Path) -> None:
     code, out = _run(tmp_path, LOANS, _history(16, pending_from=13))
     assert code == 0
