@@ -77,8 +77,7 @@ from stages.lib.monitoring import (
     judged_predictions,
     matured_labels,
     monitor,
-    realised_performance,
-    realised_regression,
+    performance_by_kind,
 )
 from stages.lib.params import section
 from stages.lib.policy import Policy, policies_from_params
@@ -497,7 +496,6 @@ def monitor_verdict(
     champion = run.champion
     assert champion is not None
     dataset, cfg = settings.dataset, settings.monitor
-    key = dataset.entity_key
     cutoff = champion.evaluated + settings.horizon
     inputs = input_drift(profiles, dataset, champion.schema.features, cutoff, cfg)
     main = dataset.task.table if dataset.task.rows else dataset.events.name
@@ -509,19 +507,8 @@ def monitor_verdict(
         last_day,
         dataset,
     )
-    performance: dict[str, dict[str, Any]] = {}
-    if not dataset.task.rows:
-        performance = realised_performance(
-            published, labels.churn(matured), key, dataset.label.name
-        )
-    elif len(published) and len(labels.targets):
-        if settings.regression:
-            performance = realised_regression(
-                published, labels.targets, key, champion.reference, cfg
-            )
-        else:
-            joined = published[[key, SNAPSHOT_COL]].merge(labels.targets, on=key, how="inner")
-            performance = realised_performance(published, joined, key, "target")
+    outcomes = labels.targets if dataset.task.rows else labels.churn(matured)
+    performance = performance_by_kind(dataset, published, outcomes, champion.reference, cfg)
     output = PREDICTION if settings.regression else SCORE
     return monitor(
         inputs=inputs,

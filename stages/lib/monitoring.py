@@ -813,6 +813,28 @@ def arrived_targets(history_dir: Path, dataset: DatasetConfig, keys: pd.Series) 
     return known.rename(columns={"_target": "target"}).drop_duplicates(task.key, keep="last")
 
 
+def performance_by_kind(
+    dataset: DatasetConfig,
+    published: pd.DataFrame,
+    labels: pd.DataFrame,
+    reference: pd.DataFrame,
+    cfg: MonitorConfig,
+) -> dict[str, dict[str, Any]]:
+    """Realised performance of the matured published predictions by the task's kind, given
+    what is known of their outcomes: `labels` holds an entity churn's matured labels (key,
+    snapshot date, label), or a rows task's targets by key (key, target). The monitor stage
+    reads them from prepare's history (`live_performance`), the backtest from memory."""
+    key = dataset.entity_key
+    if not dataset.task.rows:
+        return realised_performance(published, labels, key, dataset.label.name)
+    if published.empty or labels.empty:
+        return {}
+    if dataset.task.regression:
+        return realised_regression(published, labels, key, reference, cfg)
+    joined = published[[key, SNAPSHOT_COL]].merge(labels, on=key, how="inner")
+    return realised_performance(published, joined, key, "target")
+
+
 def live_performance(
     history_dir: Path,
     dataset: DatasetConfig,
@@ -822,19 +844,15 @@ def live_performance(
     reference: pd.DataFrame,
     cfg: MonitorConfig,
 ) -> dict[str, dict[str, Any]]:
-    """Realised performance of the matured published predictions, by the task's kind: entity
-    churn labels from the features stage's label code, a rows task's targets by key."""
-    key = dataset.entity_key
+    """`performance_by_kind` with the outcomes from prepare's history: entity churn labels
+    from the features stage's label code, a rows task's targets by key."""
     if not dataset.task.rows:
         labels = matured_labels(history_dir, dataset, features, matured)
-        return realised_performance(published, labels, key, dataset.label.name)
-    if published.empty:
-        return {}
-    targets = arrived_targets(history_dir, dataset, published[key])
-    if dataset.task.regression:
-        return realised_regression(published, targets, key, reference, cfg)
-    labels = published[[key, SNAPSHOT_COL]].merge(targets, on=key, how="inner")
-    return realised_performance(published, labels, key, "target")
+    elif published.empty:
+        return {}  # no key to look up: the history is not read
+    else:
+        labels = arrived_targets(history_dir, dataset, published[dataset.entity_key])
+    return performance_by_kind(dataset, published, labels, reference, cfg)
 
 
 def upsert_history(history: pd.DataFrame, row: Mapping[str, Any]) -> pd.DataFrame:
