@@ -139,7 +139,7 @@ def decide(params_path: Path = Path("params.yaml")) -> DailyDecision:
     """The production policy's decision, from metrics/monitor.json, the champion's record and
     the last attempt (`reports/retrain.json`)."""
     from stages.lib.params import load_params
-    from stages.lib.policy import production_policy
+    from stages.lib.policy import last_training, production_policy
 
     params = load_params(params_path)
     policy = production_policy(params)
@@ -148,16 +148,14 @@ def decide(params_path: Path = Path("params.yaml")) -> DailyDecision:
     monitor_path = Path("metrics/monitor.json")
     monitor = json.loads(monitor_path.read_text()) if monitor_path.is_file() else {}
     today = dt.date.fromisoformat(monitor["date"]) if monitor.get("date") else dt.date.today()
-    last = record and record.get("trained_through")
-    last_trained = dt.date.fromisoformat(last) if last else None
-    # no champion: train, whatever ran before
-    attempt = last_attempt(dataset) if last_trained else None
-    refused = attempt is not None and last_trained is not None and attempt > last_trained
-    if refused:
-        last_trained = attempt
-    decision = policy.decide(today, last_trained, bool(monitor.get("retrain_recommended")))
+    through = record and record.get("trained_through")
+    trained = dt.date.fromisoformat(through) if through else None
+    # no champion: train, whatever ran before (the record is not even read)
+    attempt = last_attempt(dataset) if trained else None
+    clock = last_training(trained, attempt)
+    decision = policy.decide(today, clock, bool(monitor.get("retrain_recommended")))
     reason = decision.reason
-    if refused:
+    if clock != trained:
         reason += f" (the last training run, {attempt}, did not replace the champion)"
     return DailyDecision(decision.train, reason, policy.name, dataset, today)
 

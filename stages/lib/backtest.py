@@ -80,7 +80,7 @@ from stages.lib.monitoring import (
     performance_by_kind,
 )
 from stages.lib.params import section
-from stages.lib.policy import Policy, policies_from_params
+from stages.lib.policy import Policy, last_training, policies_from_params
 from stages.lib.predictions import SNAPSHOT_COL, decision_threshold
 from stages.lib.profiling import ProfileConfig, profile_partition
 from stages.lib.regression import regression_metrics
@@ -620,13 +620,9 @@ def _step_policy(
             latest = max(live)
             seen = {k: live[latest][k] for k in ("n", "roc_auc", "mae") if k in live[latest]}
             record["monitor_live"] = {"snapshot": latest, **seen}
-    # production's clock (`evergreen run daily`): the later of the champion's training and the
-    # last training run started (reports/retrain.json), so that a challenger the gate refused
-    # is not retried on one more step of data at every step the monitor still recommends
-    last = run.champion.date if run.champion is not None else None
-    if last is not None and run.last_attempt is not None:
-        last = max(last, run.last_attempt)
-    decision = run.policy.decide(day, last, recommends)
+    # production's clock, as `evergreen run daily` keeps it (`last_training`)
+    trained = run.champion.date if run.champion is not None else None
+    decision = run.policy.decide(day, last_training(trained, run.last_attempt), recommends)
     record.update(train=decision.train, why=decision.reason)
     if decision.train:
         run.last_attempt = day

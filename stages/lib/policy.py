@@ -66,6 +66,16 @@ class Policy:
         return Decision(False, "policy never retrains")
 
 
+def last_training(trained: dt.date | None, attempt: dt.date | None) -> dt.date | None:
+    """The date a policy's clock runs from: the later of the champion's training and the last
+    training run a decision started. A challenger the gate refused (or whose review waits) is
+    not the model in production, yet its run must not be retried on one more day of data at
+    every step the monitor still recommends. None without a champion (train, whatever ran)."""
+    if trained is None or attempt is None:
+        return trained
+    return max(trained, attempt)
+
+
 def _int(raw: Any, key: str, minimum: int) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int) or raw < minimum:
         raise PolicyError(f"retrain.{key}: expected an integer >= {minimum}, got {raw!r}")

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from stages.lib.params import load_params
-from stages.lib.policy import Policy, PolicyError, policies_from_params, production_policy
+from stages.lib.policy import (
+    Policy,
+    PolicyError,
+    last_training,
+    policies_from_params,
+    production_policy,
+)
 
 DAY = dt.date(2026, 3, 1)
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +57,14 @@ def test_a_combination_trains_on_either_trigger():
     assert policy.decide(later(28), DAY, False).train
     assert policy.decide(later(8), DAY, True).train
     assert not policy.decide(later(8), DAY, False).train
+
+
+def test_the_clock_runs_from_the_later_of_the_champions_training_and_the_last_attempt():
+    trained, attempt = dt.date(2026, 3, 1), dt.date(2026, 3, 8)
+    assert last_training(trained, attempt) == attempt  # a refused challenger's run
+    assert last_training(attempt, trained) == attempt  # the champion is newer than the record
+    assert last_training(trained, None) == trained
+    assert last_training(None, attempt) is None  # no champion: the policies train
 
 
 def test_the_committed_params_hold_the_documented_policies():
