@@ -85,10 +85,12 @@ def _sum(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
     return (weights * values[None, :]).sum(axis=1)
 
 
-def roc_auc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ROC AUC of each weighted resample, from ranks: the share of (positive, negative) pairs
-    ordered right, ties counting half (as sklearn's roc_auc_score); NaN without both classes."""
-    order = np.argsort(scores, kind="mergesort")
+def _class_weights_by_tie(
+    y: np.ndarray, scores: np.ndarray, weights: np.ndarray, *, descending: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per resample and per group of tied scores, in score order (ascending or descending):
+    the weight of the positives and of the negatives (what the rank metrics are sums of)."""
+    order = np.argsort(-scores if descending else scores, kind="mergesort")
     ranked = scores[order]
     positive = np.asarray(y)[order] == 1
     # groups of tied scores: runs of equal values in the sorted scores
@@ -96,6 +98,13 @@ def roc_auc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarra
     w = weights[:, order]
     pos = np.add.reduceat(np.where(positive, w, 0.0), starts, axis=1)
     neg = np.add.reduceat(np.where(positive, 0.0, w), starts, axis=1)
+    return pos, neg
+
+
+def roc_auc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC of each weighted resample, from ranks: the share of (positive, negative) pairs
+    ordered right, ties counting half (as sklearn's roc_auc_score); NaN without both classes."""
+    pos, neg = _class_weights_by_tie(y, scores, weights, descending=False)
     below = np.cumsum(neg, axis=1) - neg
     pairs = pos.sum(axis=1) * neg.sum(axis=1)
     right = (pos * (below + 0.5 * neg)).sum(axis=1)
@@ -107,13 +116,7 @@ def pr_auc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray
     """Average precision (sklearn's `average_precision_score`: precision at each distinct
     score, weighted by the recall it adds) of each weighted resample; NaN without a
     positive."""
-    order = np.argsort(-scores, kind="mergesort")
-    ranked = scores[order]
-    positive = np.asarray(y)[order] == 1
-    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
-    w = weights[:, order]
-    tp = np.add.reduceat(np.where(positive, w, 0.0), starts, axis=1)
-    fp = np.add.reduceat(np.where(positive, 0.0, w), starts, axis=1)
+    tp, fp = _class_weights_by_tie(y, scores, weights, descending=True)
     cum_tp, cum_all = np.cumsum(tp, axis=1), np.cumsum(tp + fp, axis=1)
     total = tp.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
