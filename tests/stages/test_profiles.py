@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -130,15 +131,20 @@ def test_too_few_values_are_reported_but_never_flagged(dataset):
     assert amount["enough_data"] is False and amount["drifted"] is False
 
 
+def _land_day(data: Path, i: int, *, events: int, seed: int) -> None:
+    """Day i (2026-01-<i+1>): `events` shop events and one customer, landed as partitions."""
+    day = f"2026-01-{i + 1:02d}"
+    frame = _events(events, seed=seed)
+    frame["event_id"] += 1000 * i
+    write_partition(data, "events", day, frame)
+    write_partition(data, "customers", day, customers_frame(
+        [(i + 1, "2025-12-01", "DE", "basic", "ads", 9.0, f"{day} 00:00")]))  # fmt: skip
+
+
 def test_profile_and_drift_stages_on_validated_partitions(tmp_path, shop_params):
     params = write_params(shop_params, tmp_path / "params.yaml")
     for i in range(10):
-        day = f"2026-01-{i + 1:02d}"
-        frame = _events(60, seed=i)
-        frame["event_id"] += 1000 * i
-        write_partition(tmp_path / "data", "events", day, frame)
-        write_partition(tmp_path / "data", "customers", day, customers_frame(
-            [(i + 1, "2025-12-01", "DE", "basic", "ads", 9.0, f"{day} 00:00")]))  # fmt: skip
+        _land_day(tmp_path / "data", i, events=60, seed=i)
     validated, profiles = tmp_path / "validated", tmp_path / "profile"
     argv = [str(tmp_path / "data/landing"), str(validated), str(tmp_path / "v.json")]
     assert validate_main([*argv, "--params", str(params)]) == 0
@@ -216,12 +222,7 @@ def test_profiles_stage_is_incremental_and_equals_a_full_run(tmp_path, shop_para
     validated, profiles = tmp_path / "validated", tmp_path / "profile"
 
     def land(i, seed):
-        day = f"2026-01-{i + 1:02d}"
-        frame = _events(40, seed=seed)
-        frame["event_id"] += 1000 * i
-        write_partition(tmp_path / "data", "events", day, frame)
-        write_partition(tmp_path / "data", "customers", day, customers_frame(
-            [(i + 1, "2025-12-01", "DE", "basic", "ads", 9.0, f"{day} 00:00")]))  # fmt: skip
+        _land_day(tmp_path / "data", i, events=40, seed=seed)
 
     def run(out=profiles):
         argv = [str(tmp_path / "data/landing"), str(validated), str(tmp_path / "v.json")]
