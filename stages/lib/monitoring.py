@@ -693,7 +693,7 @@ def performance_reasons(
     reasons = []
     z = _z(cfg)
     auc, rate = m["roc_auc"], m["observed_rate"]
-    se = auc_standard_error(auc, m["positives"], m["n"] - m["positives"]) if auc else 0.0
+    se = 0.0 if auc is None else auc_standard_error(auc, m["positives"], m["n"] - m["positives"])
     test_auc = test.get("roc_auc") if test else None
     if cfg.max_roc_auc_drop is not None and auc is not None and test_auc is not None:
         negatives = test["n"] - test["positives"]
