@@ -1,4 +1,5 @@
-"""Stage `train`: fit the whole predictor (preprocessing + estimator), tuned on valid.
+"""Stage `train`: fit the whole predictor (preprocessing + estimator), tuned on valid and
+refitted on train + valid (`train.refit`).
 
 The work is stages/lib/training.py's (its docstring says how); this module reads the paths
 dvc.yaml passes and the params section, and writes the outputs."""
@@ -68,8 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed,
         n_trials=train_cfg.n_trials,
         n_jobs=train_cfg.n_jobs,
+        refit=train_cfg.refit,
     )
-    metrics = train_metrics(tuning.model, frames["train"], frames["valid"], schema, tuning)
+    # valid judges the model chosen on train; the one written also learnt valid (train.refit)
+    metrics = train_metrics(tuning.selected, frames["train"], frames["valid"], schema, tuning)
     save_model(tuning.model, args.model_out)
     write_metrics(args.metrics_out, metrics)
     if args.trials_out is not None:
@@ -80,9 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if schema.regression
         else f"roc_auc={valid['roc_auc']} log_loss={valid['log_loss']}"
     )
+    refit = f"; refitted on train + valid, {tuning.refit_rows} rows" if tuning.refit_rows else ""
     print(
         f"train: {model_cfg.name} ({model_cfg.estimator}) on {metrics['train']['rows']} rows, "
-        f"{tuning.n_trials} tuning trial(s), best #{tuning.best_trial}; valid {scored}"
+        f"{tuning.n_trials} tuning trial(s), best #{tuning.best_trial}; valid {scored}{refit}"
     )
     return 0
 

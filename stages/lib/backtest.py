@@ -387,6 +387,7 @@ def train_at(history: Path, day: dt.date, work: Path, settings: Settings) -> Tra
         settings.seed,
         n_trials=settings.train.n_trials,
         n_jobs=settings.train.n_jobs,
+        refit=settings.train.refit,
     )
     test = parts["test"]
     reference = reference_scores(test, NativePredictor(tuning.model, schema), schema)

@@ -189,8 +189,9 @@ def build_card(
     """The model card as a JSON-ready mapping (no git commit, no gate verdict).
 
     `train_metrics` (the train stage's metrics file) adds the hyperparameters the model was
-    fitted with, which tuning may have chosen over the configured ones, the tuning summary and
-    the validation metrics.
+    fitted with, which tuning may have chosen over the configured ones, the tuning summary, the
+    validation metrics (of the model fitted on train) and `data.refit_rows` (train + valid, the
+    rows of the model written when `train.refit` refitted it; null when it was not).
     """
     model_params = section(params, "model")
     dates = sorted(str(pd.Timestamp(d).date()) for d in train[schema.time].dropna().unique())
@@ -219,6 +220,8 @@ def build_card(
         ("hyperparameters", "model", "fitted_hyperparameters"),
         ("tuning", "model", "tuning"),
         ("valid", "metrics", "valid"),
+        # train + valid's rows when the model written was refitted on both (train.refit)
+        ("refit_rows", "data", "refit_rows"),
     ):
         if key in fitted:
             card[where][name] = fitted[key]

@@ -14,6 +14,14 @@ the stages after this one never need to know which family they hold. With `train
 a seeded Optuna search over the model's `search_space` picks the hyperparameters with the best
 validation ROC AUC; every trial is a row of the trials table.
 
+Then, with `train.refit` (the default), the chosen hyperparameters are fitted once more on
+train + valid, and that is the model written: valid is the latest labelled data before the test
+split, and a model that never learns it is one period staler than it needs to be (on data whose
+relation moves, a tree trained weeks ago cannot follow it). The test split stays unseen, so
+what evaluate, the gate and the monitor read of it is still out of sample; the valid metrics
+written are the chosen model's before the refit (valid is in sample after it). A family that
+stops early on valid (the MLP) is refitted for the epochs it chose (`best_epoch_`).
+
 A regression (the feature schema's `task`, from a `rows_regression` dataset) fits the regressor
 of the family instead (`REGRESSORS`: `ridge`, and the same hyperparameters of
 `hist_gradient_boosting` and `random_forest`) on the numeric target, and tunes on valid R².
@@ -200,10 +208,14 @@ class TrainConfig:
     n_jobs: int | None = 1
     # Optuna trials over model.search_space; 0 fits the config's hyperparameters only.
     n_trials: int = 5
+    # the chosen hyperparameters fitted again on train + valid (the model written)
+    refit: bool = True
 
     def __post_init__(self) -> None:
         if self.n_trials < 0:
             raise ValueError(f"train.n_trials: {self.n_trials} is not >= 0")
+        if not isinstance(self.refit, bool):
+            raise ValueError(f"train.refit: expected true or false, got {self.refit!r}")
 
     @classmethod
     def from_params(cls, raw: Mapping[str, Any]) -> TrainConfig:
@@ -211,6 +223,7 @@ class TrainConfig:
         return cls(
             n_jobs=None if n_jobs is None else int(n_jobs),
             n_trials=int(raw.get("n_trials", 5)),
+            refit=raw.get("refit", True),
         )
 
 
@@ -387,7 +400,9 @@ def train_model(
 
 @dataclass(frozen=True)
 class TuneResult:
-    """The chosen model, how it was chosen, and every trial (columns: trial, score, params)."""
+    """The model to write, how it was chosen, and every trial (columns: trial, score, params).
+    `selected` is the best trial's model, fitted on train alone: what the valid metrics judge;
+    `model` is it refitted on train + valid (`refit_rows` rows), or the same object."""
 
     model: Pipeline
     hyperparameters: dict[str, Any]
@@ -395,6 +410,8 @@ class TuneResult:
     best_score: float
     n_trials: int
     trials: pd.DataFrame
+    selected: Pipeline
+    refit_rows: int | None = None
 
 
 def tune_model(
@@ -406,9 +423,11 @@ def tune_model(
     *,
     n_trials: int,
     n_jobs: int | None = 1,
+    refit: bool = False,
 ) -> TuneResult:
     """Pick hyperparameters by the validation score (ROC AUC, or R² for a regression: see
-    `validation_score`) with a seeded, sequential Optuna search.
+    `validation_score`) with a seeded, sequential Optuna search; with `refit`, fit them again
+    on train + valid (`refit_model`).
 
     Trial 0 is the config's own hyperparameters (when they lie in the search space), so the
     result is never worse on valid than the hand-set model; the rest are TPE suggestions over
@@ -465,13 +484,42 @@ def tune_model(
         study.optimize(objective, n_trials=n_trials, n_jobs=1)
         ran = n_trials
     columns = ["trial", "score", *(p.name for p in space)]
+    selected = best["model"]
+    model, refit_rows = selected, None
+    if refit:
+        both = pd.concat([train, valid], ignore_index=True)
+        model = refit_model(selected, both, schema, model_cfg, seed, best["params"], n_jobs)
+        refit_rows = len(both)
     return TuneResult(
-        model=best["model"],
+        model=model,
         hyperparameters=dict(best["params"]),
         best_trial=int(best["trial"]),
         best_score=float(best["score"]),
         n_trials=ran,
         trials=pd.DataFrame(rows, columns=columns),
+        selected=selected,
+        refit_rows=refit_rows,
+    )
+
+
+def refit_model(
+    selected: Pipeline,
+    frame: pd.DataFrame,
+    schema: FeatureSchema,
+    model_cfg: ModelConfig,
+    seed: int,
+    hyperparameters: Mapping[str, Any],
+    n_jobs: int | None = 1,
+) -> Pipeline:
+    """The chosen hyperparameters fitted on `frame` (train + valid), with nothing left to stop
+    early on: an estimator that stopped early on valid is fitted for the epochs it kept
+    (`best_epoch_`), the length the valid split chose."""
+    chosen = dict(hyperparameters)
+    best_epoch = getattr(selected.named_steps["estimator"], "best_epoch_", None)
+    if best_epoch is not None:
+        chosen["epochs"] = int(best_epoch)
+    return train_model(
+        frame, schema, model_cfg, seed, n_jobs=n_jobs, valid=None, hyperparameters=chosen
     )
 
 
@@ -517,7 +565,10 @@ def train_metrics(
     tuning: TuneResult | None = None,
 ) -> dict[str, Any]:
     """Split sizes and the validation split's ROC AUC and log loss (a regression's MAE, RMSE
-    and R²); with `tuning`, the hyperparameters kept, the best trial and its score."""
+    and R²) of `model`; with `tuning`, the hyperparameters kept, the best trial and its score,
+    and the rows of the refit (`refit_rows`: train + valid; null when the model is the one
+    fitted on train). Pass the model fitted on train (`TuneResult.selected`): valid is in
+    sample for a refitted one."""
     y_valid = target(valid, schema)
     scores = predictions(model, valid, schema)
     if schema.regression:
@@ -555,6 +606,7 @@ def _with_tuning(metrics: dict[str, Any], tuning: TuneResult | None) -> dict[str
             "best_trial": tuning.best_trial,
             "best_score": tuning.best_score,
         }
+        metrics["refit_rows"] = tuning.refit_rows
     return metrics
 
 

@@ -166,6 +166,7 @@ def test_main_build_takes_fitted_hyperparameters_from_train_metrics(
                 "tuning": {"n_trials": 5, "best_trial": 2},
                 "valid": {"roc_auc": 0.7},
                 "train": {"rows": 4},
+                "refit_rows": 6,
             }
         )
     )
@@ -176,6 +177,7 @@ def test_main_build_takes_fitted_hyperparameters_from_train_metrics(
     assert card["model"]["fitted_hyperparameters"] == {"a": 3}  # as tuning chose
     assert card["model"]["tuning"] == {"n_trials": 5, "best_trial": 2}
     assert card["metrics"]["valid"] == {"roc_auc": 0.7}
+    assert card["data"]["train_rows"] == 4 and card["data"]["refit_rows"] == 6  # train + valid
 
 
 def test_main_build_records_the_onnx_file_when_given(

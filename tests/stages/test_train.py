@@ -85,6 +85,7 @@ def write_inputs(
     *,
     search_space: dict | None = None,
     n_trials: int = 0,
+    refit: bool | None = None,
 ) -> dict[str, Path]:
     split = root / "split"
     split.mkdir()
@@ -99,12 +100,12 @@ def write_inputs(
     }
     if search_space:
         model["search_space"] = search_space
+    train = {"n_jobs": 1, "n_trials": n_trials}
+    if refit is not None:  # absent: the default (true)
+        train["refit"] = refit
     params = root / "params.yaml"
     params.write_text(
-        yaml.safe_dump(
-            {"seed": 7, "model": model, "train": {"n_jobs": 1, "n_trials": n_trials}},
-            sort_keys=False,
-        )
+        yaml.safe_dump({"seed": 7, "model": model, "train": train}, sort_keys=False)
     )
     return {"split": split, "schema": schema, "params": params}
 
@@ -304,8 +305,11 @@ def test_bad_search_space_is_named(raw: dict, message: str) -> None:
 
 def test_train_config_defaults_and_rejects_negative_trials() -> None:
     assert TrainConfig.from_params({}).n_trials == 5
+    assert TrainConfig.from_params({}).refit is True
     with pytest.raises(ValueError, match=r"train\.n_trials"):
         TrainConfig.from_params({"n_trials": -1})
+    with pytest.raises(ValueError, match=r"train\.refit: expected true or false, got 'yes'"):
+        TrainConfig.from_params({"refit": "yes"})
 
 
 def test_main_tunes_and_writes_the_trials_table(tmp_path: Path) -> None:
@@ -351,7 +355,7 @@ def test_train_model_does_not_mutate_input() -> None:
 
 @pytest.mark.parametrize("estimator", sorted(MODELS))
 def test_main_writes_model_and_metrics(tmp_path: Path, estimator: str) -> None:
-    inputs = write_inputs(tmp_path, estimator)
+    inputs = write_inputs(tmp_path, estimator, refit=False)
     model_path, metrics_path = run_main(tmp_path, inputs)
     metrics = json.loads(metrics_path.read_text())
     train = pd.read_parquet(inputs["split"] / "train.parquet")
@@ -363,7 +367,42 @@ def test_main_writes_model_and_metrics(tmp_path: Path, estimator: str) -> None:
     assert metrics["valid"]["positives"] == int(valid["churn"].sum())
     assert metrics["valid"]["roc_auc"] == round(roc_auc_score(valid["churn"], scores), 6)
     assert metrics["valid"]["log_loss"] == pytest.approx(log_loss(valid["churn"], scores), 1e-6)
+    assert metrics["refit_rows"] is None
     assert metrics_path.read_text() == json.dumps(metrics, indent=2, sort_keys=True) + "\n"
+
+
+@pytest.mark.parametrize("estimator", sorted(MODELS))
+def test_the_model_written_learnt_valid_and_the_valid_metrics_judge_the_one_fitted_on_train(
+    tmp_path: Path, estimator: str
+) -> None:
+    inputs = write_inputs(tmp_path, estimator)  # train.refit's default
+    model_path, metrics_path = run_main(tmp_path, inputs)
+    metrics = json.loads(metrics_path.read_text())
+    train = pd.read_parquet(inputs["split"] / "train.parquet")
+    valid = pd.read_parquet(inputs["split"] / "valid.parquet")
+    cfg = MODELS[estimator]
+    on_train = train_model(train, SCHEMA, cfg, 7, valid=valid)
+    # what the stage writes: the same hyperparameters on train + valid; a family that stopped
+    # early on valid runs the epochs it kept, with nothing to stop on
+    chosen = dict(cfg.hyperparameters)
+    best_epoch = getattr(on_train.named_steps["estimator"], "best_epoch_", None)
+    if best_epoch is not None:
+        chosen["epochs"] = best_epoch
+        assert best_epoch < cfg.hyperparameters["epochs"]  # it did stop early here
+    both = pd.concat([train, valid], ignore_index=True)
+    expected = train_model(both, SCHEMA, cfg, 7, hyperparameters=chosen)
+    probe = make_frame(100, seed=5)
+    written = load_model(model_path)
+    np.testing.assert_array_equal(
+        positive_proba(written, probe, SCHEMA), positive_proba(expected, probe, SCHEMA)
+    )
+    assert not np.array_equal(
+        positive_proba(written, probe, SCHEMA), positive_proba(on_train, probe, SCHEMA)
+    )
+    # valid is in sample for the model written: its metrics are the train-only model's
+    scores = positive_proba(on_train, valid, SCHEMA)
+    assert metrics["valid"]["roc_auc"] == round(roc_auc_score(valid["churn"], scores), 6)
+    assert metrics["train"]["rows"] == 300 and metrics["refit_rows"] == 500
 
 
 @pytest.mark.parametrize("estimator", sorted(MODELS))
