@@ -104,9 +104,7 @@ def write_inputs(
     if refit is not None:  # absent: the default (true)
         train["refit"] = refit
     params = root / "params.yaml"
-    params.write_text(
-        yaml.safe_dump({"seed": 7, "model": model, "train": train}, sort_keys=False)
-    )
+    params.write_text(yaml.safe_dump({"seed": 7, "model": model, "train": train}, sort_keys=False))
     return {"split": split, "schema": schema, "params": params}
 
 
