@@ -77,8 +77,13 @@ def split_by_day(path: Path, table: TableSpec) -> tuple[list[str], dict[dt.date,
     """The header and each day's rows of one CSV file (LandError on a row it cannot place)."""
     zone = ZoneInfo(table.timezone)
     with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
+        # strict: a quote that is never closed is an error, not a field that swallows every
+        # line to the end of the file (the rows after it would be lost as one bad value)
+        reader = csv.reader(handle, strict=True)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            raise LandError(f"{path}: line 1: {_csv_problem(exc)}") from None
         if not header:
             raise LandError(f"{path}: empty file, expected a header line")
         if table.timestamp not in header:
@@ -88,22 +93,40 @@ def split_by_day(path: Path, table: TableSpec) -> tuple[list[str], dict[dt.date,
             )
         at = header.index(table.timestamp)
         days: dict[dt.date, list[list[str]]] = defaultdict(list)
-        for row in reader:
+        while True:
+            start = reader.line_num + 1  # a quoted field may span lines: name the row's first
+            try:
+                row = next(reader, None)
+            except csv.Error as exc:
+                raise LandError(f"{path}: line {start}: {_csv_problem(exc)}") from None
+            if row is None:
+                break
             if not row:
                 continue  # a blank line holds no row
             if len(row) != len(header):
                 raise LandError(
-                    f"{path}: line {reader.line_num}: {len(row)} fields, expected "
+                    f"{path}: line {start}: {len(row)} fields, expected "
                     f"{len(header)} as in the header"
                 )
             day = day_of(row[at], zone)
             if day is None:
                 raise LandError(
-                    f"{path}: line {reader.line_num}: {table.timestamp} {row[at][:40]!r} is "
+                    f"{path}: line {start}: {table.timestamp} {row[at][:40]!r} is "
                     f"not an ISO 8601 time (e.g. 2026-03-01 14:05:00)"
                 )
             days[day].append(row)
     return header, days
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    if "unexpected end of data" in str(exc):
+        return "a quoted field opened in this row is never closed (an unbalanced '\"')"
+    if "expected after" in str(exc):
+        return (
+            "a '\"' closes a quoted field that goes on: a stray quote, or one opened and not "
+            "closed in this row"
+        )
+    return f"not valid CSV ({exc})"
 
 
 def to_csv(header: list[str], rows: list[list[str]]) -> bytes:

@@ -80,6 +80,16 @@ def test_rows_go_to_the_day_of_their_time_and_a_rerun_writes_nothing(tmp_path, p
         (HEADER + "p000001,u0001,2026-03-01 10:00:00\n",
          "bad.csv: line 2: 3 fields, expected 9 as in the header"),
         ("id,when\n1,2026-03-01\n", "bad.csv: no column 'played_at' (the table's timestamp)"),
+        # a quote never closed would swallow every later row into one field: the row is named
+        (HEADER + row(1, "2026-03-01 10:00:00") + 'p000002,u0001,2026-03-01 11:00:00,play,,,"12.5'
+         + ",north,web\np000003,u0001,2026-03-01 12:00:00,play,,,12,north,web\n",
+         "bad.csv: line 3: a quoted field opened in this row is never closed"),
+        # ... or until a later quote closes it, which leaves the field going on
+        (HEADER + 'p000002,u0001,2026-03-01 11:00:00,play,,,"12.5,north,web\n'
+         + row(3, "2026-03-01 12:00:00"),
+         "bad.csv: line 2: a '\"' closes a quoted field that goes on"),
+        (HEADER + 'p000001,u0001,2026-03-01 10:00:00,play,,,"12"5,north,web\n',
+         "bad.csv: line 2: a '\"' closes a quoted field that goes on"),
         ("", "bad.csv: empty file, expected a header line"),
     ],
 )  # fmt: skip
@@ -95,6 +105,16 @@ def test_a_row_it_cannot_place_stops_it_before_anything_is_written(
     assert done.returncode == 2
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not lake.exists()  # the good file was not landed either
+
+
+def test_a_quoted_field_may_span_lines(tmp_path, params):
+    export = tmp_path / "notes.csv"
+    export.write_text(
+        HEADER + row(1, "2026-03-01 10:00:00", '"two\nlines"') + row(2, "2026-03-01 11:00:00")
+    )
+    done = land(params, tmp_path / "lake", str(export), "--table", "activity")
+    assert done.returncode == 0, done.stderr
+    assert "landed 2 rows" in done.stdout
 
 
 def test_config_mistakes_are_one_line(tmp_path, params):
