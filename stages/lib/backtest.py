@@ -84,12 +84,12 @@ from stages.lib.policy import Policy, last_training, policies_from_params
 from stages.lib.predictions import SNAPSHOT_COL, decision_threshold
 from stages.lib.profiling import ProfileConfig, profile_partition
 from stages.lib.regression import regression_metrics
-from stages.lib.rows import build_rows, write_rows
+from stages.lib.rows import build_rows, table_days, write_rows
 from stages.lib.scoring import reference_scores, score_frame
 from stages.lib.snapshots import (
     FeaturesConfig,
     build_features,
-    date_range,
+    event_dates,
     frame_schema,
     read_history,
     write_snapshots,
@@ -425,14 +425,17 @@ def prediction_set(
         table = read_parquet(con, history / f"{dataset.task.table}.parquet")
         if previous is not None:
             table = table.filter(table[PARTITION_COL] > ibis.literal(previous))
-        labelled, pending = build_rows(table, dataset, settings.features, last=day)
+        days = table_days(con, table, dataset)
+        labelled, pending = build_rows(table, dataset, settings.features, last=day, days=days)
         rows = labelled.drop(dataset.task.target).union(pending)
         rows = rows.mutate(**{SNAPSHOT_COL: ibis.literal(day)}).order_by(dataset.task.key)
         write_parquet(con, rows, path, frame_schema(rows))
     else:
         events, entities = read_history(con, history, dataset)
-        _, last = date_range(con, events, dataset.events.timestamp)
-        expr = build_features(events, entities, [last], dataset, settings.features, labelled=False)
+        _, last, span = event_dates(con, events, dataset)
+        expr = build_features(
+            events, entities, [last], dataset, settings.features, labelled=False, span=span
+        )
         write_parquet(con, expr, path, frame_schema(expr))
     frame = read_frame(path)
     path.unlink()

@@ -79,7 +79,7 @@ from stages.lib.shadow import DATE, ShadowConfig, live_sections, read_log
 from stages.lib.shadow import headline as served_headline
 from stages.lib.shadow import summary_lines as shadow_lines
 from stages.lib.skew import summary_lines as skew_lines
-from stages.lib.snapshots import FeaturesConfig, build_features, read_history
+from stages.lib.snapshots import FeaturesConfig, build_features, event_dates, read_history
 
 DIGITS = 6
 HISTORY_COLUMNS = (
@@ -792,8 +792,10 @@ def matured_labels(
     history, with the features stage's label definition."""
     if not dates:
         return pd.DataFrame()
-    events, entities = read_history(ibis.duckdb.connect(), history_dir, dataset)
-    table = build_features(events, entities, dates, dataset, features, labelled=True)
+    con = ibis.duckdb.connect()
+    events, entities = read_history(con, history_dir, dataset)
+    span = event_dates(con, events, dataset)[2]
+    table = build_features(events, entities, dates, dataset, features, labelled=True, span=span)
     return table.select(dataset.entity_key, SNAPSHOT_COL, dataset.label.name).to_pandas()
 
 

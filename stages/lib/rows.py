@@ -35,6 +35,7 @@ from stages.contract.feature_schema import CLASSIFICATION, REGRESSION, FeatureSc
 from stages.lib.dataset import DatasetConfig
 from stages.lib.engine import EngineConfig, collect, connect, read_parquet, write_parquet
 from stages.lib.io import write_json
+from stages.lib.localtime import LocalDays, Span, time_span
 from stages.lib.predictions import SNAPSHOT_COL
 from stages.lib.snapshots import (
     FeaturesConfig,
@@ -84,9 +85,15 @@ def period_end(day: ir.IntegerValue, last: int, period_days: int) -> ir.Value:
 
 
 def build_rows(
-    table: ir.Table, dataset: DatasetConfig, cfg: FeaturesConfig, *, last: dt.date
+    table: ir.Table,
+    dataset: DatasetConfig,
+    cfg: FeaturesConfig,
+    *,
+    last: dt.date,
+    days: LocalDays,
 ) -> tuple[ir.Table, ir.Table]:
     """(labelled examples, prediction set) of `table`; `last` is the latest day with a target.
+    Days (periods, the prediction date) are the table's local days: `days` (`table_days`).
 
     Columns: key, snapshot_date, the time column, numeric then categorical features, and the
     target in the labelled set. Ordered by snapshot, time, key, so the files' bytes do not
@@ -96,7 +103,7 @@ def build_rows(
     numeric, categorical = rows_features(dataset, cfg)
     last_day = (last - dt.date(1970, 1, 1)).days
     timed = table.filter(table[task.time].notnull())
-    day = timed[task.time].cast("date").epoch_days()
+    day = days.day_number(timed[task.time])
     timed = timed.mutate(_day=day, _target=target_value(timed, dataset))
     # a table keyed by its time (one row per hour) has that column once
     columns = list(dict.fromkeys([task.key, SNAPSHOT_COL, task.time, *numeric, *categorical]))
@@ -137,9 +144,20 @@ def target_summary(con: ibis.BaseBackend, labelled: ir.Table, dataset: DatasetCo
     return out
 
 
-def _day_bounds(con: ibis.BaseBackend, table: ir.Table, dataset: DatasetConfig) -> dict[str, Any]:
+def table_days(con: ibis.BaseBackend, table: ir.Table, dataset: DatasetConfig) -> LocalDays:
+    """The task table's local days (its `timezone`), over its time column's span; a UTC
+    table reads nothing."""
+    zone = dataset.table(dataset.task.table).timezone
+    if zone == "UTC":
+        return Span(None, None).days(zone)
+    return time_span(con, table, dataset.task.time).days(zone)
+
+
+def _day_bounds(
+    con: ibis.BaseBackend, table: ir.Table, dataset: DatasetConfig, days: LocalDays
+) -> dict[str, Any]:
     task = dataset.task
-    day = table[task.time].cast("date")
+    day = days.local_date(table[task.time])
     known = target_value(table, dataset).notnull()
     bounds = table.aggregate(
         rows=table.count(),
@@ -190,10 +208,11 @@ def write_rows(
             f"{source}: target '{task.target}' holds {unmapped}, which conf/dataset/"
             f"{dataset.name}.yaml task.labels does not map (it maps {sorted(task.labels)})"
         )
-    bounds = _day_bounds(con, table, dataset)
+    days = table_days(con, table, dataset)
+    bounds = _day_bounds(con, table, dataset, days)
     if bounds["last_labelled"] is None:
         raise ValueError(f"{source}: no row has a target '{task.target}' (and a time) to learn")
-    labelled, pending = build_rows(table, dataset, cfg, last=bounds["last_labelled"])
+    labelled, pending = build_rows(table, dataset, cfg, last=bounds["last_labelled"], days=days)
     n_labelled = write_parquet(con, labelled, out_dir / "snapshots.parquet", frame_schema(labelled))
     written = read_parquet(con, out_dir / "snapshots.parquet")
     predict, why = _prediction_rows(con, written, pending, dataset)
@@ -247,10 +266,11 @@ def write_rows_predict_set(
     con = connect(engine)
     source = _history_source(history_dir, dataset)
     table = read_parquet(con, source)
-    bounds = _day_bounds(con, table, dataset)
+    days = table_days(con, table, dataset)
+    bounds = _day_bounds(con, table, dataset, days)
     if bounds["last_labelled"] is None:
         raise ValueError(f"{source}: no row has a target '{dataset.task.target}' (and a time)")
-    labelled, pending = build_rows(table, dataset, cfg, last=bounds["last_labelled"])
+    labelled, pending = build_rows(table, dataset, cfg, last=bounds["last_labelled"], days=days)
     predict, why = _prediction_rows(con, labelled, pending, dataset)
     n_predict = write_parquet(con, predict, out_dir / "predict.parquet", frame_schema(predict))
     write_json(

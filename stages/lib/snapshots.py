@@ -25,6 +25,7 @@ from stages.contract.feature_schema import FeatureSchema, save_schema
 from stages.lib.dataset import CANCELLATION, PLAIN_EVENT, DatasetConfig, TableSpec
 from stages.lib.engine import EngineConfig, collect, connect, read_parquet, write_parquet
 from stages.lib.io import write_json
+from stages.lib.localtime import Span, time_span
 from stages.lib.predictions import SNAPSHOT_COL
 
 # the label is the dataset's: these keys left the features section
@@ -121,6 +122,8 @@ def without_excluded(
 
 
 def _day_number(value: ir.Value) -> ir.IntegerValue:
+    """A date's day number (days since 1970-01-01). A timestamp's is its local day's:
+    `LocalDays.day_number` of its table's zone."""
     return value.cast("date").epoch_days()
 
 
@@ -153,12 +156,17 @@ def _snapshot_days(dates: Sequence[dt.date], offsets: range) -> ir.Table:
 
 
 def _event_aggregates(
-    events: ir.Table, dates: Sequence[dt.date], dataset: DatasetConfig, cfg: FeaturesConfig
+    events: ir.Table,
+    dates: Sequence[dt.date],
+    dataset: DatasetConfig,
+    cfg: FeaturesConfig,
+    span: Span,
 ) -> ir.Table:
     """Per (entity, snapshot): counts and amounts per window, recency, activity trend."""
     timestamp = dataset.events.timestamp
+    day = span.days(dataset.events.timezone).day_number(events[timestamp])
     # per event, before the join multiplies the rows: its day, type and exact amount
-    derived = {"_day": _day_number(events[timestamp]), "_kind": _event_kind(events, dataset)}
+    derived = {"_day": day, "_kind": _event_kind(events, dataset)}
     if dataset.amount_types:
         # decimal sums are exact, so the result does not depend on summation order
         derived["_amount"] = events[dataset.amount_column].cast("decimal(18, 2)")
@@ -196,18 +204,18 @@ def _event_aggregates(
 
 
 def _labels(
-    events: ir.Table, dates: Sequence[dt.date], dataset: DatasetConfig, cfg: FeaturesConfig
+    events: ir.Table, dates: Sequence[dt.date], dataset: DatasetConfig, span: Span
 ) -> ir.Table:
     """(entity, snapshot) pairs with activity in (s, s + horizon]: the ones that did not churn."""
     timestamp = dataset.events.timestamp
     ev = events.filter(_event_kind(events, dataset).isin(list(dataset.activity_types)))
-    ev = ev.mutate(_day=_day_number(ev[timestamp]))
+    ev = ev.mutate(_day=span.days(dataset.events.timezone).day_number(ev[timestamp]))
     joined = ev.join(_snapshot_days(dates, range(1, dataset.label.horizon_days + 1)), "_day")
     return joined.select(dataset.entity_key, SNAPSHOT_COL).distinct().mutate(_retained=1)
 
 
 def _with_entity_attributes(
-    table: ir.Table, versions: ir.Table, dataset: DatasetConfig
+    table: ir.Table, versions: ir.Table, dataset: DatasetConfig, span: Span
 ) -> ir.Table:
     """Join each (entity, snapshot) with the entity's latest row up to the snapshot: a version
     of an entities table, or an event when the attributes come from the events table. Reading
@@ -216,13 +224,14 @@ def _with_entity_attributes(
     key, ef = dataset.entity_key, dataset.entity_features
     source = dataset.attribute_table
     attrs = list(ef.attributes)
+    local = span.days(source.timezone)
     # the source's own key breaks ties between rows with the same timestamp (two events in
     # the same second), so the chosen row does not depend on the engine's scan order
     ents = versions.select(
         _key=versions[key],
         _ts=versions[source.timestamp],
         _tie=versions[source.key],
-        _ts_day=_day_number(versions[source.timestamp]),
+        _ts_day=local.day_number(versions[source.timestamp]),
         **{a: versions[a] for a in attrs},
     )
     # `table` is used once: joined to itself (its keys, then its rows), the engine computes
@@ -234,7 +243,10 @@ def _with_entity_attributes(
     )
     table = ranked.filter(ranked._rank == 0).drop("_rank", "_key", "_ts", "_tie", "_ts_day")
     if ef.signup_date:
-        tenure = table._snap_day - _day_number(table[ef.signup_date])
+        signup = table[ef.signup_date]
+        # a date is a day already; a timestamp is counted on its table's local day
+        signed = local.day_number(signup) if signup.type().is_timestamp() else _day_number(signup)
+        tenure = table._snap_day - signed
         table = table.mutate(tenure_days=tenure.cast("float64")).drop(ef.signup_date)
     return table
 
@@ -247,16 +259,18 @@ def build_features(
     cfg: FeaturesConfig,
     *,
     labelled: bool,
+    span: Span,
 ) -> ir.Table:
     """Snapshot features for `dates`; with `labelled`, the label column too. `entities` is the
     table entity attributes come from: every version of each entity (prepare's
-    `<table>_versions`), or the events themselves (None: no attributes)."""
+    `<table>_versions`), or the events themselves (None: no attributes). Days are each table's
+    local days (`timezone`), looked up over the events' `span` (`event_dates`)."""
     key = dataset.entity_key
-    table = _event_aggregates(events, dates, dataset, cfg)
+    table = _event_aggregates(events, dates, dataset, cfg, span)
     if entities is not None:
-        table = _with_entity_attributes(table, entities, dataset)
+        table = _with_entity_attributes(table, entities, dataset, span)
     if labelled:
-        labels = _labels(events, dates, dataset, cfg)
+        labels = _labels(events, dates, dataset, span)
         table = table.left_join(labels, [key, SNAPSHOT_COL]).drop(
             f"{key}_right", f"{SNAPSHOT_COL}_right"
         )
@@ -269,14 +283,16 @@ def build_features(
     )
 
 
-def date_range(con: ibis.BaseBackend, events: ir.Table, timestamp: str) -> tuple[dt.date, dt.date]:
-    bounds = events.aggregate(
-        first=events[timestamp].cast("date").min(), last=events[timestamp].cast("date").max()
-    )
-    row = collect(con, bounds).to_pylist()[0]
-    if row["first"] is None:
+def event_dates(
+    con: ibis.BaseBackend, events: ir.Table, dataset: DatasetConfig
+) -> tuple[dt.date, dt.date, Span]:
+    """The first and last local days of the events (their table's `timezone`: the days the
+    lake's partitions and the monitor count) and the span `build_features` reads days over."""
+    span = time_span(con, events, dataset.events.timestamp)
+    if span.first is None or span.last is None:
         raise ValueError("features: the events history is empty")
-    return row["first"], row["last"]
+    days = span.days(dataset.events.timezone)
+    return days.date(span.first), days.date(span.last), span
 
 
 def frame_schema(expr: ir.Table) -> pa.Schema:
@@ -340,8 +356,8 @@ def write_snapshots(
     numeric, categorical = schema_features(dataset, cfg)
     con = connect(engine)
     events, entities = read_history(con, history_dir, dataset)
-    events_spec, source_spec = dataset.events, dataset.attribute_table
-    first, last = date_range(con, events, events_spec.timestamp)
+    source_spec = dataset.attribute_table
+    first, last, span = event_dates(con, events, dataset)
     horizon = dataset.label.horizon_days
     dates = snapshot_dates(first, last, cfg, horizon_days=horizon)
     if not dates:
@@ -349,8 +365,8 @@ def write_snapshots(
             f"features: history {first}..{last} is too short for a labelled snapshot "
             f"(needs min_history_days={cfg.min_history_days} + label horizon_days={horizon})"
         )
-    snapshots = build_features(events, entities, dates, dataset, cfg, labelled=True)
-    predict = build_features(events, entities, [last], dataset, cfg, labelled=False)
+    snapshots = build_features(events, entities, dates, dataset, cfg, labelled=True, span=span)
+    predict = build_features(events, entities, [last], dataset, cfg, labelled=False, span=span)
     n_snapshots = write_parquet(
         con, snapshots, out_dir / "snapshots.parquet", frame_schema(snapshots)
     )
@@ -421,8 +437,8 @@ def write_predict_set(
     check_champion_features([*numeric, *categorical], schema, schema_path, dataset.entity_key)
     con = connect(engine)
     events, entities = read_history(con, history_dir, dataset)
-    _, last = date_range(con, events, dataset.events.timestamp)
-    predict = build_features(events, entities, [last], dataset, cfg, labelled=False)
+    _, last, span = event_dates(con, events, dataset)
+    predict = build_features(events, entities, [last], dataset, cfg, labelled=False, span=span)
     n_predict = write_parquet(con, predict, out_dir / "predict.parquet", frame_schema(predict))
     write_json({"date": str(last), "rows": n_predict}, out_dir / "summary.json")
     print(f"predict_set: {n_predict} entities active at {last} to score")

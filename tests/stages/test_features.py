@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 from dataclasses import replace
@@ -11,9 +12,11 @@ import pytest
 from stages.contract.feature_schema import load_schema
 from stages.features import main
 from stages.lib.dataset import dataset_from_params
+from stages.lib.localtime import Span
 from stages.lib.snapshots import (
     FeaturesConfig,
     build_features,
+    event_dates,
     feature_names,
     schema_features,
     snapshot_dates,
@@ -21,6 +24,7 @@ from stages.lib.snapshots import (
 from tests.conftest import customers_frame, events_frame, write_params
 
 D = dt.date
+UTC_DAYS = Span(None, None)  # the shop's tables are UTC: no offset to look up
 CFG = FeaturesConfig(snapshot_every_days=2, max_snapshots=3, min_history_days=2, windows=(2, 4))
 LABEL = {"name": "churn", "horizon_days": 3, "lookback_days": 4}
 
@@ -70,7 +74,9 @@ def tiny_history():
 def test_features_labels_and_population_at_a_snapshot(tiny_history, shop_params):
     dataset = _dataset(shop_params)
     events, customers = map(ibis.memtable, tiny_history)
-    expr = build_features(events, customers, [D(2026, 1, 5)], dataset, CFG, labelled=True)
+    expr = build_features(
+        events, customers, [D(2026, 1, 5)], dataset, CFG, labelled=True, span=UTC_DAYS
+    )
     out = ibis.duckdb.connect().to_pyarrow(expr).to_pandas().set_index("customer_id")
 
     assert sorted(out.index) == [1, 2]  # 3 had no activity in the last 4 days
@@ -90,13 +96,41 @@ def test_features_never_read_the_future(tiny_history, shop_params):
     events, customers = map(ibis.memtable, tiny_history)
     con = ibis.duckdb.connect()
     full = con.to_pyarrow(
-        build_features(events, customers, [D(2026, 1, 5)], dataset, CFG, labelled=False)
+        build_features(
+            events, customers, [D(2026, 1, 5)], dataset, CFG, labelled=False, span=UTC_DAYS
+        )
     ).to_pandas()
     cut = events.filter(events.event_time < pd.Timestamp("2026-01-06"))
     past_only = con.to_pyarrow(
-        build_features(cut, customers, [D(2026, 1, 5)], dataset, CFG, labelled=False)
+        build_features(cut, customers, [D(2026, 1, 5)], dataset, CFG, labelled=False, span=UTC_DAYS)
     ).to_pandas()
     pd.testing.assert_frame_equal(full, past_only)
+
+
+def test_days_are_the_tables_local_days(tiny_history, shop_params):
+    """A New York lake: an evening session is on its local day, not on the next UTC day, and
+    the latest day is the last local day (the lake's last partition), not a UTC day holding a
+    few hours of data."""
+    raw = copy.deepcopy({**shop_params["dataset"], "label": LABEL})
+    for table in raw["tables"].values():
+        table["timezone"] = "America/New_York"
+    dataset = dataset_from_params(raw)
+    events, customers = tiny_history
+    # customer 1's order at 21:00 on 01-05 in New York is 02:00 UTC on 01-06
+    events.loc[events.event_id == 2, "event_time"] = pd.Timestamp("2026-01-06 02:00")
+    # the last event, a ticket at 22:00 on 01-09 in New York (03:00 UTC on 01-10)
+    events.loc[events.event_id == 9, "event_time"] = pd.Timestamp("2026-01-10 03:00")
+    con = ibis.duckdb.connect()
+    ev, cu = ibis.memtable(events), ibis.memtable(customers)
+    first, last, span = event_dates(con, ev, dataset)
+    assert (first, last) == (D(2026, 1, 1), D(2026, 1, 9))
+    expr = build_features(ev, cu, [D(2026, 1, 5)], dataset, CFG, labelled=True, span=span)
+    out = con.to_pyarrow(expr).to_pandas().set_index("customer_id")
+    assert out.loc[1, "orders_2d"] == 1 and out.loc[1, "orders_amount_4d"] == 30.0
+    # on UTC days the order would be the 6th's, after the snapshot
+    as_utc = _dataset(shop_params)
+    utc = build_features(ev, cu, [D(2026, 1, 5)], as_utc, CFG, labelled=True, span=UTC_DAYS)
+    assert con.to_pyarrow(utc).to_pandas().set_index("customer_id").loc[1, "orders_2d"] == 0
 
 
 def test_main_writes_snapshots_predict_set_and_schema(tmp_path, tiny_history, shop_params):

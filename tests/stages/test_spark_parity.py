@@ -245,3 +245,24 @@ def test_features_give_the_same_tables(histories, lake_params, tmp_path):
     assert snaps["snapshot_date"].nunique() >= 2 and 0 < snaps["churn"].mean() < 1
     for file in ("summary.json", "feature_schema.json"):
         assert (outs["duckdb"] / file).read_text() == (outs["pyspark"] / file).read_text()
+
+
+def test_local_days_on_spark_are_duckdbs(spark_session):
+    """The features' local days (stages/lib/localtime.py) are plain arithmetic on both engines:
+    New York timestamps across both changes of a year, and every local midnight's last second."""
+    import datetime as dt
+
+    import ibis
+
+    from stages.lib.localtime import LocalDays
+
+    grid = pd.date_range("2025-03-08", "2025-03-10", freq="20min").append(
+        pd.date_range("2025-11-01", "2025-11-03", freq="20min")
+    )
+    frame = pd.DataFrame({"t": grid.astype("datetime64[us]")})
+    days = LocalDays.between("America/New_York", dt.datetime(2025, 1, 1), dt.datetime(2026, 1, 1))
+    spark = spark_session.create_table("local_days", frame, overwrite=True)
+    duck = ibis.memtable(frame)
+    on_spark = spark_session.to_pyarrow(spark.select(n=days.day_number(spark.t)).order_by("n"))
+    on_duck = ibis.duckdb.connect().to_pyarrow(duck.select(n=days.day_number(duck.t)).order_by("n"))
+    assert on_spark.column("n").to_pylist() == on_duck.column("n").to_pylist()
