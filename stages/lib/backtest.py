@@ -882,7 +882,7 @@ def _hindsight(
             f"dates trained, not {missing[0]}): run one that does, as every_7_days at "
             "--step-days 7"
         )
-        print(f"backtest: no bound with hindsight: {why}", file=log)
+        # the command's summary says why (printed here too, it showed twice on a terminal)
         return {"available": False, "why": why, "best_by_trainings": {}, "seconds": 0.0}
     metric, _, higher = headline_metric(settings)
     key = settings.dataset.entity_key

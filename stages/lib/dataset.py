@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stages.lib.params import DATASET_SECTIONS
+from stages.lib.params import DATASET_SECTIONS, known_key
 
 if TYPE_CHECKING:  # pandas costs prepare and features, which never use it, 0.2-0.3 s to import
     import pandas as pd
@@ -400,7 +400,7 @@ class _Where:
         unknown = sorted(str(k) for k in raw if known is not None and k not in known)
         if unknown:
             where = f"{key}.{unknown[0]}" if key else unknown[0]
-            raise self.fail(where, f"a known key, one of {', '.join(known or ())}")
+            raise self.fail(where, known_key(unknown[0], known or ()))
         return raw
 
     def strings(self, raw: Any, key: str) -> tuple[str, ...]:

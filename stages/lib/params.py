@@ -21,8 +21,9 @@ cannot parse, a 100,000-digit number, a key a dataset's section does not have) i
 from __future__ import annotations
 
 import copy
+import difflib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,15 @@ DATASET_SECTIONS = (
 
 class ParamsError(ValueError):
     """conf/ or a params file that cannot be read or composed; the message is one line."""
+
+
+def known_key(key: str, known: Iterable[Any]) -> str:
+    """What an unknown `key` should have been: the closest known key first (a typo's fix
+    survives the line being abbreviated), then every known key."""
+    names = [str(k) for k in known]
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.75)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"a known key{hint}, one of {', '.join(names) or '(none)'}"
 
 
 def abbreviate(text: str, limit: int = SHOWN_CHARS) -> str:
@@ -221,8 +231,7 @@ def _deep_merge(base: Any, own: Any, where: str, file: str) -> Any:
     out = dict(base)
     for key, value in own.items():
         if key not in base:
-            known = ", ".join(map(str, base)) or "(none)"
-            raise ParamsError(f"{file}: {where}.{key}: expected a known key, one of {known}")
+            raise ParamsError(f"{file}: {where}.{key}: expected {known_key(key, base)}")
         out[key] = _deep_merge(base[key], value, f"{where}.{key}", file)
     return out
 

@@ -58,6 +58,10 @@ class FeaturesConfig:
                 f"params features.{moved[0]}: moved to the dataset, set "
                 f"dataset.label.{MOVED_TO_LABEL[moved[0]]} in conf/dataset/<name>.yaml"
             )
+        for key in ("windows", "exclude"):
+            value = raw.get(key)
+            if value is not None and (isinstance(value, str) or not isinstance(value, Sequence)):
+                raise ValueError(f"features.{key}: expected a list, got {value!r}")
         return cls(
             **{
                 **raw,

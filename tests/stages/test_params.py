@@ -186,8 +186,30 @@ def test_an_unknown_key_in_a_dataset_section_is_one_line_naming_file_and_key(con
     with pytest.raises(ParamsError) as caught:
         compose_params(conf, tmp_path / "p.yaml", ["dataset=bank"])
     assert str(caught.value).startswith(
-        "conf/dataset/bank.yaml: drift.last_dayz: expected a known key, one of last_days, bins"
+        "conf/dataset/bank.yaml: drift.last_dayz: expected a known key (did you mean "
+        "'last_days'?), one of last_days, bins"
     )
+
+
+@pytest.mark.parametrize(
+    ("added", "message"),
+    [
+        # the dataset's own keys are many: the line is abbreviated, so the suggestion is first
+        ("entity_feature: {}\n",
+         "conf/dataset/typo.yaml: entity_feature: expected a known key (did you mean "
+         "'entity_features'?), one of name, "),
+        ("drift: {last_days: 7}\nfeatures: {windows: 7}\n",
+         "features.windows: expected a list, got 7\n"),
+    ],
+)  # fmt: skip
+def test_a_dataset_mistake_says_what_was_expected(conf, tmp_path, capsys, added, message):
+    text = (ROOT / "conf" / "dataset" / "bank.yaml").read_text().replace("name: bank", "name: typo")
+    (conf / "dataset" / "typo.yaml").write_text(text + added)
+    out = tmp_path / "p.yaml"
+    assert main(["--conf", str(conf), "--output", str(out), "dataset=typo"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 def test_params_composed_by_hydra_alone_are_merged_when_read(conf, tmp_path):
