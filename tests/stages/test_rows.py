@@ -99,6 +99,32 @@ def test_rows_are_examples_dated_by_the_end_of_their_period(tmp_path: Path) -> N
     assert schema.categories == {"region": ("north", "south")} and schema.task == "classification"
 
 
+def test_periods_and_the_prediction_date_are_the_tables_local_days(tmp_path: Path) -> None:
+    """Tokyo (UTC+9): an application at 08:00 local is 23:00 UTC the day before. On UTC days
+    the last day's 08:00 rows would belong to the day before, and a period would end there."""
+    dataset = copy.deepcopy(LOANS)
+    dataset["tables"]["applications"]["timezone"] = "Asia/Tokyo"
+    history = _history(16)
+    # stored as naive UTC, as validate writes them: 09:00 and 10:00 local are 00:00, 01:00 UTC;
+    # move the day's first application to 08:00 local, 23:00 UTC the day before
+    first = history["application_id"].str.endswith("0")
+    history.loc[first, "applied_at"] -= pd.Timedelta(hours=10)
+    history.loc[~first, "applied_at"] -= pd.Timedelta(hours=9)
+    code, out = _run(tmp_path, dataset, history)
+    assert code == 0
+    snaps = pd.read_parquet(out / "snapshots.parquet")
+    last = START + dt.timedelta(days=15)
+    assert sorted({d.date() for d in snaps["snapshot_date"]}) == [
+        START + dt.timedelta(days=1),
+        START + dt.timedelta(days=8),
+        last,
+    ]
+    # each day's two applications share its period, as in the UTC test above
+    assert snaps.groupby(snaps["application_id"].str[:4])["snapshot_date"].nunique().max() == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["predict"]["date"] == str(last)
+
+
 def test_without_pending_targets_the_latest_period_is_the_prediction_set(tmp_path: Path) -> None:
     code, out = _run(tmp_path, LOANS, _history(16))
     assert code == 0
