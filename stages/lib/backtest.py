@@ -510,6 +510,7 @@ def monitor_verdict(
         champion.evaluated,
         last_day,
         dataset,
+        champion.reference,
     )
     outcomes = labels.targets if dataset.task.rows else labels.churn(matured)
     performance = performance_by_kind(dataset, published, outcomes, champion.reference, cfg)

@@ -46,6 +46,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import sys
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -259,9 +260,22 @@ def column_roles(
 
 
 def identifier_like(stats: Sequence[Mapping[str, Any]]) -> bool:
-    """A string column whose partitions hold mostly distinct values (ids, free text)."""
-    shares = [s["distinct"] / s["count"] for s in stats if s.get("count", 0) >= 20]
-    return bool(shares) and float(np.mean(shares)) > IDENTIFIER_SHARE
+    """A string (or coded) column whose partitions hold mostly distinct values that do not
+    come back in other partitions: ids, free text. Panel data (one row per store a day) also
+    holds distinct values in each partition, but the same ones every day: an input, whose mix
+    can drift (a store closing). Judged on each partition's most frequent values (`top`, ties
+    by value, so a panel's top values are the same stores every day)."""
+    counted = [s for s in stats if s.get("count", 0) >= 20]
+    shares = [s["distinct"] / s["count"] for s in counted]
+    if not shares or float(np.mean(shares)) <= IDENTIFIER_SHARE:
+        return False
+    tops = [set(s.get("top") or ()) for s in counted]
+    listed = sum(len(t) for t in tops)
+    if len(tops) < 2 or not listed:
+        return True
+    seen = Counter(value for top in tops for value in top)
+    recurring = sum(1 for top in tops for value in top if seen[value] > 1)
+    return recurring / listed <= IDENTIFIER_SHARE
 
 
 def windows(
@@ -946,11 +960,16 @@ def judged_predictions(
     evaluated: dt.date,
     last_day: dt.date,
     dataset: DatasetConfig,
+    reference: pd.DataFrame,
 ) -> tuple[pd.DataFrame, list[dt.date]]:
     """The predictions the monitor judges the model on, and their snapshot dates: only those
     it made on rows it never saw, with their labels (snapshots after `evaluated`, the latest
     one it was evaluated on, whose labels have matured by `last_day`). The monitor stage and
-    the backtest both read them so."""
+    the backtest both read them so.
+
+    A rows task's snapshot is the end of a period counted back from the latest day, so a day
+    later the latest period still holds six days of the test split: its rows (`reference`,
+    by key) are left out, since the model was judged on them, whatever their period."""
     horizon = dt.timedelta(days=dataset.label.horizon_days)
     matured: list[dt.date] = []
     if not published.empty:
@@ -961,6 +980,13 @@ def judged_predictions(
         if matured
         else published.iloc[0:0]
     )
+    if dataset.task.rows:
+        seen = set(reference[dataset.entity_key]) if len(reference) else set()
+        if seen and len(published):
+            published = published[~published[dataset.entity_key].isin(seen)]
+            matured = sorted({pd.Timestamp(d).date() for d in published[SNAPSHOT_COL]})
+        if seen and len(batch):
+            batch = batch[~batch[dataset.entity_key].isin(seen)]
     if dataset.task.rows and len(batch):
         # prequential: a rows task whose targets arrive with their rows has this run's batch
         # scored by the model before it ever saw those rows; where they are newer than what it
@@ -1024,7 +1050,9 @@ def run_monitor(args: MonitorPaths) -> dict[str, Any]:
     lake = str(section(params, "lake.path"))
     published = read_published(lake)
     last_day = dt.date.fromisoformat(max(profiles[main_table]))
-    published, matured = judged_predictions(published, batch, evaluated, last_day, dataset)
+    published, matured = judged_predictions(
+        published, batch, evaluated, last_day, dataset, reference
+    )
     performance = live_performance(
         args.history_dir, dataset, features, published, matured, reference, cfg
     )

@@ -170,6 +170,62 @@ def test_ids_free_text_non_inputs_and_seasonal_columns_are_never_reasons() -> No
     assert [r["column"] for r in plain["reasons"]] == ["calls.month"]
 
 
+def test_a_panels_unit_is_an_input_whose_mix_can_drift() -> None:
+    """One row per store a day: every partition's store codes are distinct, like ids, but the
+    same stores come back every day. They stay an input, and stores closing are a reason."""
+    stores = dataset_from_params(
+        {
+            "name": "stores",
+            "tables": {
+                "sales": {
+                    "key": "row_id",
+                    "timestamp": "day",
+                    "columns": {
+                        "row_id": {"type": "string", "nullable": False},
+                        "day": {"type": "timestamp", "nullable": False},
+                        "store_id": {"type": "int64", "nullable": False},
+                        "sales": {"type": "float64"},
+                    },
+                }
+            },
+            "task": {
+                "kind": "rows_regression",
+                "target": "sales",
+                "features": {"categorical": ["store_id"]},
+            },
+        }
+    )
+    table = stores.table("sales")
+
+    def day(date: dt.date, open_stores: range) -> dict:
+        frame = pd.DataFrame(
+            {
+                "row_id": [f"{date}-{s}" for s in open_stores],
+                "day": pd.Timestamp(date),
+                "store_id": list(open_stores),
+                "sales": 100.0,
+            }
+        )
+        return profile_partition(frame, table)
+
+    def drift(current: range) -> dict:
+        days = {}
+        for i in range(28):
+            date = CUTOFF - dt.timedelta(days=27 - i)
+            days[date] = day(date, range(60))
+        for i in range(14):
+            date = CUTOFF + dt.timedelta(days=1 + i)
+            days[date] = day(date, current)
+        profiles = {"sales": {d.isoformat(): p for d, p in days.items()}}
+        return input_drift(profiles, stores, ["store_id"], CUTOFF, MonitorConfig())
+
+    same = drift(range(60))
+    assert same["columns"]["sales.store_id"]["role"] == "input"
+    assert same["reasons"] == []
+    closed = drift(range(30))  # half the stores closed
+    assert [r["column"] for r in closed["reasons"]] == ["sales.store_id"]
+
+
 def test_a_24_row_day_flags_a_real_shift_within_a_week_and_noise_rarely() -> None:
     cfg = MonitorConfig(seasonal=("month",), last_days=7)
     flagged = [
@@ -498,6 +554,35 @@ def test_a_rows_tasks_targets_arrive_by_key_from_prepares_history(
     assert perf["n"] == 3 and perf["positives"] == 2 and perf["roc_auc"] == 0.5
     with pytest.raises(FileNotFoundError, match=r"calls\.parquet"):
         arrived_targets(tmp_path / "nope", dataset, published["row_key"])
+
+
+def test_a_rows_task_is_never_judged_on_its_test_split_rows() -> None:
+    """A day after a training, a rows task's latest period (its prediction set when no target
+    is pending) still holds six days of the test split: those rows are not live evidence."""
+    from stages.lib.monitoring import judged_predictions
+
+    dataset = dataset_from_params(yaml.safe_load((ROOT / "conf/dataset/bank.yaml").read_text()))
+    key = dataset.entity_key
+    evaluated = dt.date(2026, 3, 7)  # the test split's period
+    reference = pd.DataFrame({key: ["t1", "t2", "t3"], "snapshot_date": evaluated})
+    # today's batch: the latest period, 03-02..03-08, two test rows and two new ones
+    batch = pd.DataFrame(
+        {key: ["t2", "t3", "n1", "n2"], "snapshot_date": dt.date(2026, 3, 8), "score": 0.5}
+    )
+    # published earlier: a period after the test split, one of its rows a test row
+    published = pd.DataFrame(
+        {key: ["t1", "p1"], "snapshot_date": dt.date(2026, 3, 8), "score": 0.4}
+    )
+    judged, matured = judged_predictions(
+        published, batch, evaluated, dt.date(2026, 3, 9), dataset, reference
+    )
+    assert sorted(judged[key]) == ["n1", "n2", "p1"]
+    assert matured == [dt.date(2026, 3, 8)]
+    # nothing new: nothing judged
+    judged, matured = judged_predictions(
+        published.iloc[:1], batch.iloc[:2], evaluated, dt.date(2026, 3, 9), dataset, reference
+    )
+    assert judged.empty and matured == []
 
 
 def test_the_monitor_stage_starts_without_scipy_stats_or_scikit_learn():
