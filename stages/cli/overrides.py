@@ -128,6 +128,65 @@ def model_fits_task(model: Any, dataset: Any) -> object:
         raise ValueError(f"{exc}; the dataset's task.kind is {dataset.task.kind}") from None
 
 
+def _slices_named(params: Mapping[str, Any]) -> None:
+    """Each column `evaluate.slices` names is one of the test split's, as evaluate will look
+    for it (a misspelt one was a traceback at evaluate, after the whole training)."""
+    from stages.lib.dataset import dataset_from_params
+    from stages.lib.evaluation import EvaluateConfig
+    from stages.lib.params import did_you_mean
+    from stages.lib.predictions import SNAPSHOT_COL
+    from stages.lib.rows import rows_features
+    from stages.lib.snapshots import FeaturesConfig, feature_names
+
+    slices = EvaluateConfig.from_params(params["evaluate"]).slices
+    try:  # what the split holds; a mistake there is the dataset's or features' own line
+        dataset = dataset_from_params(params["dataset"])
+        features = FeaturesConfig.from_params(params["features"])
+        if dataset.task.rows:
+            numeric, categorical = rows_features(dataset, features)
+            split = [dataset.task.key, SNAPSHOT_COL, dataset.task.time, *numeric, *categorical]
+        else:
+            numeric, categorical = feature_names(dataset, features)
+            split = [dataset.entity_key, SNAPSHOT_COL, *numeric, *categorical]
+    except (ValueError, KeyError, TypeError):
+        return
+    split = list(dict.fromkeys(split))
+    # evaluate.slices is the dataset's `slices` unless set apart: name the file it came from
+    own = params["dataset"].get("slices")
+    where = (
+        f"conf/dataset/{dataset.name}.yaml: slices"
+        if own is not None and list(own) == list(params["evaluate"].get("slices") or [])
+        else "evaluate.slices"
+    )
+    for spec in slices:
+        if spec.column not in split:
+            raise ValueError(
+                f"{where}: '{spec.column}' is no column of the test split"
+                f"{did_you_mean(spec.column, split)}, expected one of {', '.join(split)}"
+            )
+
+
+def _seasonal_named(params: Mapping[str, Any]) -> None:
+    """Each column `monitor.seasonal` names is a column of the dataset's tables (a misspelt
+    one was silently no column, and the real one an input that a new month moves)."""
+    from stages.lib.dataset import dataset_from_params, settings_for
+    from stages.lib.monitoring import MonitorConfig
+    from stages.lib.params import did_you_mean
+
+    seasonal = MonitorConfig.from_params(settings_for(params, "monitor")).seasonal
+    try:
+        dataset = dataset_from_params(params["dataset"])
+    except (ValueError, KeyError, TypeError):
+        return  # the dataset's own line
+    tables = list(dict.fromkeys(c.name for t in dataset.tables for c in t.columns))
+    for column in seasonal:
+        if column not in tables:
+            raise ValueError(
+                f"monitor.seasonal: '{column}' is no column of the dataset's tables"
+                f"{did_you_mean(column, tables)}"
+            )
+
+
 def section_checks() -> dict[str, Callable[[Mapping[str, Any], Path], object]]:
     """Each params section -> what builds its config class from the composed params (and the
     file they were written to). The classes check their own ranges: no second table of ranges
@@ -137,8 +196,6 @@ def section_checks() -> dict[str, Callable[[Mapping[str, Any], Path], object]]:
     from stages.lib.dataset import dataset_from_params, settings_for
     from stages.lib.drift import DriftConfig
     from stages.lib.engine import EngineConfig
-    from stages.lib.evaluation import EvaluateConfig
-    from stages.lib.monitoring import MonitorConfig
     from stages.lib.policy import production_policy
     from stages.lib.profiling import ProfileConfig
     from stages.lib.snapshots import FeaturesConfig
@@ -155,7 +212,7 @@ def section_checks() -> dict[str, Callable[[Mapping[str, Any], Path], object]]:
             ModelConfig.from_params(p["model"]), dataset_from_params(p["dataset"])
         ),
         "train": lambda p, _: TrainConfig.from_params(p["train"]),
-        "evaluate": lambda p, _: EvaluateConfig.from_params(p["evaluate"]),
+        "evaluate": lambda p, _: _slices_named(p),
         # as the gate and the monitor read them: the dataset's own keys win
         "gate": lambda p, _: GateConfig.from_params(settings_for(p, "gate")),
         "validate": lambda p, _: ValidateConfig(**p["validate"]),
@@ -163,7 +220,7 @@ def section_checks() -> dict[str, Callable[[Mapping[str, Any], Path], object]]:
         "profile": lambda p, _: ProfileConfig.from_params(p["profile"]),
         "features": lambda p, _: FeaturesConfig.from_params(p["features"]),
         "engine": lambda p, _: EngineConfig.from_params(p["engine"]),
-        "monitor": lambda p, _: MonitorConfig.from_params(settings_for(p, "monitor")),
+        "monitor": lambda p, _: _seasonal_named(p),
         "split": lambda p, _: SplitConfig(**p["split"]),
         # every policy parses and the production one is among them
         "retrain": lambda p, _: production_policy(p),

@@ -56,13 +56,17 @@ class ParamsError(ValueError):
     """conf/ or a params file that cannot be read or composed; the message is one line."""
 
 
+def did_you_mean(name: str, names: Iterable[Any]) -> str:
+    """' (did you mean 'X'?)' for the closest of `names` to a misspelt `name`, or ''."""
+    close = difflib.get_close_matches(str(name), [str(n) for n in names], n=1, cutoff=0.75)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def known_key(key: str, known: Iterable[Any]) -> str:
     """What an unknown `key` should have been: the closest known key first (a typo's fix
     survives the line being abbreviated), then every known key."""
     names = [str(k) for k in known]
-    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.75)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"a known key{hint}, one of {', '.join(names) or '(none)'}"
+    return f"a known key{did_you_mean(key, names)}, one of {', '.join(names) or '(none)'}"
 
 
 def abbreviate(text: str, limit: int = SHOWN_CHARS) -> str:

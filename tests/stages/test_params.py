@@ -200,10 +200,22 @@ def test_an_unknown_key_in_a_dataset_section_is_one_line_naming_file_and_key(con
          "'entity_features'?), one of name, "),
         ("drift: {last_days: 7}\nfeatures: {windows: 7}\n",
          "features.windows: expected a list, got 7\n"),
+        # columns the stages will look for: a misspelt slice was a traceback at evaluate after
+        # the whole training, a misspelt seasonal column silently nothing
+        ("drift: {last_days: 7}\n",
+         "conf/dataset/typo.yaml: slices: 'jobb' is no column of the test split (did you "
+         "mean 'job'?), expected one of row_key, snapshot_date, "),
+        ("drift: {last_days: 7}\n",
+         "conf/dataset/typo.yaml: monitor.seasonal: 'montth' is no column of the dataset's "
+         "tables (did you mean 'month'?)\n"),
     ],
 )  # fmt: skip
 def test_a_dataset_mistake_says_what_was_expected(conf, tmp_path, capsys, added, message):
     text = (ROOT / "conf" / "dataset" / "bank.yaml").read_text().replace("name: bank", "name: typo")
+    if "jobb" in message:
+        text = text.replace("slices: [contact, month, job]", "slices: [contact, month, jobb]")
+    if "montth" in message:
+        text = text.replace("seasonal: [month]", "seasonal: [montth]")
     (conf / "dataset" / "typo.yaml").write_text(text + added)
     out = tmp_path / "p.yaml"
     assert main(["--conf", str(conf), "--output", str(out), "dataset=typo"]) == 2
