@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         what = f"{int(predictions['decision'].sum())} at or above {threshold}"
     print(
-        f"predict: {len(predictions)} entities scored at {', '.join(dates) or '-'}, {what} "
+        f"predict: {len(predictions)} rows scored at {', '.join(dates) or '-'}, {what} "
         f"(model {identity['model_version'][:12]}); reference: {len(reference)} test rows"
     )
     return 0

@@ -64,7 +64,23 @@ def make_gate(params: dict) -> Gate:
         if verdict.blessed:
             return GateResult(True, f"blessed against {against}")
         failed = ", ".join(c.name for c in verdict.failed)
-        return GateResult(False, f"{failed} failed against {against}")
+        # how sure: the first failed comparison's interval and what the test set can detect
+        # ("inconclusive" and "worse" read alike without it)
+        shown = next(
+            (
+                c
+                for c in verdict.failed
+                if None not in (c.difference, c.ci_low, c.ci_high, c.confidence, c.detectable)
+            ),
+            None,
+        )
+        sure = ""
+        if shown is not None:
+            sure = (
+                f" (difference {shown.difference:+.4f}, {shown.confidence:.0%} CI "
+                f"{shown.ci_low:+.4f} to {shown.ci_high:+.4f}, detectable {shown.detectable:.4f})"
+            )
+        return GateResult(False, f"{failed} failed against {against}{sure}")
 
     return gate
 
