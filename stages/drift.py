@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from stages.lib.dataset import dataset_from_params
-from stages.lib.drift import DriftConfig, compute_drift, drift_summary
+from stages.lib.dataset import dataset_from_params, settings_for
+from stages.lib.drift import INPUT, DriftConfig, column_roles, compute_drift, drift_summary
 from stages.lib.io import write_json
 from stages.lib.params import section, stage_params
 from stages.lib.profiling import read_profiles
@@ -31,19 +31,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         dataset = dataset_from_params(section(params, "dataset"))
         cfg = DriftConfig.from_params(section(params, "drift"))
+        seasonal = settings_for(params, "monitor").get("seasonal") or ()
     except ValueError as exc:  # a DatasetConfigError names the file and key
         print(f"drift: {exc}", file=sys.stderr)
         return 2
+    # the monitor's roles: what the model reads can drift, the rest is listed (the dataset's
+    # declared inputs; an excluded feature stays one here, a column it still computes)
+    task, ef = dataset.task, dataset.entity_features
+    inputs = [*task.numeric, *task.categorical] if task.rows else [*ef.numeric, *ef.categorical]
+    roles = column_roles(dataset, inputs, seasonal)
     train = json.loads(args.split_summary.read_text())["train"]["snapshot_dates"]
     profiles = {t.name: read_profiles(args.profile_dir, t.name) for t in dataset.tables}
-    report = compute_drift(profiles, dataset, train, cfg)
+    report = compute_drift(profiles, dataset, train, cfg, roles)
     write_json(report, args.report)
     write_json(drift_summary(report), args.metrics)
     for name, t in report["tables"].items():
-        flagged = sorted(c for c, m in t.get("columns", {}).items() if m["drifted"])
+        columns = t.get("columns", {})
+        flagged = sorted(c for c, m in columns.items() if m["drifted"] and m["role"] == INPUT)
+        listed = sorted(c for c, m in columns.items() if m["drifted"] and m["role"] != INPUT)
         print(
             f"drift {name}: {'DRIFTED' if t['drifted'] else 'stable'}"
             + (f" ({', '.join(flagged)})" if flagged else "")
+            + (f"; moved, not model inputs: {', '.join(listed)}" if listed else "")
         )
     return 0
 

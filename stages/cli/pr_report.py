@@ -371,15 +371,23 @@ def drift_lines(drift: Mapping[str, Any], report: Mapping[str, Any] | None = Non
     tables = (report or drift).get("tables") or {}
     for table, entry in sorted(tables.items()):
         columns = entry.get("columns") or {}
-        flagged = sorted(c for c, v in columns.items() if v.get("drifted"))
+        # the monitor's roles: ids, free text, seasonal and non-input columns move by
+        # construction; they are named apart, not counted (a report without roles: all count)
+        judged = {c: v for c, v in columns.items() if v.get("role", "input") in ("input", "target")}
+        flagged = sorted(c for c, v in judged.items() if v.get("drifted"))
+        moved = sorted(c for c, v in columns.items() if v.get("drifted") and c not in judged)
         rows = entry.get("rows") or {}
         mark = "⚠️" if entry.get("drifted") else "·"
-        line = f"- {mark} {table}: {len(flagged)} of {len(columns)} column(s) drifted"
+        line = f"- {mark} {table}: {len(flagged)} of {len(judged)} input column(s) drifted"
         if flagged:
             line += ": " + ", ".join(
                 f"`{c}` {columns[c].get('metric')} {_num(columns[c].get('value'))} > "
                 f"{_num(columns[c].get('threshold'))}"
                 for c in flagged
+            )
+        if moved:
+            line += "; moved, not inputs: " + ", ".join(
+                f"`{c}` ({columns[c]['role']})" for c in moved
             )
         if rows:
             line += (

@@ -23,6 +23,8 @@ distance measures how much the distribution moved, whatever the sample size.
 from __future__ import annotations
 
 import datetime as dt
+import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -203,6 +205,77 @@ def coded(column: str, stats: Sequence[Mapping[str, Any]], dataset: DatasetConfi
     return column in dataset.categorical_inputs and all("top" in s for s in stats)
 
 
+# --- which columns can be reasons --------------------------------------------------------------
+
+INPUT, TARGET, SEASONAL, IDENTIFIER, NOT_INPUT = (
+    "input",
+    "target",
+    "seasonal",
+    "identifier",
+    "not_input",
+)
+# a string column with more distinct values than this share of its rows, in its reference
+# partitions, is an identifier or free text: its values are new every day by construction
+IDENTIFIER_SHARE = 0.5
+
+
+def column_roles(
+    dataset: DatasetConfig, inputs: Sequence[str], seasonal: Sequence[str]
+) -> dict[str, dict[str, str]]:
+    """table -> column -> role, for the columns worth comparing (keys, times and dates are
+    left out: they change by construction). Only INPUT (and a classification's TARGET: the
+    label rate) can be reasons; the rest are listed as information. The inputs are the model's
+    features, the event columns every event feature is computed from (entity churn), and the
+    columns a derived input is computed from."""
+    inputs, seasonal = set(inputs), set(seasonal)
+    # entity churn: the event table's type and amount columns feed every event feature
+    sources = set()
+    if not dataset.task.rows:
+        sources = {c for c in (dataset.event_type_column, dataset.amount_column) if c}
+    roles: dict[str, dict[str, str]] = {}
+    for table in dataset.tables:
+        skip = {table.key, table.timestamp, dataset.entity_key, table.entity_key}
+        names = {c.name for c in table.columns}
+        # a derived input (retail's amount = quantity * unit_price) reads its source columns
+        used = inputs | (sources if table.role == "events" else set())
+        for col in table.columns:
+            if col.expr and col.name in used:
+                used |= set(re.findall(r"[A-Za-z_]\w*", col.expr)) & names
+        out = {}
+        for col in table.columns:
+            if col.name in skip or col.type in ("date", "timestamp") or col.surrogate:
+                continue
+            if dataset.task.rows and col.name == dataset.task.target:
+                out[col.name] = TARGET
+            elif col.name in seasonal:
+                out[col.name] = SEASONAL
+            elif col.name in used:
+                out[col.name] = INPUT
+            else:
+                out[col.name] = NOT_INPUT
+        roles[table.name] = out
+    return roles
+
+
+def identifier_like(stats: Sequence[Mapping[str, Any]]) -> bool:
+    """A string (or coded) column whose partitions hold mostly distinct values that do not
+    come back in other partitions: ids, free text. Panel data (one row per store a day) also
+    holds distinct values in each partition, but the same ones every day: an input, whose mix
+    can drift (a store closing). Judged on each partition's most frequent values (`top`, ties
+    by value, so a panel's top values are the same stores every day)."""
+    counted = [s for s in stats if s.get("count", 0) >= 20]
+    shares = [s["distinct"] / s["count"] for s in counted]
+    if not shares or float(np.mean(shares)) <= IDENTIFIER_SHARE:
+        return False
+    tops = [set(s.get("top") or ()) for s in counted]
+    listed = sum(len(t) for t in tops)
+    if len(tops) < 2 or not listed:
+        return True
+    seen = Counter(value for top in tops for value in top)
+    recurring = sum(1 for top in tops for value in top if seen[value] > 1)
+    return recurring / listed <= IDENTIFIER_SHARE
+
+
 def split_periods(
     dates: Sequence[str], train_until: dt.date, last_days: int
 ) -> tuple[list[str], list[str]]:
@@ -219,8 +292,12 @@ def table_drift(
     table: str,
     train_until: dt.date,
     cfg: DriftConfig,
+    roles: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Drift of one table between its reference and current partitions."""
+    """Drift of one table between its reference and current partitions. With `roles` (the
+    monitor's `column_roles` for this table), every column is measured and listed with its
+    role, but only an input's drift (or a rows target's) makes the table drifted: free text,
+    ids, seasonal columns and columns the model does not read move by construction."""
     spec = dataset.table(table)
     reference, current = split_periods(list(profiles), train_until, cfg.last_days)
     out: dict[str, Any] = {
@@ -258,7 +335,13 @@ def table_drift(
         numeric = col.type in NUMERIC_TYPES and not coded(col.name, ref + cur, dataset)
         measure = _numeric_drift if numeric else _categorical_drift
         columns[col.name] = measure(ref, cur, cfg)
-    drifted = rows["drifted"] or any(c["drifted"] for c in columns.values())
+        if roles is not None:
+            role = roles.get(col.name, NOT_INPUT)
+            if role == INPUT and not numeric and identifier_like(ref):
+                role = IDENTIFIER
+            columns[col.name]["role"] = role
+    judged = [c for c in columns.values() if c.get("role", INPUT) in (INPUT, TARGET)]
+    drifted = rows["drifted"] or any(c["drifted"] for c in judged)
     return {**out, "drifted": drifted, "rows": rows, "columns": columns}
 
 
@@ -267,15 +350,23 @@ def compute_drift(
     dataset: DatasetConfig,
     train_snapshots: Sequence[str],
     cfg: DriftConfig,
+    roles: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Drift of every table; `profiles` is table -> date -> profile, `train_snapshots` the
-    train split's snapshot dates."""
+    train split's snapshot dates, `roles` table -> column -> role (`column_roles`)."""
     if not train_snapshots:
         raise ValueError("drift: the train split has no snapshot dates")
     last = dt.date.fromisoformat(str(max(train_snapshots))[:10])
     train_until = last + dt.timedelta(days=dataset.label.horizon_days)
     tables = {
-        t.name: table_drift(profiles[t.name], dataset, t.name, train_until, cfg)
+        t.name: table_drift(
+            profiles[t.name],
+            dataset,
+            t.name,
+            train_until,
+            cfg,
+            None if roles is None else roles.get(t.name, {}),
+        )
         for t in dataset.tables
     }
     return {
@@ -290,7 +381,14 @@ def drift_summary(report: Mapping[str, Any]) -> dict[str, Any]:
     how many columns and tables drifted, and the largest PSI and JS distance (None: no column
     of that kind)."""
     tables = report["tables"].values()
-    columns = [c for t in tables for c in (t.get("columns") or {}).values()]
+    # the columns that can make a table drifted: inputs (and a rows target), or every column
+    # of a report without roles
+    columns = [
+        c
+        for t in tables
+        for c in (t.get("columns") or {}).values()
+        if c.get("role", INPUT) in (INPUT, TARGET)
+    ]
 
     def largest(metric: str) -> float | None:
         values = [c["value"] for c in columns if c.get("metric") == metric]

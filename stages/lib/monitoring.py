@@ -44,9 +44,7 @@ server logs are read at once, and with `--dispatch` starts the retrain workflow
 from __future__ import annotations
 
 import datetime as dt
-import re
 import sys
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -61,12 +59,17 @@ from stages.contract.card import ModelCard
 from stages.contract.prediction_log import PREDICTION, SCORE, read_logged
 from stages.lib.dataset import NUMERIC_TYPES, DatasetConfig, dataset_from_params, settings_for
 from stages.lib.drift import (
+    IDENTIFIER,
+    INPUT,
+    TARGET,
     Comparison,
     DriftConfig,
     coded,
+    column_roles,
     compare_categorical,
     compare_numeric,
     compare_values,
+    identifier_like,
     rate_comparison,
     values_drift,
 )
@@ -205,77 +208,6 @@ def _reason(
         "n_current": n_current,
         **extra,
     }
-
-
-# --- which columns can be reasons --------------------------------------------------------------
-
-INPUT, TARGET, SEASONAL, IDENTIFIER, NOT_INPUT = (
-    "input",
-    "target",
-    "seasonal",
-    "identifier",
-    "not_input",
-)
-# a string column with more distinct values than this share of its rows, in its reference
-# partitions, is an identifier or free text: its values are new every day by construction
-IDENTIFIER_SHARE = 0.5
-
-
-def column_roles(
-    dataset: DatasetConfig, inputs: Sequence[str], seasonal: Sequence[str]
-) -> dict[str, dict[str, str]]:
-    """table -> column -> role, for the columns worth comparing (keys, times and dates are
-    left out: they change by construction). Only INPUT (and a classification's TARGET: the
-    label rate) can be reasons; the rest are listed as information. The inputs are the model's
-    features, the event columns every event feature is computed from (entity churn), and the
-    columns a derived input is computed from."""
-    inputs, seasonal = set(inputs), set(seasonal)
-    # entity churn: the event table's type and amount columns feed every event feature
-    sources = set()
-    if not dataset.task.rows:
-        sources = {c for c in (dataset.event_type_column, dataset.amount_column) if c}
-    roles: dict[str, dict[str, str]] = {}
-    for table in dataset.tables:
-        skip = {table.key, table.timestamp, dataset.entity_key, table.entity_key}
-        names = {c.name for c in table.columns}
-        # a derived input (retail's amount = quantity * unit_price) reads its source columns
-        used = inputs | (sources if table.role == "events" else set())
-        for col in table.columns:
-            if col.expr and col.name in used:
-                used |= set(re.findall(r"[A-Za-z_]\w*", col.expr)) & names
-        out = {}
-        for col in table.columns:
-            if col.name in skip or col.type in ("date", "timestamp") or col.surrogate:
-                continue
-            if dataset.task.rows and col.name == dataset.task.target:
-                out[col.name] = TARGET
-            elif col.name in seasonal:
-                out[col.name] = SEASONAL
-            elif col.name in used:
-                out[col.name] = INPUT
-            else:
-                out[col.name] = NOT_INPUT
-        roles[table.name] = out
-    return roles
-
-
-def identifier_like(stats: Sequence[Mapping[str, Any]]) -> bool:
-    """A string (or coded) column whose partitions hold mostly distinct values that do not
-    come back in other partitions: ids, free text. Panel data (one row per store a day) also
-    holds distinct values in each partition, but the same ones every day: an input, whose mix
-    can drift (a store closing). Judged on each partition's most frequent values (`top`, ties
-    by value, so a panel's top values are the same stores every day)."""
-    counted = [s for s in stats if s.get("count", 0) >= 20]
-    shares = [s["distinct"] / s["count"] for s in counted]
-    if not shares or float(np.mean(shares)) <= IDENTIFIER_SHARE:
-        return False
-    tops = [set(s.get("top") or ()) for s in counted]
-    listed = sum(len(t) for t in tops)
-    if len(tops) < 2 or not listed:
-        return True
-    seen = Counter(value for top in tops for value in top)
-    recurring = sum(1 for top in tops for value in top if seen[value] > 1)
-    return recurring / listed <= IDENTIFIER_SHARE
 
 
 def windows(

@@ -402,7 +402,9 @@ def test_the_headline_metrics_compare_and_the_tables_come_from_the_report_data(
           "tables_drifted": 1, "columns_drifted": 1, "psi_max": 0.64, "js_max": 0.1})  # fmt: skip
     write(repo, "artifacts/drift/report.json", {"drifted": True, "tables": {"customers": {
         "drifted": True, "rows": {}, "columns": {"monthly_price": {
-            "drifted": True, "metric": "psi", "value": 0.64, "threshold": 0.2}}}}})  # fmt: skip
+            "drifted": True, "metric": "psi", "value": 0.64, "threshold": 0.2, "role": "input"},
+            "notes": {"drifted": True, "metric": "js_distance", "value": 0.4, "threshold": 0.1,
+                      "role": "identifier"}}}}})  # fmt: skip
     validate = read(repo, "artifacts/validate/report.json")
     validate["events"]["totals"] = {"rows_in": 91, "rows_valid": 90, "rows_quarantined": 1}
     write(repo, "artifacts/validate/report.json", validate)
@@ -416,7 +418,11 @@ def test_the_headline_metrics_compare_and_the_tables_come_from_the_report_data(
     data = table(report, "data")
     assert data["events.rows_in"] == ["—", "91", "—"]  # the report is the workspace's only
     assert "rows_in" in data and "Drift: **drifted**" in report
-    assert "customers: 1 of 1 column(s) drifted: `monthly_price` psi 0.64 > 0.2" in report
+    # free text moved too: named apart, not counted among the inputs
+    assert (
+        "customers: 1 of 1 input column(s) drifted: `monthly_price` psi 0.64 > 0.2; moved, not "
+        "inputs: `notes` (identifier)" in report
+    )
 
     # a report of another model than the verdict's: its numbers are not shown as this one's
     write(repo, "reports/gate.json", gate_report(blessed=True, model_md5="other"))

@@ -12,7 +12,15 @@ import pytest
 
 from stages.drift import main as drift_main
 from stages.lib.dataset import dataset_from_params
-from stages.lib.drift import DriftConfig, compute_drift, js_distance, psi, split_periods
+from stages.lib.drift import (
+    DriftConfig,
+    column_roles,
+    compute_drift,
+    drift_summary,
+    js_distance,
+    psi,
+    split_periods,
+)
 from stages.lib.profiling import profile_partition
 from stages.profiles import main as profile_main
 from stages.validate import main as validate_main
@@ -119,6 +127,27 @@ def test_drift_flags_what_moved_and_nothing_else(dataset):
     assert events["rows"]["change"] == pytest.approx(1.0)
     # amounts are nulls for sessions: the null share moved, so amount drifts too
     assert events["columns"]["amount"]["drifted"]
+
+
+def test_with_the_monitors_roles_only_an_input_makes_a_table_drifted(dataset):
+    days = [f"2026-01-{d:02d}" for d in range(1, 15)]
+    moved = {d: _events(400, seed=i) for i, d in enumerate(days)}
+    for i, d in enumerate(days[-4:]):
+        moved[d] = _events(400, seed=100 + i, amount_scale=120.0)  # prices tripled
+    cfg, train = DriftConfig(last_days=4, min_count=100), ["2026-01-02"]
+    # the amount listed as seasonal (as a dataset would its month): measured, shown, not a flag
+    roles = column_roles(dataset, ["plan"], seasonal=["amount"])
+    assert roles["events"] == {"event_type": "input", "amount": "seasonal"}
+    report = compute_drift(_profiles(dataset, moved), dataset, train, cfg, roles)
+    columns = report["tables"]["events"]["columns"]
+    assert columns["amount"]["drifted"] and columns["amount"]["role"] == "seasonal"
+    assert not report["drifted"] and not report["tables"]["events"]["drifted"]
+    assert drift_summary(report)["columns_drifted"] == 0
+    # the same data with the amount an input (the monitor's default for it): drifted
+    inputs = compute_drift(
+        _profiles(dataset, moved), dataset, train, cfg, column_roles(dataset, ["plan"], ())
+    )
+    assert inputs["drifted"] and drift_summary(inputs)["columns_drifted"] == 1
 
 
 def test_too_few_values_are_reported_but_never_flagged(dataset):
