@@ -71,6 +71,33 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _known_sections(params: Mapping[str, Any], conf_dir: Path, overrides: Sequence[str]) -> None:
+    """Every top-level key is a section of conf/config.yaml or one of its groups. Hydra's own
+    hint for a key it does not know (`use +task.max_periods=8`) adds a new top-level section
+    that nothing reads: a mistake that exit 0 would hide."""
+    from stages.lib.dataset import _DATASET_KEYS
+    from stages.lib.params import did_you_mean
+
+    config = yaml.safe_load((conf_dir / "config.yaml").read_text()) or {}
+    groups = {
+        str(next(iter(entry))).split("@")[0].lstrip("/")
+        for entry in config.get("defaults") or ()
+        if isinstance(entry, Mapping)
+    }
+    known = (set(config) - {"defaults"}) | groups
+    for key in params:
+        if key in known:
+            continue
+        blamed = [o for o in overrides if o.lstrip("+~").split("=")[0].split(".")[0] == key]
+        where = f"override {' '.join(blamed)}" if blamed else str(conf_dir / "config.yaml")
+        hint = (
+            f" (a dataset key: +dataset.{key}..., or conf/dataset/<name>.yaml)"
+            if key in _DATASET_KEYS
+            else did_you_mean(key, sorted(known))
+        )
+        raise ParamsError(f"{where}: '{key}' is no section of {conf_dir}/config.yaml{hint}")
+
+
 def check_composition(
     params_path: Path,
     conf_dir: str | Path,
@@ -82,6 +109,7 @@ def check_composition(
     from stages.cli.overrides import section_checks
 
     params = load_params(params_path)
+    _known_sections(params, Path(conf_dir), overrides)
     for name, check in section_checks().items():
         if name not in params:
             continue

@@ -373,7 +373,7 @@ def drift_lines(drift: Mapping[str, Any], report: Mapping[str, Any] | None = Non
         columns = entry.get("columns") or {}
         # the monitor's roles: ids, free text, seasonal and non-input columns move by
         # construction; they are named apart, not counted (a report without roles: all count)
-        judged = {c: v for c, v in columns.items() if v.get("role", "input") in ("input", "target")}
+        judged = {c: v for c, v in columns.items() if v.get("role", "input") == "input"}
         flagged = sorted(c for c, v in judged.items() if v.get("drifted"))
         moved = sorted(c for c, v in columns.items() if v.get("drifted") and c not in judged)
         rows = entry.get("rows") or {}

@@ -296,8 +296,9 @@ def table_drift(
 ) -> dict[str, Any]:
     """Drift of one table between its reference and current partitions. With `roles` (the
     monitor's `column_roles` for this table), every column is measured and listed with its
-    role, but only an input's drift (or a rows target's) makes the table drifted: free text,
-    ids, seasonal columns and columns the model does not read move by construction."""
+    role, but only an input's drift makes the table drifted: free text, ids, seasonal columns
+    and columns the model does not read move by construction, and a rows target's latest rows
+    may await their values."""
     spec = dataset.table(table)
     reference, current = split_periods(list(profiles), train_until, cfg.last_days)
     out: dict[str, Any] = {
@@ -340,7 +341,9 @@ def table_drift(
             if role == INPUT and not numeric and identifier_like(ref):
                 role = IDENTIFIER
             columns[col.name]["role"] = role
-    judged = [c for c in columns.values() if c.get("role", INPUT) in (INPUT, TARGET)]
+    # a rows target is listed, not judged: its latest rows may still await their values (a
+    # null share of 100 % is no drift), and the monitor tests the label rate on known ones
+    judged = [c for c in columns.values() if c.get("role", INPUT) == INPUT]
     drifted = rows["drifted"] or any(c["drifted"] for c in judged)
     return {**out, "drifted": drifted, "rows": rows, "columns": columns}
 
@@ -381,13 +384,13 @@ def drift_summary(report: Mapping[str, Any]) -> dict[str, Any]:
     how many columns and tables drifted, and the largest PSI and JS distance (None: no column
     of that kind)."""
     tables = report["tables"].values()
-    # the columns that can make a table drifted: inputs (and a rows target), or every column
-    # of a report without roles
+    # the columns that can make a table drifted: inputs, or every column of a report without
+    # roles
     columns = [
         c
         for t in tables
         for c in (t.get("columns") or {}).values()
-        if c.get("role", INPUT) in (INPUT, TARGET)
+        if c.get("role", INPUT) == INPUT
     ]
 
     def largest(metric: str) -> float | None:

@@ -192,6 +192,25 @@ def test_an_unknown_key_in_a_dataset_section_is_one_line_naming_file_and_key(con
 
 
 @pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+task.max_periods=8", "override +task.max_periods=8: 'task' is no section of "),
+        ("+monitr.min_count=5", "is no section of "),
+    ],
+)
+def test_hydras_plus_for_an_unknown_section_is_refused(tmp_path, capsys, override, message):
+    # Hydra's own hint for a key it does not know adds a top-level section nothing reads
+    out = tmp_path / "p.yaml"
+    assert main(["--conf", str(ROOT / "conf"), "--output", str(out), override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    if "monitr" in override:
+        assert err.rstrip().endswith("(did you mean 'monitor'?)")
+    else:
+        assert "+dataset.task" in err
+
+
+@pytest.mark.parametrize(
     ("added", "message"),
     [
         # the dataset's own keys are many: the line is abbreviated, so the suggestion is first

@@ -148,6 +148,13 @@ def test_with_the_monitors_roles_only_an_input_makes_a_table_drifted(dataset):
         _profiles(dataset, moved), dataset, train, cfg, column_roles(dataset, ["plan"], ())
     )
     assert inputs["drifted"] and drift_summary(inputs)["columns_drifted"] == 1
+    # a rows target is listed, never the verdict: its latest rows may await their values
+    target = compute_drift(
+        _profiles(dataset, moved), dataset, train, cfg,
+        {"events": {"event_type": "input", "amount": "target"}},
+    )  # fmt: skip
+    assert target["tables"]["events"]["columns"]["amount"]["drifted"]
+    assert not target["drifted"] and drift_summary(target)["columns_drifted"] == 0
 
 
 def test_too_few_values_are_reported_but_never_flagged(dataset):
