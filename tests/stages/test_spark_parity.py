@@ -261,8 +261,9 @@ def test_local_days_on_spark_are_duckdbs(spark_session):
     )
     frame = pd.DataFrame({"t": grid.astype("datetime64[us]")})
     days = LocalDays.between("America/New_York", dt.datetime(2025, 1, 1), dt.datetime(2026, 1, 1))
-    spark = spark_session.create_table("local_days", frame, overwrite=True)
-    duck = ibis.memtable(frame)
-    on_spark = spark_session.to_pyarrow(spark.select(n=days.day_number(spark.t)).order_by("n"))
-    on_duck = ibis.duckdb.connect().to_pyarrow(duck.select(n=days.day_number(duck.t)).order_by("n"))
+    # a memtable: a temporary view on Spark, no managed table left in a warehouse folder
+    table = ibis.memtable(frame)
+    query = table.select(n=days.day_number(table.t)).order_by("n")
+    on_spark = spark_session.to_pyarrow(query)
+    on_duck = ibis.duckdb.connect().to_pyarrow(query)
     assert on_spark.column("n").to_pylist() == on_duck.column("n").to_pylist()
