@@ -10,8 +10,10 @@ server process checks (a dependency of the /predict route), before a request rea
 - a numeric feature is a JSON number (not a string, not a bool), finite, within its accepted
   range: the training range widened by `range_margin` times the feature's scale (the larger of
   its training span and magnitude, at least 1) on each side, and never below 0 for a feature
-  that was never negative in training (counts, amounts, days); `range_margin: null` turns the
-  range check off;
+  that was never negative in training (counts, amounts, days), and never past the `min`/`max`
+  the dataset's config declares for the column (the card's `declared_min`/`declared_max`:
+  validate would quarantine such a row); `range_margin: null` turns the training-range check
+  off, not the declared one;
 - a categorical feature is one of the card's allowed values (or, where the dataset config
   lists none, the values seen in training), sent as the data holds it: a string, or for an
   integer-coded category (the card's `type: int64`: season 1-4) a JSON integer (`"season": 2`;
@@ -234,6 +236,13 @@ def schema_from_card(
         if lo is not None and hi is not None and lo > hi:
             raise ValueError(f"model card: {where} has min {lo} > max {hi}")
         minimum, maximum = accepted_range(lo, hi, range_margin)
+        # what validate would quarantine is never accepted, whatever the margin
+        declared_lo = _number(entry.get("declared_min"), f"{where}.declared_min")
+        declared_hi = _number(entry.get("declared_max"), f"{where}.declared_max")
+        if declared_lo is not None:
+            minimum = declared_lo if minimum is None else max(minimum, declared_lo)
+        if declared_hi is not None:
+            maximum = declared_hi if maximum is None else min(maximum, declared_hi)
         numeric.append(NumericFeature(entry["name"], lo, hi, minimum, maximum))
     categorical = _categorical_features(features)
     task = features.get("task", CLASSIFICATION)  # a card from before the rows kinds

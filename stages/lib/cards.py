@@ -54,9 +54,15 @@ LIBRARIES = (
 )
 
 
-def feature_card(schema: FeatureSchema, train: pd.DataFrame) -> dict[str, Any]:
+def feature_card(
+    schema: FeatureSchema,
+    train: pd.DataFrame,
+    declared: Mapping[str, tuple[float | None, float | None]] | None = None,
+) -> dict[str, Any]:
     """Each feature's type, with the allowed values of categoricals and the range of numerics
-    observed in the training split (what the model saw)."""
+    observed in the training split (what the model saw); with `declared` (`declared_ranges`),
+    a numeric column's `min`/`max` checks in the dataset's config, as `declared_min` and
+    `declared_max` (the server never accepts what validate would quarantine)."""
     missing = [c for c in schema.features if c not in train.columns]
     if missing:
         raise ValueError(f"training split: missing column(s) {missing} listed by the schema")
@@ -64,15 +70,19 @@ def feature_card(schema: FeatureSchema, train: pd.DataFrame) -> dict[str, Any]:
     for name in schema.numeric:
         values = pd.to_numeric(train[name], errors="raise").astype("float64")
         present = values.dropna()
-        numeric.append(
-            {
-                "name": name,
-                "type": "float64",
-                "min": float(present.min()) if len(present) else None,
-                "max": float(present.max()) if len(present) else None,
-                "missing_fraction": float(values.isna().mean()) if len(values) else 0.0,
-            }
-        )
+        entry = {
+            "name": name,
+            "type": "float64",
+            "min": float(present.min()) if len(present) else None,
+            "max": float(present.max()) if len(present) else None,
+            "missing_fraction": float(values.isna().mean()) if len(values) else 0.0,
+        }
+        low, high = (declared or {}).get(name, (None, None))
+        if low is not None:
+            entry["declared_min"] = float(low)
+        if high is not None:
+            entry["declared_max"] = float(high)
+        numeric.append(entry)
     categorical = []
     for name in schema.categorical:
         column = train[name]
@@ -100,6 +110,26 @@ def feature_card(schema: FeatureSchema, train: pd.DataFrame) -> dict[str, Any]:
         "numeric": numeric,
         "categorical": categorical,
     }
+
+
+def declared_ranges(params: Mapping[str, Any]) -> dict[str, tuple[float | None, float | None]]:
+    """column -> (min, max) of the dataset's column checks (`tables.<t>.columns.<c>.min/max`,
+    checked by `evergreen params`); a name in several tables: the widest bounds, None where
+    one of them has none."""
+    found: dict[str, list[tuple[Any, Any]]] = {}
+    for table in (section(params, "dataset").get("tables") or {}).values():
+        for name, column in ((table or {}).get("columns") or {}).items():
+            if isinstance(column, Mapping) and ("min" in column or "max" in column):
+                found.setdefault(str(name), []).append((column.get("min"), column.get("max")))
+    out: dict[str, tuple[float | None, float | None]] = {}
+    for name, bounds in found.items():
+        lows = [b[0] for b in bounds]
+        highs = [b[1] for b in bounds]
+        out[name] = (
+            None if None in lows else float(min(lows)),
+            None if None in highs else float(max(highs)),
+        )
+    return out
 
 
 def label_card(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -204,7 +234,7 @@ def build_card(
             "file": model_file,
             "md5": model_md5,
         },
-        "features": feature_card(schema, train),
+        "features": feature_card(schema, train, declared_ranges(params)),
         "label": label_card(params),
         "data": {
             "landing_md5": landing_md5,

@@ -180,6 +180,32 @@ def test_range_check_off_accepts_any_finite_number() -> None:
         parse(models, record(tenure_days=math.nan))
 
 
+def test_the_datasets_declared_range_caps_what_the_server_accepts() -> None:
+    # a share declared in [0, 1] in the dataset's config: the training range widened by the
+    # margin would take 1.5, which validate quarantines; the server must not score it
+    declared = card(
+        numeric=[
+            {"name": "tenure_days", "type": "float64", "min": 3.0, "max": 400.0,
+             "declared_min": 0.0, "declared_max": 500.0},
+            {"name": "activity_trend", "type": "float64", "min": 0.1, "max": 0.9,
+             "declared_max": 1.0},
+        ]
+    )  # fmt: skip
+    schema = schema_from_card(declared, range_margin=1.0)
+    bounds = {f.name: (f.minimum, f.maximum) for f in schema.numeric}
+    assert bounds == {"tenure_days": (0.0, 500.0), "activity_trend": (0.0, 1.0)}
+    models = api_models(schema, 3)
+    parse(models, record(tenure_days=500.0, activity_trend=1.0))
+    for bad in (record(activity_trend=1.5), record(tenure_days=500.5)):
+        with pytest.raises(ValidationError):
+            parse(models, bad)
+    # the training-range check off: the declared range still holds
+    off = api_models(schema_from_card(declared, range_margin=None), 3)
+    parse(off, record(activity_trend=-40.0))
+    with pytest.raises(ValidationError):
+        parse(off, record(activity_trend=1.5))
+
+
 def test_the_documented_union_agrees_with_the_parser(models: ApiModels) -> None:
     adapter = TypeAdapter(models.request)
     for body in (record(), {"records": [record(), record(plan=None)]}):

@@ -32,6 +32,8 @@ PARAMS = {
     "dataset": {
         "activity_types": ["session", "order"],
         "label": {"name": "churn", "horizon_days": 21, "lookback_days": 28},
+        # `sessions` is declared: the server will never accept what validate quarantines
+        "tables": {"t": {"columns": {"sessions": {"type": "float64", "min": 0, "max": 50}}}},
     },
 }
 LOCK = {
@@ -76,6 +78,7 @@ def test_card_holds_schema_ranges_label_data_and_model() -> None:
         "max": 400.0,
         "missing_fraction": 0.25,
     }
+    assert (numeric["sessions"]["declared_min"], numeric["sessions"]["declared_max"]) == (0, 50)
     (plan,) = card["features"]["categorical"]
     assert plan["allowed"] == ["basic", "premium", "gold"]
     assert plan["observed"] == ["basic", "premium"]  # gold allowed, never seen in training
