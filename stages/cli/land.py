@@ -137,13 +137,21 @@ def to_csv(header: list[str], rows: list[list[str]]) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
-def land(files: Sequence[Path], table: TableSpec, lake: Lake) -> dict[str, int]:
+def land(
+    files: Sequence[Path], table: TableSpec, lake: Lake, arrived: dt.date | None = None
+) -> dict[str, int]:
     """Write every file's days into `lake`; every file is read (and checked) before one byte
-    is written, so a bad row leaves the lake as it was."""
+    is written, so a bad row leaves the lake as it was. With `arrived`, every row goes to that
+    day's partition instead of its own time's: rows re-sent with what was learnt since (a rows
+    task's outcomes) land on the day they arrived, as a new partition, and prepare keeps the
+    latest row per key; in their own day's partition they would rewrite history and, under
+    `unique`, be quarantined as duplicates."""
     planned: list[tuple[str, bytes]] = []
     rows = 0
     for path in files:
         header, days = split_by_day(path, table)
+        if arrived is not None:
+            days = {arrived: [row for day in sorted(days) for row in days[day]]}
         for day, day_rows in sorted(days.items()):
             rel = f"landing/{table.name}/{table.partition}={day.isoformat()}/{path.stem}.csv"
             planned.append((rel, to_csv(header, day_rows)))
@@ -166,6 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--table", required=True, help="the dataset's table they belong to")
     parser.add_argument("--lake", help="lake folder or s3:// prefix (default: params lake.path)")
     parser.add_argument("--params", default="params.yaml", help="params file")
+    parser.add_argument(
+        "--arrived",
+        metavar="YYYY-MM-DD",
+        help="land every row in this day's partition, the day the rows arrived (rows re-sent "
+        "with their outcomes), instead of the day of each row's time",
+    )
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
@@ -182,7 +196,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{args.params}: dataset.tables.{table.name}.format is {table.format}; "
                 "`lake land` writes CSV partitions: declare format: csv"
             )
-        counts = land(csv_files(args.inputs), table, Lake(default_lake(args.lake, args.params)))
+        arrived = None
+        if args.arrived is not None:
+            try:
+                arrived = dt.date.fromisoformat(args.arrived)
+            except ValueError:
+                raise LandError(
+                    f"--arrived {args.arrived!r}: expected a date, YYYY-MM-DD"
+                ) from None
+        lake = Lake(default_lake(args.lake, args.params))
+        counts = land(csv_files(args.inputs), table, lake, arrived)
     except (LandError, ParamsError, DatasetConfigError, OSError, UnicodeDecodeError) as exc:
         print(f"evergreen lake land: {exc}", file=sys.stderr)
         return 2

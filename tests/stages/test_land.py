@@ -107,6 +107,33 @@ def test_a_row_it_cannot_place_stops_it_before_anything_is_written(
     assert not lake.exists()  # the good file was not landed either
 
 
+def test_rows_resent_with_what_was_learnt_land_on_the_day_they_arrived(tmp_path, params):
+    """An export of rows re-sent with their outcomes (`--arrived`): one new partition, the
+    day they arrived; the days they were first landed on are left as they were."""
+    lake = tmp_path / "lake"
+    first = tmp_path / "march.csv"
+    first.write_text(HEADER + row(1, "2026-03-01 10:00:00") + row(2, "2026-03-02 10:00:00"))
+    assert land(params, lake, str(first), "--table", "activity").returncode == 0
+    before = {p: p.read_bytes() for p in lake.rglob("*.csv")}
+    resent = tmp_path / "outcomes.csv"
+    resent.write_text(
+        HEADER + row(1, "2026-03-01 10:00:00", "skip") + row(2, "2026-03-02 10:00:00")
+    )
+    done = land(params, lake, str(resent), "--table", "activity", "--arrived", "2026-03-09")
+    assert done.returncode == 0, done.stderr
+    assert "landed 2 rows of 1 file(s) into table activity: 1 partition file(s) written" in (
+        done.stdout
+    )
+    arrived = lake / "landing/activity/day=2026-03-09/outcomes.csv"
+    assert arrived.read_text() == resent.read_text().replace('"12.5"', "12.5")
+    assert {p: p.read_bytes() for p in lake.rglob("*.csv") if p != arrived} == before
+    bad = land(params, lake, str(resent), "--table", "activity", "--arrived", "09/03/2026")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == (
+        "evergreen lake land: --arrived '09/03/2026': expected a date, YYYY-MM-DD"
+    )
+
+
 def test_a_quoted_field_may_span_lines(tmp_path, params):
     export = tmp_path / "notes.csv"
     export.write_text(
