@@ -16,6 +16,7 @@ table keeps the plain expression.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -26,6 +27,7 @@ from stages.lib.engine import collect
 
 DAY = 86_400
 EPOCH = dt.date(1970, 1, 1)
+EPOCH_DT = dt.datetime(1970, 1, 1)
 # offsets are looked up from this far before the data (a signup years before the first event)
 # to a little after it; outside, the nearest known offset holds
 BEFORE = dt.timedelta(days=3660)
@@ -64,22 +66,11 @@ class LocalDays:
     def between(cls, zone: str, start: dt.datetime, end: dt.datetime) -> LocalDays:
         """The offsets of `zone` from `start` to `end` (naive UTC); a change is found to the
         minute (a day's scan, then its hours, then its minutes)."""
-        if zone == "UTC":
-            return cls(zone)
-        tz = ZoneInfo(zone)
-        changes: list[tuple[dt.datetime, int]] = []
-        at = start.replace(second=0, microsecond=0)
-        first = current = _offset(tz, at)
-        while at < end:
-            day = _first_change(tz, at, end, dt.timedelta(days=1))
-            if _offset(tz, day) == current:
-                break  # no change before `end`
-            hour = _first_change(tz, day - dt.timedelta(days=1), day, dt.timedelta(hours=1))
-            minute = _first_change(tz, hour - dt.timedelta(hours=1), hour, dt.timedelta(minutes=1))
-            current = _offset(tz, minute)
-            changes.append((minute, current))
-            at = minute
-        return cls(zone, first, tuple(changes))
+        return _between(zone, start, end)
+
+    @property
+    def _is_utc(self) -> bool:
+        return not self.changes and self.first == 0
 
     def offset(self, moment: dt.datetime) -> int:
         """Seconds east of UTC at the naive UTC instant `moment` (as `day_number` computes)."""
@@ -96,7 +87,7 @@ class LocalDays:
     def day_number(self, value: ir.TimestampValue) -> ir.IntegerValue:
         """Days since 1970-01-01 of each naive-UTC timestamp's local date."""
         utc_day = value.cast("date").epoch_days()
-        if not self.changes and self.first == 0:
+        if self._is_utc:
             return utc_day
         if self.changes:
             offset = ibis.cases(
@@ -112,9 +103,31 @@ class LocalDays:
 
     def local_date(self, value: ir.TimestampValue) -> ir.DateValue:
         """Each naive-UTC timestamp's local date."""
-        if not self.changes and self.first == 0:
+        if self._is_utc:
             return value.cast("date")
         return (ibis.literal(EPOCH) + self.day_number(value).as_interval("D")).cast("date")
+
+
+# one scan per (zone, span): a features run asks for the events' zone in every expression that
+# counts days (about 20 ms for ten years of a zone with DST)
+@functools.cache
+def _between(zone: str, start: dt.datetime, end: dt.datetime) -> LocalDays:
+    if zone == "UTC":
+        return LocalDays(zone)
+    tz = ZoneInfo(zone)
+    changes: list[tuple[dt.datetime, int]] = []
+    at = start.replace(second=0, microsecond=0)
+    first = current = _offset(tz, at)
+    while at < end:
+        day = _first_change(tz, at, end, dt.timedelta(days=1))
+        if _offset(tz, day) == current:
+            break  # no change before `end`
+        hour = _first_change(tz, day - dt.timedelta(days=1), day, dt.timedelta(hours=1))
+        minute = _first_change(tz, hour - dt.timedelta(hours=1), hour, dt.timedelta(minutes=1))
+        current = _offset(tz, minute)
+        changes.append((minute, current))
+        at = minute
+    return LocalDays(zone, first, tuple(changes))
 
 
 @dataclass(frozen=True)
@@ -125,13 +138,10 @@ class Span:
     last: dt.datetime | None
 
     def days(self, zone: str) -> LocalDays:
-        """`zone`'s offsets over the span (a UTC zone, or no row: none to look up)."""
-        if zone == "UTC" or self.first is None or self.last is None:
-            return LocalDays(zone) if zone == "UTC" else LocalDays.between(zone, EPOCH_DT, EPOCH_DT)
+        """`zone`'s offsets over the span (no row: its offset in 1970, nothing to count)."""
+        if self.first is None or self.last is None:
+            return LocalDays.between(zone, EPOCH_DT, EPOCH_DT)
         return LocalDays.between(zone, self.first - BEFORE, self.last + AFTER)
-
-
-EPOCH_DT = dt.datetime(1970, 1, 1)
 
 
 def time_span(con: ibis.BaseBackend, table: ir.Table, column: str) -> Span:
@@ -144,10 +154,8 @@ def time_span(con: ibis.BaseBackend, table: ir.Table, column: str) -> Span:
 def _naive(value: object) -> dt.datetime | None:
     if value is None:
         return None
-    if isinstance(value, dt.datetime):
-        return (
-            value.replace(tzinfo=None)
-            if value.tzinfo is None
-            else (value.astimezone(dt.UTC).replace(tzinfo=None))
-        )
-    raise TypeError(f"expected a timestamp, got {type(value).__name__}")
+    if not isinstance(value, dt.datetime):
+        raise TypeError(f"expected a timestamp, got {type(value).__name__}")
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC)
+    return value.replace(tzinfo=None)
