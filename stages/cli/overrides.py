@@ -134,23 +134,15 @@ def _slices_named(params: Mapping[str, Any]) -> None:
     from stages.lib.dataset import dataset_from_params
     from stages.lib.evaluation import EvaluateConfig
     from stages.lib.params import did_you_mean
-    from stages.lib.predictions import SNAPSHOT_COL
-    from stages.lib.rows import rows_features
-    from stages.lib.snapshots import FeaturesConfig, feature_names
+    from stages.lib.rows import split_columns
+    from stages.lib.snapshots import FeaturesConfig
 
     slices = EvaluateConfig.from_params(params["evaluate"]).slices
     try:  # what the split holds; a mistake there is the dataset's or features' own line
         dataset = dataset_from_params(params["dataset"])
-        features = FeaturesConfig.from_params(params["features"])
-        if dataset.task.rows:
-            numeric, categorical = rows_features(dataset, features)
-            split = [dataset.task.key, SNAPSHOT_COL, dataset.task.time, *numeric, *categorical]
-        else:
-            numeric, categorical = feature_names(dataset, features)
-            split = [dataset.entity_key, SNAPSHOT_COL, *numeric, *categorical]
+        split = split_columns(dataset, FeaturesConfig.from_params(params["features"]))
     except (ValueError, KeyError, TypeError):
         return
-    split = list(dict.fromkeys(split))
     # evaluate.slices is the dataset's `slices` unless set apart: name the file it came from
     own = params["dataset"].get("slices")
     where = (

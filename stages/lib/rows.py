@@ -35,12 +35,13 @@ from stages.contract.feature_schema import CLASSIFICATION, REGRESSION, FeatureSc
 from stages.lib.dataset import DatasetConfig
 from stages.lib.engine import EngineConfig, collect, connect, read_parquet, write_parquet
 from stages.lib.io import write_json
-from stages.lib.localtime import LocalDays, Span, time_span
+from stages.lib.localtime import LocalDays, time_span
 from stages.lib.predictions import SNAPSHOT_COL
 from stages.lib.snapshots import (
     FeaturesConfig,
     category_types,
     check_champion_features,
+    feature_names,
     frame_schema,
     without_excluded,
 )
@@ -53,6 +54,18 @@ def rows_features(dataset: DatasetConfig, cfg: FeaturesConfig) -> tuple[list[str
     """(numeric, categorical): the task's feature columns minus `features.exclude`."""
     what = f"feature columns of conf/dataset/{dataset.name}.yaml"
     return without_excluded(list(dataset.task.numeric), list(dataset.task.categorical), cfg, what)
+
+
+def split_columns(dataset: DatasetConfig, cfg: FeaturesConfig) -> list[str]:
+    """The columns of the features stage's frames (the splits, the prediction set), target
+    aside: a rows task's key, snapshot, time and features (a table keyed by its time has that
+    column once); an entity task's key, snapshot and features."""
+    if not dataset.task.rows:
+        numeric, categorical = feature_names(dataset, cfg)
+        return [dataset.entity_key, SNAPSHOT_COL, *numeric, *categorical]
+    task = dataset.task
+    numeric, categorical = rows_features(dataset, cfg)
+    return list(dict.fromkeys([task.key, SNAPSHOT_COL, task.time, *numeric, *categorical]))
 
 
 def target_value(table: ir.Table, dataset: DatasetConfig) -> ir.Value:
@@ -100,13 +113,11 @@ def build_rows(
     depend on the engine's scan order.
     """
     task = dataset.task
-    numeric, categorical = rows_features(dataset, cfg)
     last_day = (last - dt.date(1970, 1, 1)).days
     timed = table.filter(table[task.time].notnull())
     day = days.day_number(timed[task.time])
     timed = timed.mutate(_day=day, _target=target_value(timed, dataset))
-    # a table keyed by its time (one row per hour) has that column once
-    columns = list(dict.fromkeys([task.key, SNAPSHOT_COL, task.time, *numeric, *categorical]))
+    columns = split_columns(dataset, cfg)
     order = list(dict.fromkeys([SNAPSHOT_COL, task.time, task.key]))
     known = timed.filter(timed._target.notnull())
     if task.max_periods is not None:  # the training window: the latest periods only
@@ -149,7 +160,7 @@ def table_days(con: ibis.BaseBackend, table: ir.Table, dataset: DatasetConfig) -
     table reads nothing."""
     zone = dataset.table(dataset.task.table).timezone
     if zone == "UTC":
-        return Span(None, None).days(zone)
+        return LocalDays(zone)
     return time_span(con, table, dataset.task.time).days(zone)
 
 
