@@ -276,6 +276,13 @@ def identifier_like(stats: Sequence[Mapping[str, Any]]) -> bool:
     return recurring / listed <= IDENTIFIER_SHARE
 
 
+def compared_role(role: str, numeric: bool, reference: Sequence[Mapping[str, Any]]) -> str:
+    """A column's role as the monitor and the drift report show it: `role` (`column_roles`),
+    or IDENTIFIER for a text or coded column whose reference partitions look like ids or free
+    text (`identifier_like`), whatever role the config gave it."""
+    return IDENTIFIER if not numeric and identifier_like(reference) else role
+
+
 def split_periods(
     dates: Sequence[str], train_until: dt.date, last_days: int
 ) -> tuple[list[str], list[str]]:
@@ -337,10 +344,7 @@ def table_drift(
         measure = _numeric_drift if numeric else _categorical_drift
         columns[col.name] = measure(ref, cur, cfg)
         if roles is not None:
-            role = roles.get(col.name, NOT_INPUT)
-            if role == INPUT and not numeric and identifier_like(ref):
-                role = IDENTIFIER
-            columns[col.name]["role"] = role
+            columns[col.name]["role"] = compared_role(roles.get(col.name, NOT_INPUT), numeric, ref)
     # a rows target is listed, not judged: its latest rows may still await their values (a
     # null share of 100 % is no drift), and the monitor tests the label rate on known ones
     judged = [c for c in columns.values() if c.get("role", INPUT) == INPUT]

@@ -59,7 +59,6 @@ from stages.contract.card import ModelCard
 from stages.contract.prediction_log import PREDICTION, SCORE, read_logged
 from stages.lib.dataset import NUMERIC_TYPES, DatasetConfig, dataset_from_params, settings_for
 from stages.lib.drift import (
-    IDENTIFIER,
     INPUT,
     TARGET,
     Comparison,
@@ -69,7 +68,7 @@ from stages.lib.drift import (
     compare_categorical,
     compare_numeric,
     compare_values,
-    identifier_like,
+    compared_role,
     rate_comparison,
     values_drift,
 )
@@ -298,8 +297,7 @@ def input_drift(
                 }  # fmt: skip
                 continue
             numeric = ref[0]["type"] in NUMERIC_TYPES and not coded(column, ref + cur, dataset)
-            if not numeric and identifier_like(ref):
-                role = IDENTIFIER
+            role = compared_role(role, numeric, ref)
             measure = (
                 compare_numeric(ref, cur, cfg.bins) if numeric else compare_categorical(ref, cur)
             )
