@@ -176,6 +176,10 @@ def _rows_label_card(task: Mapping[str, Any], kind: str) -> dict[str, Any]:
         out["definition"] = f"{target} = 1 for a row whose {target} is {' or '.join(ones)}, else 0"
     else:
         out["definition"] = f"{target}: the 0/1 outcome recorded with each row"
+    delay = int(task.get("label_delay_days") or 0)
+    if delay:  # only where set: the cards of datasets without a delay keep their bytes
+        out["label_delay_days"] = delay
+        out["definition"] += f", known {delay} day(s) after the row"
     return out
 
 

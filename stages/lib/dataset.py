@@ -84,6 +84,7 @@ _TASK_KEYS = (
     "features",
     "period_days",
     "max_periods",
+    "label_delay_days",
 )
 _ROWS_FEATURE_KEYS = ("numeric", "categorical")
 _CALENDAR_KEYS = ("weekdays", "holidays")
@@ -236,6 +237,12 @@ class TaskSpec:
     # where the label rate or the relation moved, older rows pull the model (and its
     # calibration) towards what no longer holds
     max_periods: int | None = None
+    # a row's target is known this many days after its day (its time, in the table's local
+    # days), whatever the lake holds: a historical export carries outcomes nobody knew when the
+    # row landed (an invoice's paid_late, a loan's default), and training, the monitor and the
+    # backtest must not read them sooner. Rows of the latest `label_delay_days` days are the
+    # prediction set; the dataset's label horizon is this delay (labels mature after it)
+    label_delay_days: int = 0
 
     @property
     def rows(self) -> bool:
@@ -763,6 +770,9 @@ def _rows_dataset(raw: Mapping[str, Any], kind: str, task: Mapping[str, Any], w:
         isinstance(max_periods, bool) or not isinstance(max_periods, int) or max_periods < 3
     ):
         raise w.fail("task.max_periods", "null or a whole number of periods >= 3", max_periods)
+    delay = task.get("label_delay_days", 0)
+    if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
+        raise w.fail("task.label_delay_days", "a whole number of days >= 0", delay)
     spec = TaskSpec(
         kind=kind,
         table=table.name,
@@ -775,6 +785,7 @@ def _rows_dataset(raw: Mapping[str, Any], kind: str, task: Mapping[str, Any], w:
         categorical=categorical,
         period_days=w.positive_int(period, "task.period_days"),
         max_periods=max_periods,
+        label_delay_days=delay,
     )
     return DatasetConfig(
         name=raw["name"],
@@ -783,8 +794,9 @@ def _rows_dataset(raw: Mapping[str, Any], kind: str, task: Mapping[str, Any], w:
         activity_types=(),
         event_features={},
         amount_types=(),
-        # the target is known with its row: no horizon to wait for
-        label=LabelSpec(name=target, horizon_days=0, lookback_days=0),
+        # the target is known with its row, or `label_delay_days` after it: the horizon the
+        # monitor and the backtest wait for before a prediction's outcome is read
+        label=LabelSpec(name=target, horizon_days=delay, lookback_days=0),
         event_type_column=None,
         amount_column=None,
         task=spec,

@@ -77,7 +77,7 @@ from stages.lib.io import round_floats, write_bytes_atomic, write_metrics
 from stages.lib.params import load_params, section
 from stages.lib.predictions import PREDICTIONS, REFERENCE, SNAPSHOT_COL, read_published
 from stages.lib.profiling import read_profiles
-from stages.lib.rows import target_value
+from stages.lib.rows import matured_target, table_days, target_value
 from stages.lib.shadow import DATE, ShadowConfig, live_sections, read_log
 from stages.lib.shadow import headline as served_headline
 from stages.lib.shadow import summary_lines as shadow_lines
@@ -232,6 +232,20 @@ def windows(
     return reference, current
 
 
+def _label_windows(
+    dates: Sequence[str], cutoff: dt.date, dataset: DatasetConfig, cfg: MonitorConfig
+) -> tuple[list[str], list[str]]:
+    """`windows` for a rows task's target: with `label_delay_days`, both moved back by the
+    delay, so that the label rate never reads an outcome that was not known yet (the lake may
+    hold it: a historical export)."""
+    delay = dataset.task.label_delay_days if dataset.task.rows else 0
+    if not delay or not dates:
+        return windows(dates, cutoff, cfg)
+    known_until = dt.date.fromisoformat(max(dates)) - dt.timedelta(days=delay)
+    known = [d for d in dates if dt.date.fromisoformat(d) <= known_until]
+    return windows(known, cutoff - dt.timedelta(days=delay), cfg)
+
+
 def _positives(
     stats: Sequence[Mapping[str, Any]], labels: Mapping[str, int] | None
 ) -> tuple[int, int]:
@@ -285,9 +299,14 @@ def input_drift(
             cur = [by_date[d]["columns"][column] for d in current]
             name = f"{table}.{column}"
             if role == TARGET and not dataset.task.regression:
+                ref_days, cur_days = _label_windows(list(by_date), cutoff, dataset, cfg)
                 (pr, nr), (pc, nc) = (
-                    _positives(ref, dataset.task.labels),
-                    _positives(cur, dataset.task.labels),
+                    _positives(
+                        [by_date[d]["columns"][column] for d in ref_days], dataset.task.labels
+                    ),
+                    _positives(
+                        [by_date[d]["columns"][column] for d in cur_days], dataset.task.labels
+                    ),
                 )
                 change, p = rate_comparison(pr, nr, pc, nc)
                 label_rate = {
@@ -746,14 +765,20 @@ def matured_labels(
 def arrived_targets(history_dir: Path, dataset: DatasetConfig, keys: pd.Series) -> pd.DataFrame:
     """A rows task's targets known now for the rows `keys` names: key and the target (0/1,
     or a regression's number), from prepare's history of the task's table. A row whose
-    outcome has not arrived is left out."""
+    outcome has not arrived is left out, as is one of a row newer than the task's
+    `label_delay_days` (its outcome is not known yet, whatever the lake holds)."""
     task = dataset.task
     source = history_dir / f"{task.table}.parquet"
     if not source.is_file():
         raise FileNotFoundError(f"{source}: prepare's history of table '{task.table}' not found")
-    table = ibis.duckdb.connect().read_parquet(source)
+    con = ibis.duckdb.connect()
+    table = con.read_parquet(source)
     target = target_value(table, dataset)
-    known = table.filter(target.notnull()).select(task.key, _target=target).to_pandas()
+    matured = target.notnull()
+    if task.label_delay_days:  # the zone's days are read only where they matter
+        day = table_days(con, table, dataset).day_number(table[task.time])
+        matured = matured_target(target, day, day.max().as_scalar(), task)
+    known = table.filter(matured).select(task.key, _target=target).to_pandas()
     known = known[known[task.key].isin(keys)]
     # a published key may have been read back with another time zone or precision
     return known.rename(columns={"_target": "target"}).drop_duplicates(task.key, keep="last")
@@ -917,7 +942,7 @@ def judged_predictions(
             matured = sorted({pd.Timestamp(d).date() for d in published[SNAPSHOT_COL]})
         if seen and len(batch):
             batch = batch[~batch[dataset.entity_key].isin(seen)]
-    if dataset.task.rows and len(batch):
+    if dataset.task.rows and not horizon and len(batch):
         # prequential: a rows task whose targets arrive with their rows has this run's batch
         # scored by the model before it ever saw those rows; where they are newer than what it
         # was judged on, their targets judge it now (a row published earlier keeps its first

@@ -32,7 +32,7 @@ import ibis
 import ibis.expr.types as ir
 
 from stages.contract.feature_schema import CLASSIFICATION, REGRESSION, FeatureSchema, save_schema
-from stages.lib.dataset import DatasetConfig
+from stages.lib.dataset import DatasetConfig, TaskSpec
 from stages.lib.engine import EngineConfig, collect, connect, read_parquet, write_parquet
 from stages.lib.io import write_json
 from stages.lib.localtime import LocalDays, time_span
@@ -119,18 +119,30 @@ def build_rows(
     timed = timed.mutate(_day=day, _target=target_value(timed, dataset))
     columns = split_columns(dataset, cfg)
     order = list(dict.fromkeys([SNAPSHOT_COL, task.time, task.key]))
-    known = timed.filter(timed._target.notnull())
+    newest = timed._day.max().as_scalar()
+    timed = timed.mutate(_known=matured_target(timed._target, timed._day, newest, task))
+    known = timed.filter(timed._known)
     if task.max_periods is not None:  # the training window: the latest periods only
         known = known.filter(known._day > last_day - task.max_periods * task.period_days)
     labelled = known.mutate(**{SNAPSHOT_COL: period_end(known._day, last_day, task.period_days)})
     labelled = labelled.mutate(**{task.target: labelled._target})
     labelled = labelled.select(*columns, task.target).order_by(order)
-    pending = timed.filter(timed._target.isnull())
-    newest = timed._day.max().as_scalar()
+    pending = timed.filter(~timed._known)
     pending = pending.mutate(
         **{SNAPSHOT_COL: (ibis.literal(dt.date(1970, 1, 1)) + newest.as_interval("D")).cast("date")}
     )
     return labelled, pending.select(*columns).order_by(order)
+
+
+def matured_target(
+    target: ir.Value, day: ir.IntegerValue, newest: ir.IntegerValue, task: TaskSpec
+) -> ir.BooleanValue:
+    """Whether a row's target is known on the latest day `newest` (day numbers): it is not
+    null and, with `task.label_delay_days`, its row is at least that many days older."""
+    known = target.notnull()
+    if task.label_delay_days:
+        known = known & (day <= newest - task.label_delay_days)
+    return known
 
 
 def latest_period(labelled: ir.Table, dataset: DatasetConfig) -> ir.Table:
@@ -169,7 +181,8 @@ def _day_bounds(
 ) -> dict[str, Any]:
     task = dataset.task
     day = days.local_date(table[task.time])
-    known = target_value(table, dataset).notnull()
+    number = days.day_number(table[task.time])
+    known = matured_target(target_value(table, dataset), number, number.max().as_scalar(), task)
     bounds = table.aggregate(
         rows=table.count(),
         untimed=table[task.time].isnull().cast("int64").sum(),

@@ -108,6 +108,8 @@ BANK_BAD = [
     ("task.period_days", 0, "task.period_days: expected a whole number of days >= 1"),
     ("task.max_periods", 2, "task.max_periods: expected null or a whole number of periods >= 3"),
     ("task.max_periods", "13", "task.max_periods: expected null or a whole number of periods"),
+    ("task.label_delay_days", -1, "task.label_delay_days: expected a whole number of days >= 0"),
+    ("task.label_delay_days", 1.5, "task.label_delay_days: expected a whole number of days >= 0"),
     ("task.features", {"numeric": ["job"]}, "task.features.numeric: expected a column of type"),
     ("task.features", {"numeric": ["y"]}, "task.features.numeric: expected a column of type"),
     ("task.features", {"categorical": ["y"]}, "task.features: expected feature columns other"),

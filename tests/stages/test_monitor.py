@@ -266,6 +266,45 @@ def test_a_label_rate_rising_tenfold_on_sparse_days_is_a_label_shift() -> None:
     assert _input_drift(_profiles(calm))["reasons"] == []
 
 
+def test_with_a_label_delay_the_label_rate_never_reads_outcomes_not_known_yet() -> None:
+    """The lake (a historical export) holds the outcomes of the latest days, whose label rate
+    jumped; with label_delay_days: 5 nobody knew them yet: no label shift. Without, a shift."""
+    rng = np.random.default_rng(5)
+    days = {}
+    for i in range(42):
+        date = CUTOFF - dt.timedelta(days=27 - i)
+        days[date] = _day(rng, date, 30, rate=0.6 if i >= 38 else 0.05)
+    profiles = _profiles(days)
+    cfg = MonitorConfig(seasonal=("month",))
+    [reason] = _input_drift(profiles, cfg)["reasons"]
+    assert reason["kind"] == "label_shift"
+    delayed = json.loads(json.dumps(CALLS))
+    delayed["task"]["label_delay_days"] = 5
+    report = input_drift(profiles, dataset_from_params(delayed), INPUTS, CUTOFF, cfg)
+    assert report["reasons"] == []
+    assert report["label_rate"]["current_rate"] < 0.1
+
+
+def test_a_rows_tasks_outcomes_wait_for_the_label_delay(tmp_path: Path) -> None:
+    from stages.lib.monitoring import arrived_targets
+
+    raw = yaml.safe_load((ROOT / "conf/dataset/bank.yaml").read_text())
+    raw["task"]["label_delay_days"] = 2
+    dataset = dataset_from_params(raw)
+    assert dataset.label.horizon_days == 2  # the monitor and the backtest wait as long
+    history = pd.DataFrame(
+        {
+            "row_key": ["a", "b", "c", "d", "e"],
+            "call_time": pd.date_range("2026-03-01 10:00", periods=5, freq="D"),
+            "y": ["yes", "no", "yes", "no", "yes"],
+        }
+    )
+    history.to_parquet(tmp_path / "calls.parquet")
+    targets = arrived_targets(tmp_path, dataset, history["row_key"])
+    # the latest day is 03-05: outcomes of rows up to 03-03 are known
+    assert sorted(targets.itertuples(index=False, name=None)) == [("a", 1), ("b", 0), ("c", 1)]
+
+
 def test_the_windows_are_calendar_days_not_partitions() -> None:
     dates = ["2026-01-05", "2026-01-20", "2026-02-10", "2026-02-27", "2026-03-02", "2026-03-14"]
     cfg = MonitorConfig(last_days=14, reference_days=28)

@@ -176,6 +176,29 @@ def test_rows_with_a_null_target_are_the_prediction_set(tmp_path: Path) -> None:
     assert summary["predict"]["source"] == "pending targets"
 
 
+def test_a_label_delay_reads_an_export_as_if_its_recent_outcomes_had_not_arrived(
+    tmp_path: Path,
+) -> None:
+    """A historical export holds every outcome; with label_delay_days: 3 the rows of the
+    latest 3 days are pending, as in the live lake where they are still null: the same
+    examples, periods and prediction set, byte for byte."""
+    delayed = copy.deepcopy(LOANS)
+    delayed["task"]["label_delay_days"] = 3
+    code, out = _run(tmp_path, delayed, _history(16))
+    assert code == 0
+    (tmp_path / "live").mkdir()
+    code, live = _run(tmp_path / "live", LOANS, _history(16, pending_from=13))
+    assert code == 0
+    for name in ("snapshots.parquet", "predict.parquet"):
+        assert (out / name).read_bytes() == (live / name).read_bytes(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["predict"] == {"date": "2026-03-17", "rows": 6, "source": "pending targets"}
+    # no delay: the same export's recent outcomes are learnt from at once
+    (tmp_path / "now").mkdir()
+    code, now = _run(tmp_path / "now", LOANS, _history(16))
+    assert len(pd.read_parquet(now / "snapshots.parquet")) == 32
+
+
 def test_an_unmapped_target_value_names_the_file_key_and_value(tmp_path: Path, capsys) -> None:
     dataset = copy.deepcopy(LOANS)
     dataset["task"]["labels"] = {"default": 1}  # "repaid" left out
@@ -235,6 +258,13 @@ def test_label_card_follows_the_task_kind() -> None:
     assert card["name"] == "outcome" and card["kind"] == "rows_classification"
     assert card["labels"] == {"default": 1, "repaid": 0}
     assert card["definition"] == "outcome = 1 for a row whose outcome is default, else 0"
+    assert "label_delay_days" not in card
+    delayed = copy.deepcopy(LOANS)
+    delayed["task"]["label_delay_days"] = 30
+    card = label_card({"dataset": delayed})
+    assert card["label_delay_days"] == 30 and card["definition"].endswith(
+        "known 30 day(s) after the row"
+    )
     regression = copy.deepcopy(LOANS)
     regression["task"] = {"kind": "rows_regression", "target": "loss"}
     assert label_card({"dataset": regression})["kind"] == "rows_regression"
