@@ -196,7 +196,13 @@ class ModelConfig:
             name=str(raw["name"]),
             estimator=str(raw["estimator"]),
             hyperparameters={str(k): _plain(v) for k, v in hyperparameters.items()},
-            search_space=tuple(SearchParam.from_params(str(k), v) for k, v in space.items()),
+            # in name order: Optuna draws each trial's values in the order they are suggested,
+            # and DVC compares params as mappings, so a search space whose keys were only
+            # reordered is "unchanged" to `dvc repro` and must tune to the same model
+            search_space=tuple(
+                SearchParam.from_params(name, space[key])
+                for name, key in sorted((str(k), k) for k in space)
+            ),
         )
 
 

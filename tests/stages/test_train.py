@@ -239,6 +239,20 @@ def test_tuning_is_deterministic_and_starts_from_the_config() -> None:
     assert c.trials["C"].tolist()[1:] != a.trials["C"].tolist()[1:]
 
 
+def test_a_search_space_reordered_tunes_to_the_same_model() -> None:
+    """DVC compares params as mappings: a search space whose keys were only reordered is
+    unchanged to `dvc repro`, so it must tune the same (Optuna draws in suggestion order)."""
+    hgb = yaml.safe_load((CONF_MODELS / "hgb.yaml").read_text())
+    reordered = {**hgb, "search_space": dict(reversed(list(hgb["search_space"].items())))}
+    train, valid = make_frame(300, seed=1), make_frame(200, seed=2)
+    a, b = (
+        tune_model(train, valid, SCHEMA, ModelConfig.from_params(raw), seed=7, n_trials=4)
+        for raw in (hgb, reordered)
+    )
+    pd.testing.assert_frame_equal(a.trials, b.trials)
+    assert a.hyperparameters == b.hyperparameters
+
+
 def test_tuned_model_is_what_a_refit_of_the_best_params_gives() -> None:
     cfg = MODELS["hist_gradient_boosting"]
     space = (SearchParam("max_leaf_nodes", "int", low=4, high=31),)
