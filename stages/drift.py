@@ -48,11 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, t in report["tables"].items():
         columns = t.get("columns", {})
         flagged = sorted(c for c, m in columns.items() if m["drifted"] and m["role"] == INPUT)
-        listed = sorted(c for c, m in columns.items() if m["drifted"] and m["role"] != INPUT)
+        # seasonal inputs, the target, ids and free text, columns the model does not read: each
+        # with its role (a seasonal column is an input, just not one that can drift the verdict)
+        listed = sorted(
+            f"{c} ({m['role']})" for c, m in columns.items() if m["drifted"] and m["role"] != INPUT
+        )
         print(
             f"drift {name}: {'DRIFTED' if t['drifted'] else 'stable'}"
             + (f" ({', '.join(flagged)})" if flagged else "")
-            + (f"; moved, not model inputs: {', '.join(listed)}" if listed else "")
+            + (f"; moved, not counted: {', '.join(listed)}" if listed else "")
         )
     return 0
 

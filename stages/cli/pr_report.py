@@ -386,7 +386,7 @@ def drift_lines(drift: Mapping[str, Any], report: Mapping[str, Any] | None = Non
                 for c in flagged
             )
         if moved:
-            line += "; moved, not inputs: " + ", ".join(
+            line += "; moved, not counted: " + ", ".join(
                 f"`{c}` ({columns[c]['role']})" for c in moved
             )
         if rows:

@@ -142,7 +142,14 @@ class PartitionResult:
         return len(null_key[["source_file", "row"]].drop_duplicates())
 
     def summary(self) -> dict:
-        checks = Counter(self.quarantine["check"]) if len(self.quarantine) else Counter()
+        checks: Counter[str] = Counter()
+        if len(self.quarantine):
+            # "column: check": a bound such as greater_than_or_equal_to(0) says nothing alone
+            columns = self.quarantine["column"].fillna("").astype(str)
+            checks = Counter(
+                f"{column}: {check}" if column else str(check)
+                for column, check in zip(columns, self.quarantine["check"], strict=True)
+            )
         return {
             "rows_in": self.rows_in,
             "rows_valid": len(self.valid),

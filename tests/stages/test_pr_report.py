@@ -421,7 +421,7 @@ def test_the_headline_metrics_compare_and_the_tables_come_from_the_report_data(
     # free text moved too: named apart, not counted among the inputs
     assert (
         "customers: 1 of 1 input column(s) drifted: `monthly_price` psi 0.64 > 0.2; moved, not "
-        "inputs: `notes` (identifier)" in report
+        "counted: `notes` (identifier)" in report
     )
 
     # a report of another model than the verdict's: its numbers are not shown as this one's

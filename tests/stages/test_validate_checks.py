@@ -306,6 +306,8 @@ def test_thresholds_on_rows_faulty_partitions_and_missing_days():
     one_bad = [*healthy[:-1], _result(days[-1], 10, 7)]
     (problem,) = check_thresholds(one_bad, cfg)
     assert problem.startswith("events/date=2026-01-20: 30.0% of 10 rows quarantined (max 20%)")
+    # each failing check names its column: a bound alone does not say where it failed
+    assert problem.endswith("top failing checks: c: x (3)")
     # one whole-partition fault in 20 days is reported, not fatal; three are
     faulty = [_result(d, 10, 0, fault="unreadable") if i in (3, 7, 9) else r
               for i, (d, r) in enumerate(zip(days, healthy, strict=True))]  # fmt: skip
