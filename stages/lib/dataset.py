@@ -103,7 +103,7 @@ _TABLE_KEYS = (
     "dst",
 )
 _DST_KEYS = ("nonexistent", "ambiguous")
-_COLUMN_KEYS = ("type", "nullable", "allowed", "min", "max", "pattern", "unique")
+_COLUMN_KEYS = ("type", "nullable", "allowed", "min", "max", "pattern", "unique", "missing")
 _DERIVED_KEYS = ("expr", "nullable", "min", "max", "unique")
 _ENTITY_FEATURE_KEYS = ("table", "categorical", "numeric", "signup_date")
 _LABEL_KEYS = ("name", "horizon_days", "lookback_days")
@@ -126,6 +126,9 @@ class ColumnSpec:
     unique: bool = False  # within one partition (duplicates across days are prepare's job)
     expr: str | None = None  # derived: computed from the table's numeric columns, not read
     surrogate: bool = False  # derived: a hash of the row's content and partition (a rows key)
+    # codes that mean "no value" in the source (-200, -999, "?", "NA"): read as null before any
+    # check, so they are neither learnt as numbers nor quarantined by a bound
+    missing: tuple[Any, ...] = ()
 
     @property
     def derived(self) -> bool:
@@ -467,7 +470,26 @@ def _checks(spec: Mapping[str, Any], ctype: str, key: str, w: _Where) -> dict[st
         except re.error as exc:
             raise w.fail(f"{key}.pattern", f"a regular expression ({exc})", pattern) from exc
     out["pattern"] = pattern
+    out["missing"] = _missing_codes(spec.get("missing"), ctype, f"{key}.missing", w)
     return out
+
+
+def _missing_codes(raw: Any, ctype: str, key: str, w: _Where) -> tuple[Any, ...]:
+    """A column's missing-value codes: numbers on a numeric column, strings on any other."""
+    if raw is None:
+        return ()
+    codes = raw if isinstance(raw, list) else [raw]
+    numeric = ctype in NUMERIC_TYPES
+    for code in codes:
+        ok = (
+            isinstance(code, int | float) and not isinstance(code, bool)
+            if numeric
+            else isinstance(code, str)
+        )
+        if not ok:
+            what = "numbers" if numeric else "strings"
+            raise w.fail(key, f"a list of {what} read as null (a {ctype} column)", raw)
+    return tuple(codes)
 
 
 def _column(name: str, raw: Any, key: str, w: _Where) -> ColumnSpec:

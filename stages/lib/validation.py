@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from stages.lib.dataset import (
     NULL_KEY_CHECK,
+    NUMERIC_TYPES,
     Calendar,
     ColumnSpec,
     DatasetConfig,
@@ -119,7 +120,8 @@ class PartitionResult:
     fault: str | None = None  # a whole-partition fault (unreadable file, missing column)
     # columns of its files that the dataset does not declare, in the order first seen
     extra_columns: list[str] = field(default_factory=list)
-    # rows whose naive local time was in a DST gap (shifted) or overlap (resolved) and kept
+    # rows whose naive local time was in a DST gap (shifted) or overlap (resolved) and kept,
+    # and values read as null by their column's missing codes: counts by name
     dst: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -192,6 +194,8 @@ class DstPolicy:
 
 DST_SHIFTED = "rows_dst_shifted"
 DST_RESOLVED = "rows_dst_resolved"
+# values read as null because the column's `missing` codes say so (-200: no reading)
+MISSING_CODED = "values_missing_coded"
 
 
 def _localize(naive: pd.Series, timezone: str, policy: DstPolicy) -> pd.Series:
@@ -300,7 +304,18 @@ def _typed(frame: pd.DataFrame, table: TableSpec, records: list, dst: Counter | 
     policy = DstPolicy(table.dst_nonexistent, table.dst_ambiguous)
     zone = "" if table.timezone == "UTC" else f" in {table.timezone}"
     for spec in table.raw_columns:
-        typed, bad = _coerce(frame[spec.name], spec, table.timezone, policy)
+        raw = frame[spec.name]
+        if spec.missing and spec.type not in NUMERIC_TYPES:
+            # a code that means "no value" ("?", "NA"): null before the cast and every check
+            coded = raw.notna() & raw.astype("string").isin(spec.missing)
+            raw = raw.mask(coded)
+        typed, bad = _coerce(raw, spec, table.timezone, policy)
+        if spec.missing and spec.type in NUMERIC_TYPES:
+            # compared as numbers: "-200" in a CSV and -200.0 in a parquet file alike
+            coded = typed.isin(spec.missing).fillna(False).astype(bool)
+            typed = typed.mask(coded)
+        if spec.missing and dst is not None:
+            dst[MISSING_CODED] += int(coded.sum())
         check = f"type({spec.type}{zone if spec.type == 'timestamp' else ''})"
         for idx in frame.index[bad]:
             records.append((idx, spec.name, check, frame.at[idx, spec.name]))
@@ -922,7 +937,7 @@ def summarize(
             # naive local times read by the table's DST policy (tables.<t>.dst), never silently
             **{
                 k: sum(int(s.get(k, 0)) for s in summaries.values())
-                for k in (DST_SHIFTED, DST_RESOLVED)
+                for k in (DST_SHIFTED, DST_RESOLVED, MISSING_CODED)
                 if any(s.get(k) for s in summaries.values())
             },
         }

@@ -81,6 +81,48 @@ def test_csv_rows_meet_pattern_allowed_range_and_derived_checks(tmp_path):
     assert result.valid["spend"].tolist()[1] == 7.0 and pd.isna(result.valid["spend"].iloc[0])
 
 
+def test_missing_codes_are_read_as_null_before_any_check(tmp_path):
+    """A source's "no value" codes (-200 in a sensor file, "?" in a survey) are declared per
+    column: read as null, counted, never a bound's failure nor a number learnt."""
+    raw = yaml.safe_load(PLAYS.read_text())
+    columns = raw["tables"]["activity"]["columns"]
+    columns["seconds"]["missing"] = [-200]
+    columns["quantity"]["missing"] = -1
+    columns["device"]["missing"] = ["?", "n/a"]
+    table = dataset_from_params(raw).table("activity")
+    text = HEADER + "".join(
+        [
+            _row(sec="-200", device="?"),
+            _row(pid="p000002", sec="-200.0", q="-1", device="n/a"),
+            _row(pid="p000003", sec="-5"),  # not a code: the bound still holds
+            _row(pid="p000004", sec="30", device="web"),
+        ]
+    )
+    result = validate_partition([_csv(tmp_path, text)], table, "2026-01-05")
+    assert _checks(result) == {2: {"seconds:greater_than_or_equal_to(0)"}}
+    valid = result.valid.set_index("play_id")
+    assert valid["seconds"].isna().tolist() == [True, True, False]
+    assert valid["quantity"].isna().all() and valid["device"].tolist()[:2] == [pd.NA, pd.NA]
+    assert result.summary()["values_missing_coded"] == 5
+    # without the codes, -200 fails the bound and "?" the allowed values
+    plain = validate_partition([_csv(tmp_path, text)], _plays(), "2026-01-05")
+    assert plain.rows_quarantined == 3
+
+
+@pytest.mark.parametrize(
+    ("column", "codes", "message"),
+    [
+        ("seconds", ["NA"], "seconds.missing: expected a list of numbers read as null"),
+        ("device", [0], "device.missing: expected a list of strings read as null"),
+    ],
+)
+def test_missing_codes_of_the_wrong_type_are_one_line(column, codes, message):
+    raw = yaml.safe_load(PLAYS.read_text())
+    raw["tables"]["activity"]["columns"][column]["missing"] = codes
+    with pytest.raises(ValueError, match=message):
+        dataset_from_params(raw)
+
+
 def test_unique_keeps_the_first_of_equal_values(tmp_path):
     raw = yaml.safe_load(PLAYS.read_text())
     raw["tables"]["activity"]["columns"]["play_id"]["unique"] = True
