@@ -85,6 +85,7 @@ _TASK_KEYS = (
     "period_days",
     "max_periods",
     "label_delay_days",
+    "pending_days",
 )
 _ROWS_FEATURE_KEYS = ("numeric", "categorical")
 _CALENDAR_KEYS = ("weekdays", "holidays")
@@ -246,6 +247,10 @@ class TaskSpec:
     # backtest must not read them sooner. Rows of the latest `label_delay_days` days are the
     # prediction set; the dataset's label horizon is this delay (labels mature after it)
     label_delay_days: int = 0
+    # a null target is an outcome still to come (the row is scored) for this many days after
+    # its row, then a missing one (neither learnt nor scored: a sensor that read nothing, a
+    # survey left blank); None: every null target is pending, however old
+    pending_days: int | None = None
 
     @property
     def rows(self) -> bool:
@@ -753,6 +758,33 @@ def _rows_target(task: Mapping[str, Any], kind: str, table: TableSpec, w: _Where
     return target, None
 
 
+def _whole(raw: Any, least: int) -> bool:
+    return not isinstance(raw, bool) and isinstance(raw, int) and raw >= least
+
+
+def _rows_timing(task: Mapping[str, Any], w: _Where) -> dict[str, Any]:
+    """A rows task's clock: period_days, max_periods, label_delay_days, pending_days."""
+    max_periods = task.get("max_periods")
+    # the out-of-time split needs a train, a valid and a test period at least
+    if max_periods is not None and not _whole(max_periods, 3):
+        raise w.fail("task.max_periods", "null or a whole number of periods >= 3", max_periods)
+    delay = task.get("label_delay_days", 0)
+    if not _whole(delay, 0):
+        raise w.fail("task.label_delay_days", "a whole number of days >= 0", delay)
+    pending = task.get("pending_days")
+    if pending is not None and not _whole(pending, delay):
+        raise w.fail(
+            "task.pending_days", f"null or a whole number of days >= label_delay_days ({delay})",
+            pending,
+        )  # fmt: skip
+    return {
+        "period_days": w.positive_int(task.get("period_days", 7), "task.period_days"),
+        "max_periods": max_periods,
+        "label_delay_days": delay,
+        "pending_days": pending,
+    }
+
+
 def _rows_dataset(raw: Mapping[str, Any], kind: str, task: Mapping[str, Any], w: _Where):
     """A rows task's dataset: one table whose rows are the examples."""
     extra = sorted(k for k in raw if k not in _ROWS_DATASET_KEYS)
@@ -785,16 +817,7 @@ def _rows_dataset(raw: Mapping[str, Any], kind: str, task: Mapping[str, Any], w:
     numeric, categorical = _rows_features(task.get("features"), table, {target, key, time}, w)
     if not numeric and not categorical:
         raise w.fail("task.features", "at least one feature column")
-    period = task.get("period_days", 7)
-    max_periods = task.get("max_periods")
-    # the out-of-time split needs a train, a valid and a test period at least
-    if max_periods is not None and (
-        isinstance(max_periods, bool) or not isinstance(max_periods, int) or max_periods < 3
-    ):
-        raise w.fail("task.max_periods", "null or a whole number of periods >= 3", max_periods)
-    delay = task.get("label_delay_days", 0)
-    if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
-        raise w.fail("task.label_delay_days", "a whole number of days >= 0", delay)
+    timing = _rows_timing(task, w)
     spec = TaskSpec(
         kind=kind,
         table=table.name,
@@ -805,9 +828,7 @@ def _rows_dataset(raw: Mapping[str, Any], kind: str, task: Mapping[str, Any], w:
         surrogate_key=surrogate,
         numeric=numeric,
         categorical=categorical,
-        period_days=w.positive_int(period, "task.period_days"),
-        max_periods=max_periods,
-        label_delay_days=delay,
+        **timing,
     )
     return DatasetConfig(
         name=raw["name"],
@@ -818,7 +839,7 @@ def _rows_dataset(raw: Mapping[str, Any], kind: str, task: Mapping[str, Any], w:
         amount_types=(),
         # the target is known with its row, or `label_delay_days` after it: the horizon the
         # monitor and the backtest wait for before a prediction's outcome is read
-        label=LabelSpec(name=target, horizon_days=delay, lookback_days=0),
+        label=LabelSpec(name=target, horizon_days=timing["label_delay_days"], lookback_days=0),
         event_type_column=None,
         amount_column=None,
         task=spec,

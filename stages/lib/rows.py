@@ -128,6 +128,8 @@ def build_rows(
     labelled = labelled.mutate(**{task.target: labelled._target})
     labelled = labelled.select(*columns, task.target).order_by(order)
     pending = timed.filter(~timed._known)
+    if task.pending_days is not None:  # older null targets are missing: neither set holds them
+        pending = pending.filter(pending._day > newest - task.pending_days)
     pending = pending.mutate(
         **{SNAPSHOT_COL: (ibis.literal(dt.date(1970, 1, 1)) + newest.as_interval("D")).cast("date")}
     )
@@ -182,12 +184,18 @@ def _day_bounds(
     task = dataset.task
     day = days.local_date(table[task.time])
     number = days.day_number(table[task.time])
-    known = matured_target(target_value(table, dataset), number, number.max().as_scalar(), task)
+    target = target_value(table, dataset)
+    newest = number.max().as_scalar()
+    known = matured_target(target, number, newest, task)
+    # null targets past pending_days: no outcome will come (counted where that is set)
+    past = 0 if task.pending_days is None else task.pending_days
+    missing = target.isnull() & (number <= newest - past) & (task.pending_days is not None)
     bounds = table.aggregate(
         rows=table.count(),
         untimed=table[task.time].isnull().cast("int64").sum(),
         last=day.max(),
         last_labelled=ibis.ifelse(known, day, ibis.null("date")).max(),
+        missing=missing.cast("int64").sum(),
     )
     return collect(con, bounds).to_pylist()[0]
 
@@ -263,12 +271,20 @@ def write_rows(
         "predict": {"date": str(bounds["last"]), "rows": n_predict, "source": why},
         "rows": {"in": bounds["rows"], "without_time": bounds["untimed"], "labelled": n_labelled},
     }
+    if task.pending_days is not None:  # only then: other datasets' summaries keep their bytes
+        summary["rows"]["outcome_missing"] = bounds["missing"] or 0
     write_json(summary, out_dir / "summary.json")
     periods = len(summary["snapshots"])
     print(
         f"features ({task.kind}): {n_labelled} labelled rows in {periods} periods of "
         f"{task.period_days} days up to {bounds['last_labelled']}, {n_predict} to predict "
         f"({why}); {bounds['untimed']} row(s) without a time left out"
+        + (
+            f", {bounds['missing'] or 0} whose target is still null after pending_days "
+            f"({task.pending_days}) left out"
+            if task.pending_days is not None
+            else ""
+        )
     )
     return 0
 

@@ -110,6 +110,7 @@ BANK_BAD = [
     ("task.max_periods", "13", "task.max_periods: expected null or a whole number of periods"),
     ("task.label_delay_days", -1, "task.label_delay_days: expected a whole number of days >= 0"),
     ("task.label_delay_days", 1.5, "task.label_delay_days: expected a whole number of days >= 0"),
+    ("task.pending_days", -1, "task.pending_days: expected null or a whole number of days"),
     ("task.features", {"numeric": ["job"]}, "task.features.numeric: expected a column of type"),
     ("task.features", {"numeric": ["y"]}, "task.features.numeric: expected a column of type"),
     ("task.features", {"categorical": ["y"]}, "task.features: expected feature columns other"),

@@ -199,6 +199,31 @@ def test_a_label_delay_reads_an_export_as_if_its_recent_outcomes_had_not_arrived
     assert len(pd.read_parquet(now / "snapshots.parquet")) == 32
 
 
+def test_pending_days_leaves_old_null_targets_out_as_missing_outcomes(
+    tmp_path: Path, capsys
+) -> None:
+    """A sensor's reading that never came (a null target on day 3) is no outcome still to
+    come: with pending_days: 2 it is neither learnt nor scored, and the prediction set is the
+    latest days' null targets only (without it, day 3's rows would be scored every day)."""
+    history = _history(16, pending_from=14)
+    history.loc[history["application_id"].str.startswith("a003"), "outcome"] = None
+    code, out = _run(tmp_path, LOANS, history)
+    predict = pd.read_parquet(out / "predict.parquet")
+    assert code == 0 and len(predict) == 6  # days 3, 14 and 15
+    waiting = copy.deepcopy(LOANS)
+    waiting["task"]["pending_days"] = 2
+    (tmp_path / "pending").mkdir()
+    code, out = _run(tmp_path / "pending", waiting, history)
+    assert code == 0
+    predict = pd.read_parquet(out / "predict.parquet")
+    assert sorted(predict["application_id"]) == ["a0140", "a0141", "a0150", "a0151"]
+    snaps = pd.read_parquet(out / "snapshots.parquet")
+    assert len(snaps) == 26 and not snaps["application_id"].str.startswith("a003").any()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows"]["outcome_missing"] == 2
+    assert "2 whose target is still null after pending_days (2) left out" in capsys.readouterr().out
+
+
 def test_an_unmapped_target_value_names_the_file_key_and_value(tmp_path: Path, capsys) -> None:
     dataset = copy.deepcopy(LOANS)
     dataset["task"]["labels"] = {"default": 1}  # "repaid" left out
