@@ -1,13 +1,15 @@
 """`evergreen lake land`: CSV exports into the lake's daily partitions of one table.
 
     evergreen lake land --table TABLE [--lake DIR|s3://bucket/prefix] FILE_OR_FOLDER...
-                        [--params params.yaml]
+                        [--params params.yaml] [--arrived YYYY-MM-DD] [--sep ';'] [--decimal ',']
 
 Real data seldom arrives as `landing/<table>/date=YYYY-MM-DD/`: an export is one CSV, or one
 per month. This splits each CSV's rows by the calendar day of the table's `timestamp` column
 and writes them to `landing/<table>/<partition>=<day>/<file stem>.csv`: the header, then that
 day's rows with their values' text untouched (validate parses and checks the types, as for a
-file any other tool landed). The day is the one the file writes for a naive time, and the day
+file any other tool landed). An export written the European way (`;` between fields, `2,5` for
+2.5: `--sep ';' --decimal ','`) lands as validate reads CSV: commas between fields, and the
+numeric columns' decimal mark a '.'. The day is the one the file writes for a naive time, and the day
 in the table's `timezone` for a time with an offset, so a day's partition holds that local day.
 
 No row is dropped: a row whose timestamp is not an ISO 8601 time (or that has another number of
@@ -26,11 +28,12 @@ import io
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from stages.contract.storage import Lake
-from stages.lib.dataset import DatasetConfigError, TableSpec, dataset_from_params
+from stages.lib.dataset import NUMERIC_TYPES, DatasetConfigError, TableSpec, dataset_from_params
 from stages.lib.params import ParamsError, default_lake, load_params
 
 
@@ -73,13 +76,38 @@ def day_of(text: str, zone: ZoneInfo) -> dt.date | None:
     return moment.date()
 
 
-def split_by_day(path: Path, table: TableSpec) -> tuple[list[str], dict[dt.date, list[list[str]]]]:
+@dataclass(frozen=True)
+class Dialect:
+    """How an export writes its CSV: the field separator and the decimal mark of numbers (the
+    partitions landed are always comma-separated with '.' decimals, as validate reads them)."""
+
+    sep: str = ","
+    decimal: str = "."
+
+    def numbers(self, header: list[str], table: TableSpec) -> list[int]:
+        """Positions of the header's numeric columns (their decimal mark is rewritten)."""
+        if self.decimal == ".":
+            return []
+        numeric = {c.name for c in table.raw_columns if c.type in NUMERIC_TYPES}
+        return [i for i, name in enumerate(header) if name in numeric]
+
+
+def _other_separator(header: list[str]) -> str | None:
+    """The separator a one-field header seems to use instead of a comma, if any."""
+    if len(header) != 1:
+        return None
+    return next((sep for sep in (";", "\t", "|") if sep in header[0]), None)
+
+
+def split_by_day(
+    path: Path, table: TableSpec, dialect: Dialect = Dialect()
+) -> tuple[list[str], dict[dt.date, list[list[str]]]]:
     """The header and each day's rows of one CSV file (LandError on a row it cannot place)."""
     zone = ZoneInfo(table.timezone)
     with path.open(newline="", encoding="utf-8-sig") as handle:
         # strict: a quote that is never closed is an error, not a field that swallows every
         # line to the end of the file (the rows after it would be lost as one bad value)
-        reader = csv.reader(handle, strict=True)
+        reader = csv.reader(handle, strict=True, delimiter=dialect.sep)
         try:
             header = next(reader, None)
         except csv.Error as exc:
@@ -87,11 +115,19 @@ def split_by_day(path: Path, table: TableSpec) -> tuple[list[str], dict[dt.date,
         if not header:
             raise LandError(f"{path}: empty file, expected a header line")
         if table.timestamp not in header:
+            other = _other_separator(header)
+            hint = (
+                f"; the header looks {other!r}-separated: pass --sep {other!r} (and "
+                "--decimal ',' where numbers are written 2,5)"
+                if other
+                else ""
+            )
             raise LandError(
                 f"{path}: no column '{table.timestamp}' (the table's timestamp), "
-                f"header has {', '.join(header[:8])}{'...' if len(header) > 8 else ''}"
+                f"header has {', '.join(header[:8])}{'...' if len(header) > 8 else ''}{hint}"
             )
         at = header.index(table.timestamp)
+        numbers = dialect.numbers(header, table)
         days: dict[dt.date, list[list[str]]] = defaultdict(list)
         while True:
             start = reader.line_num + 1  # a quoted field may span lines: name the row's first
@@ -108,6 +144,8 @@ def split_by_day(path: Path, table: TableSpec) -> tuple[list[str], dict[dt.date,
                     f"{path}: line {start}: {len(row)} fields, expected "
                     f"{len(header)} as in the header"
                 )
+            for i in numbers:  # 2,5 -> 2.5: validate reads numbers with a '.' decimal mark
+                row[i] = row[i].replace(dialect.decimal, ".")
             day = day_of(row[at], zone)
             if day is None:
                 raise LandError(
@@ -138,7 +176,11 @@ def to_csv(header: list[str], rows: list[list[str]]) -> bytes:
 
 
 def land(
-    files: Sequence[Path], table: TableSpec, lake: Lake, arrived: dt.date | None = None
+    files: Sequence[Path],
+    table: TableSpec,
+    lake: Lake,
+    arrived: dt.date | None = None,
+    dialect: Dialect = Dialect(),
 ) -> dict[str, int]:
     """Write every file's days into `lake`; every file is read (and checked) before one byte
     is written, so a bad row leaves the lake as it was. With `arrived`, every row goes to that
@@ -149,7 +191,7 @@ def land(
     planned: list[tuple[str, bytes]] = []
     rows = 0
     for path in files:
-        header, days = split_by_day(path, table)
+        header, days = split_by_day(path, table, dialect)
         if arrived is not None:
             days = {arrived: [row for day in sorted(days) for row in days[day]]}
         for day, day_rows in sorted(days.items()):
@@ -180,8 +222,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="land every row in this day's partition, the day the rows arrived (rows re-sent "
         "with their outcomes), instead of the day of each row's time",
     )
+    parser.add_argument(
+        "--sep", default=",", help="the exports' field separator (default ','; ';' or '\\t')"
+    )
+    parser.add_argument(
+        "--decimal",
+        default=".",
+        choices=(".", ","),
+        help="the decimal mark of the exports' numbers (default '.'; ',' for 2,5)",
+    )
     args = parser.parse_args(argv)
     try:
+        sep = "\t" if args.sep in ("\\t", "tab") else args.sep
+        if len(sep) != 1 or sep in ('"', "\n", "\r") or sep == args.decimal:
+            raise LandError(
+                f"--sep {args.sep!r}: expected one character (',', ';', '\\t' or '|'), "
+                "other than the decimal mark"
+            )
+        dialect = Dialect(sep, args.decimal)
         params = load_params(args.params)
         dataset = dataset_from_params(params["dataset"])
         names = [t.name for t in dataset.tables]
@@ -205,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"--arrived {args.arrived!r}: expected a date, YYYY-MM-DD"
                 ) from None
         lake = Lake(default_lake(args.lake, args.params))
-        counts = land(csv_files(args.inputs), table, lake, arrived)
+        counts = land(csv_files(args.inputs), table, lake, arrived, dialect)
     except (LandError, ParamsError, DatasetConfigError, OSError, UnicodeDecodeError) as exc:
         print(f"evergreen lake land: {exc}", file=sys.stderr)
         return 2

@@ -158,3 +158,22 @@ def test_config_mistakes_are_one_line(tmp_path, params):
     parquet = land(params, tmp_path / "lake", str(export), "--table", "activity")
     assert parquet.returncode == 2
     assert "dataset.tables.activity.format is parquet" in parquet.stderr
+
+
+def test_a_semicolon_export_with_decimal_commas_lands_as_validate_reads_csv(tmp_path, params):
+    """The European export (UCI's Air Quality file: ';' between fields, 2,6 for 2.6): refused
+    with a hint at first, landed comma-separated with '.' decimals with --sep and --decimal."""
+    export = tmp_path / "readings.csv"
+    semi = HEADER.replace(",", ";")
+    export.write_text(semi + "p000001;u0001;2026-03-01 10:00:00;play;2;2,5;12,75;north;web\n")
+    lake = tmp_path / "lake"
+    plain = land(params, lake, str(export), "--table", "activity")
+    assert plain.returncode == 2 and len(plain.stderr.strip().splitlines()) == 1
+    assert "the header looks ';'-separated: pass --sep ';'" in plain.stderr
+    done = land(params, lake, str(export), "--table", "activity", "--sep", ";", "--decimal", ",")
+    assert done.returncode == 0, done.stderr
+    landed = (lake / "landing/activity/day=2026-03-01/readings.csv").read_text()
+    # numbers get '.', and only numbers: the text columns are left as they were
+    assert landed == HEADER + "p000001,u0001,2026-03-01 10:00:00,play,2,2.5,12.75,north,web\n"
+    same = land(params, lake, str(export), "--table", "activity", "--sep", ",", "--decimal", ",")
+    assert same.returncode == 2 and "other than the decimal mark" in same.stderr
