@@ -9,8 +9,9 @@ and writes them to `landing/<table>/<partition>=<day>/<file stem>.csv`: the head
 day's rows with their values' text untouched (validate parses and checks the types, as for a
 file any other tool landed). An export written the European way (`;` between fields, `2,5` for
 2.5: `--sep ';' --decimal ','`) lands as validate reads CSV: commas between fields, and the
-numeric columns' decimal mark a '.'. The day is the one the file writes for a naive time, and the day
-in the table's `timezone` for a time with an offset, so a day's partition holds that local day.
+numeric columns' decimal mark a '.'. The day is the one the file writes for a naive time, and
+the day in the table's `timezone` for a time with an offset, so a day's partition holds that
+local day.
 
 No row is dropped: a row whose timestamp is not an ISO 8601 time (or that has another number of
 fields than the header) stops the command before anything is written, with one line naming the

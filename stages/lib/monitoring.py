@@ -60,6 +60,7 @@ from stages.contract.prediction_log import PREDICTION, SCORE, read_logged
 from stages.lib.dataset import NUMERIC_TYPES, DatasetConfig, dataset_from_params, settings_for
 from stages.lib.drift import (
     INPUT,
+    SEASONAL,
     TARGET,
     Comparison,
     DriftConfig,
@@ -281,6 +282,7 @@ def input_drift(
     columns: dict[str, dict[str, Any]] = {}
     periods: dict[str, Any] = {}
     pending: list[tuple[str, Comparison, float]] = []
+    seasonal: list[tuple[str, Comparison, float]] = []
     label_rate = None
     for table, by_date in profiles.items():
         reference, current = windows(list(by_date), cutoff, cfg)
@@ -324,16 +326,21 @@ def input_drift(
             columns[name] = {"role": role, **measure.to_json(), "threshold": threshold}
             if role == INPUT:
                 pending.append((name, measure, threshold))
+            elif role == SEASONAL:
+                seasonal.append((name, measure, threshold))
     reasons = []
+    # a seasonal input that moved is no reason, but the scores it moves are no evidence either
+    # (`monitor` lists their drift instead of counting it): judged with the inputs' test
+    moved_alpha = (1 - cfg.confidence) / max(len(seasonal), 1)
+    seasonal_moved = sorted(
+        name for name, measure, threshold in seasonal
+        if _drifted(measure, threshold, moved_alpha, cfg)
+    )  # fmt: skip
+    for name in seasonal_moved:
+        columns[name]["moved"] = True
     alpha = (1 - cfg.confidence) / max(len(pending), 1)
     for name, measure, threshold in pending:
-        enough = min(measure.n_reference, measure.n_current) >= cfg.min_count
-        drifted = (
-            threshold is not None
-            and enough
-            and measure.value > threshold
-            and measure.p_value < alpha
-        )
+        drifted = _drifted(measure, threshold, alpha, cfg)
         columns[name]["drifted"] = bool(drifted)
         if drifted:
             reasons.append(
@@ -364,6 +371,7 @@ def input_drift(
         "columns": columns,
         "label_rate": label_rate,
         "reasons": reasons,
+        "seasonal_moved": seasonal_moved,
         "psi_max": _largest(columns, "psi"),
         "js_max": _largest(columns, "js_distance"),
     }
@@ -719,6 +727,15 @@ def monitor(
     ref_scores = reference[output].to_numpy(dtype="float64")
     batch, batch_reasons = score_drift(ref_scores, batch_scores, cfg, output)
     served, served_reasons = score_drift(ref_scores, served_scores, cfg, f"served_{output}")
+    moved = list(inputs.get("seasonal_moved") or [])
+    if moved:
+        # the scores follow the calendar's inputs (a week before Christmas scores higher): their
+        # drift is listed with what explains it, never a reason; realised performance, once the
+        # labels are in, says whether the model still holds
+        for drift in (batch, served):
+            if drift is not None and drift["drifted"]:
+                drift["explained_by_seasonal"] = moved
+        batch_reasons, served_reasons = [], []
     estimated, estimated_reasons = (None, [])
     if output == "score":
         estimated, estimated_reasons = estimated_performance(reference, batch_scores, cfg)

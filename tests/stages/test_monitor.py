@@ -157,6 +157,8 @@ def test_ids_free_text_non_inputs_and_seasonal_columns_are_never_reasons() -> No
     assert report["columns"]["calls.invoice"]["value"] > 0.5
     assert report["columns"]["calls.extra_count"]["value"] > 1
     assert report["columns"]["calls.month"]["value"] > 0.5
+    # the seasonal input's move is recorded: it explains score drift (see the next test)
+    assert report["seasonal_moved"] == ["calls.month"] and report["columns"]["calls.month"]["moved"]
     # an input that moves the same way is a reason, with its statistic and both sample sizes
     shifted = _input_drift(_history(0, 60, age_shift=1.0))
     [reason] = shifted["reasons"]
@@ -387,6 +389,23 @@ def test_prediction_drift_and_performance_flip_the_verdict() -> None:
         )["reasons"]
         == []
     )
+
+
+def test_score_drift_that_seasonal_inputs_explain_is_listed_not_a_reason() -> None:
+    """A week before Christmas scores higher: the batch's scores moved because a seasonal input
+    (SpecialDay) did, which retraining cannot fix. Listed with what explains it; the same move
+    with the seasonal inputs where they were is a reason."""
+    rng = np.random.default_rng(0)
+    reference = _reference(rng)
+    kwargs = {"served_scores": None, "performance": {}, "cfg": MonitorConfig()}
+    shifted = rng.beta(6, 2, 2000)
+    seasonal = {**NO_INPUTS, "seasonal_moved": ["sessions.SpecialDay"]}
+    explained = monitor(reference=reference, batch_scores=shifted, inputs=seasonal, **kwargs)
+    assert explained["reasons"] == [] and explained["retrain_recommended"] is False
+    batch = explained["prediction_drift"]["batch"]
+    assert batch["drifted"] and batch["explained_by_seasonal"] == ["sessions.SpecialDay"]
+    alone = monitor(reference=reference, batch_scores=shifted, inputs=NO_INPUTS, **kwargs)
+    assert [r["kind"] for r in alone["reasons"]] == ["prediction_drift"]
 
 
 def test_performance_is_judged_against_the_models_own_test_split() -> None:
