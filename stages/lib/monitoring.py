@@ -637,6 +637,23 @@ def reference_performance(reference: pd.DataFrame) -> dict[str, Any] | None:
     return round_floats(measures)
 
 
+def regression_reference(reference: pd.DataFrame) -> dict[str, Any] | None:
+    """A regression's measures on its test split (n, MAE, RMSE, mean residual), the ones
+    each live snapshot's `mae_increase` and residual drift are measured against."""
+    if not {"target", "prediction"} <= set(reference) or not len(reference):
+        return None
+    residuals = (reference["target"] - reference["prediction"]).to_numpy(dtype="float64")
+    mae, _ = _mae_and_se(residuals)
+    return round_floats(
+        {
+            "n": len(residuals),
+            "mae": mae,
+            "rmse": float(np.sqrt(np.mean(residuals**2))),
+            "mean_residual": float(residuals.mean()),
+        }
+    )
+
+
 def _rate_variance(rate: float, n: int) -> float:
     return max(rate * (1 - rate), 0.0) / max(n, 1)
 
@@ -739,7 +756,9 @@ def monitor(
     estimated, estimated_reasons = (None, [])
     if output == "score":
         estimated, estimated_reasons = estimated_performance(reference, batch_scores, cfg)
-    test = reference_performance(reference) if output == "score" else None
+    test = (
+        reference_performance(reference) if output == "score" else regression_reference(reference)
+    )
     reasons = [
         *inputs["reasons"],
         *batch_reasons,

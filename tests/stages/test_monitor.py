@@ -691,3 +691,11 @@ def test_a_regressions_mae_rise_is_a_reason_only_beyond_its_confidence_interval(
     assert small["mae_increase_ci_low"] < 0.5 and none == []
     assert large["mae_increase_ci_low"] > 0.5
     assert [(r["kind"], r["statistic"]) for r in some] == [("performance", "mae_increase")]
+    # the report's performance.test holds the test split's measures, as a classification's does
+    report = monitor(
+        inputs=NO_INPUTS, reference=reference, batch_scores=pred, served_scores=None,
+        performance={"2026-03-01": large}, cfg=cfg, output="prediction",
+    )  # fmt: skip
+    test = report["performance"]["test"]
+    assert test["n"] == n and test["mae"] == pytest.approx(large["reference_mae"], abs=1e-6)
+    assert set(test) == {"n", "mae", "rmse", "mean_residual"}
