@@ -182,6 +182,7 @@ def land(
     lake: Lake,
     arrived: dt.date | None = None,
     dialect: Dialect = Dialect(),
+    replace: bool = False,
 ) -> dict[str, int]:
     """Write every file's days into `lake`; every file is read (and checked) before one byte
     is written, so a bad row leaves the lake as it was. With `arrived`, every row goes to that
@@ -199,6 +200,7 @@ def land(
             rel = f"landing/{table.name}/{table.partition}={day.isoformat()}/{path.stem}.csv"
             planned.append((rel, to_csv(header, day_rows)))
             rows += len(day_rows)
+    others = _other_files(planned, table, lake, replace)
     written = unchanged = 0
     for rel, data in planned:
         if lake.exists(rel) and lake.read(rel) == data:
@@ -206,7 +208,59 @@ def land(
             continue
         lake.write(rel, data)
         written += 1
-    return {"files": len(files), "rows": rows, "written": written, "unchanged": unchanged}
+    for rel in others:  # --replace: the files landed are now their days' only ones
+        lake.remove(rel)
+    return {
+        "files": len(files), "rows": rows, "written": written, "unchanged": unchanged,
+        "replaced": len(others),
+    }  # fmt: skip
+
+
+def _keys(data: bytes, key: str) -> set[str]:
+    """The `key` column's values of a landed CSV file (none: the file has no such column)."""
+    reader = csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""))
+    header = next(reader, None) or []
+    if key not in header:
+        return set()
+    at = header.index(key)
+    return {row[at] for row in reader if len(row) > at and row[at]}
+
+
+def _other_files(
+    planned: Sequence[tuple[str, bytes]], table: TableSpec, lake: Lake, replace: bool
+) -> list[str]:
+    """The files already in the partitions `planned` writes, under other names, whose rows
+    share a key with the rows landed there: a re-export named otherwise (`december.csv` over
+    `sessions_2025-12-23.csv`) would land every row twice, and validate would quarantine one
+    copy of each as a duplicate. LandError naming them, unless `replace`: then the ones to
+    remove once the new files are written, each holding no row the new file lacks."""
+    ours = {rel for rel, _ in planned}
+    clashing: list[str] = []
+    for rel, data in planned:
+        folder = rel.rsplit("/", 1)[0]
+        mine = _keys(data, table.key)
+        for other in lake.files(folder):
+            if other in ours or other in clashing or not other.endswith(".csv"):
+                continue
+            theirs = _keys(lake.read(other), table.key)
+            shared = mine & theirs
+            if not shared:
+                continue
+            if replace and theirs - mine:  # no row is lost: a re-export holds every old row
+                raise LandError(
+                    f"{other}: --replace would lose {len(theirs - mine)} row(s) the new file "
+                    f"{rel.rsplit('/', 1)[-1]} does not hold (e.g. {table.key} "
+                    f"{min(theirs - mine)!r}); remove that file yourself if they must go"
+                )
+            if not replace:
+                raise LandError(
+                    f"{other}: holds {len(shared)} of the keys landed into "
+                    f"{rel.rsplit('/', 1)[-1]} beside it (e.g. {table.key} {min(shared)!r}): "
+                    "the rows would be there twice; pass --replace to make the new file its "
+                    "day's only one, or land the export under the old file's name"
+                )
+            clashing.append(other)
+    return clashing
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -222,6 +276,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="YYYY-MM-DD",
         help="land every row in this day's partition, the day the rows arrived (rows re-sent "
         "with their outcomes), instead of the day of each row's time",
+    )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="remove the other files of each day landed whose rows share keys with the new "
+        "ones (a re-export under another name)",
     )
     parser.add_argument(
         "--sep", default=",", help="the exports' field separator (default ','; ';' or '\\t')"
@@ -264,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"--arrived {args.arrived!r}: expected a date, YYYY-MM-DD"
                 ) from None
         lake = Lake(default_lake(args.lake, args.params))
-        counts = land(csv_files(args.inputs), table, lake, arrived, dialect)
+        counts = land(csv_files(args.inputs), table, lake, arrived, dialect, args.replace)
     except (LandError, ParamsError, DatasetConfigError, OSError, UnicodeDecodeError) as exc:
         print(f"evergreen lake land: {exc}", file=sys.stderr)
         return 2
@@ -272,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"landed {counts['rows']} rows of {counts['files']} file(s) into table "
         f"{table.name}: {counts['written']} partition file(s) written, "
         f"{counts['unchanged']} unchanged"
+        + (f", {counts['replaced']} replaced file(s) removed" if counts["replaced"] else "")
     )
     return 0
 

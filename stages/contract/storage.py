@@ -68,6 +68,19 @@ class Lake:
     def read(self, rel: str) -> bytes:
         return self.fs.cat_file(self.path(rel))
 
+    def files(self, rel_dir: str) -> list[str]:
+        """The files directly in `rel_dir`, as paths relative to the root (none: [])."""
+        path = self.path(rel_dir)
+        if not self.fs.isdir(path):
+            return []
+        found = self.fs.ls(path, detail=True)
+        names = sorted(str(f["name"]).rstrip("/").rsplit("/", 1)[-1] for f in found
+                       if f.get("type") == "file")  # fmt: skip
+        return [f"{rel_dir}/{name}" for name in names]
+
+    def remove(self, rel: str) -> None:
+        self.fs.rm_file(self.path(rel))
+
     def write(self, rel: str, data: bytes) -> None:
         path = self.path(rel)
         if not self.local:

@@ -177,3 +177,38 @@ def test_a_semicolon_export_with_decimal_commas_lands_as_validate_reads_csv(tmp_
     assert landed == HEADER + "p000001,u0001,2026-03-01 10:00:00,play,2,2.5,12.75,north,web\n"
     same = land(params, lake, str(export), "--table", "activity", "--sep", ",", "--decimal", ",")
     assert same.returncode == 2 and "other than the decimal mark" in same.stderr
+
+
+def test_a_reexport_under_another_name_is_refused_until_replace(tmp_path, params):
+    """A month exported again as `december.csv` over the days' `sessions_<day>.csv`: every row
+    would be in its partition twice (validate quarantines one copy of each as a duplicate).
+    Refused in one line naming the file; --replace makes the new file its day's only one."""
+    first = tmp_path / "day.csv"
+    first.write_text(HEADER + row(1, "2026-03-01 10:00:00") + row(2, "2026-03-01 11:00:00"))
+    lake = tmp_path / "lake"
+    assert land(params, lake, str(first), "--table", "activity").returncode == 0
+    again = tmp_path / "march.csv"
+    again.write_text(
+        HEADER + row(1, "2026-03-01 10:00:00") + row(2, "2026-03-01 11:00:00")
+        + row(3, "2026-03-02 09:00:00")
+    )  # fmt: skip
+    refused = land(params, lake, str(again), "--table", "activity")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "day=2026-03-01/day.csv: holds 2 of the keys landed into march.csv" in refused.stderr
+    assert "pass --replace" in refused.stderr
+    day = lake / "landing/activity/day=2026-03-01"
+    assert sorted(p.name for p in day.iterdir()) == ["day.csv"]  # nothing written
+    # other rows beside it are another export of the same day, not a re-export: landed
+    other = tmp_path / "other.csv"
+    other.write_text(HEADER + row(7, "2026-03-01 12:00:00"))
+    assert land(params, lake, str(other), "--table", "activity").returncode == 0
+    # --replace never loses a row: an old file holding one the new lacks stays, refused
+    short = tmp_path / "short" / "march.csv"
+    short.parent.mkdir()
+    short.write_text(HEADER + row(2, "2026-03-01 11:00:00"))
+    lossy = land(params, lake, str(short), "--table", "activity", "--replace")
+    assert lossy.returncode == 2 and "--replace would lose 1 row(s)" in lossy.stderr
+    done = land(params, lake, str(again), "--table", "activity", "--replace")
+    assert done.returncode == 0, done.stderr
+    assert "1 replaced file(s) removed" in done.stdout
+    assert sorted(p.name for p in day.iterdir()) == ["march.csv", "other.csv"]
