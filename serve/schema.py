@@ -31,6 +31,7 @@ what crosses LitServe's queue to a worker: workers never need the generated clas
 
 # No `from __future__ import annotations`: pydantic and FastAPI read these annotations as types.
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -104,6 +105,11 @@ class ServingSchema:
     task: str = CLASSIFICATION
     # the entity key is a hash of the row: a request may leave it out (see the module doc)
     surrogate_key: bool = False
+    # the key column's declared type and pattern (the card's features.entity_key_type and
+    # entity_key_pattern): a string key is never accepted as a number, nor off its pattern,
+    # since its predictions could never join the data by key. None: any integer or string
+    key_type: str | None = None
+    key_pattern: str | None = None
 
     @property
     def regression(self) -> bool:
@@ -209,6 +215,20 @@ def _categorical_features(features: Mapping[str, Any]) -> list[CategoricalFeatur
     return categorical
 
 
+def _key_check(features: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The card's entity key type and pattern (a card from before them: None, None)."""
+    key_type, pattern = features.get("entity_key_type"), features.get("entity_key_pattern")
+    if key_type not in (None, "string", "int64"):
+        raise ValueError(f"model card: features.entity_key_type is {key_type!r}")
+    if pattern is None:
+        return key_type, None
+    try:
+        re.compile(str(pattern))
+    except re.error as exc:
+        raise ValueError(f"model card: features.entity_key_pattern: {exc}") from None
+    return key_type, str(pattern)
+
+
 def schema_from_card(
     card: ModelCard | Mapping[str, Any], *, range_margin: float | None
 ) -> ServingSchema:
@@ -253,6 +273,7 @@ def schema_from_card(
     surrogate = features.get("surrogate_key", False)  # a card from before it: a key column
     if not isinstance(surrogate, bool):
         raise ValueError(f"model card: features.surrogate_key is {surrogate!r}, expected a bool")
+    key_type, key_pattern = _key_check(features)
     schema = ServingSchema(
         entity_key=features["entity_key"],
         time=features["time"],
@@ -261,6 +282,8 @@ def schema_from_card(
         categorical=tuple(categorical),
         task=task,
         surrogate_key=surrogate,
+        key_type=key_type,
+        key_pattern=key_pattern,
     )
     names = [schema.entity_key, *schema.features]
     clashes = sorted({n for n in names if names.count(n) > 1} | (set(names) & RESERVED))
@@ -435,6 +458,33 @@ class ApiModels:
         return to_wire(rows, *self.shape)
 
 
+def _declared_key(schema: ServingSchema) -> Any:
+    """The entity key's type: any integer or string, or the string its column declares (a
+    pattern full-matched, as validate checks the column)."""
+    if schema.key_type != "string":
+        return EntityKey
+    pattern = None if schema.key_pattern is None else re.compile(schema.key_pattern)
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise PydanticCustomError(
+                "entity_key_type", "Input should be a string (the entity key is a string column)"
+            )
+        _entity_key(value)
+        if pattern is not None and not pattern.fullmatch(value):
+            raise PydanticCustomError(
+                "entity_key_pattern",
+                "Input should match the entity key's pattern {pattern}",
+                {"pattern": schema.key_pattern},
+            )
+        return value
+
+    described: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH}
+    if schema.key_pattern is not None:
+        described["pattern"] = schema.key_pattern
+    return Annotated[str, PlainValidator(check), WithJsonSchema(described)]
+
+
 def _request_shape(value: Any) -> str:
     return BATCH_TAG if isinstance(value, dict) and BATCH_FIELD in value else RECORD_TAG
 
@@ -445,7 +495,8 @@ def api_models(schema: ServingSchema, max_records: int) -> ApiModels:
     if schema.surrogate_key:
         described = "optional (a hash of the row): left out, the answer names the record #<i>"
         key = Field(None, alias=schema.entity_key, title=schema.entity_key, description=described)
-    fields: dict[str, Any] = {"f0": (EntityKey | None if schema.surrogate_key else EntityKey, key)}
+    declared = _declared_key(schema)
+    fields: dict[str, Any] = {"f0": (declared | None if schema.surrogate_key else declared, key)}
     for f in schema.numeric:
         fields[f"f{len(fields)}"] = _numeric_field(f)
     for f in schema.categorical:

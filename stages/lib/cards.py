@@ -112,6 +112,23 @@ def feature_card(
     }
 
 
+def key_check(params: Mapping[str, Any], schema: FeatureSchema) -> dict[str, str]:
+    """The entity key column's declared type and pattern (`entity_key_type`,
+    `entity_key_pattern`), where a table declares that column: the server accepts a string
+    key only as a string, full-matching its pattern (serve/schema.py). Empty for a surrogate
+    key, which no table declares."""
+    if schema.surrogate_key:
+        return {}
+    for table in (section(params, "dataset").get("tables") or {}).values():
+        column = ((table or {}).get("columns") or {}).get(schema.entity_key)
+        if isinstance(column, Mapping) and column.get("type") in ("string", "int64"):
+            out = {"entity_key_type": str(column["type"])}
+            if column.get("pattern") is not None:
+                out["entity_key_pattern"] = str(column["pattern"])
+            return out
+    return {}
+
+
 def declared_ranges(params: Mapping[str, Any]) -> dict[str, tuple[float | None, float | None]]:
     """column -> (min, max) of the dataset's column checks (`tables.<t>.columns.<c>.min/max`,
     checked by `evergreen params`); a name in several tables: the widest bounds, None where
@@ -238,7 +255,10 @@ def build_card(
             "file": model_file,
             "md5": model_md5,
         },
-        "features": feature_card(schema, train, declared_ranges(params)),
+        "features": {
+            **feature_card(schema, train, declared_ranges(params)),
+            **key_check(params, schema),
+        },
         "label": label_card(params),
         "data": {
             "landing_md5": landing_md5,

@@ -263,3 +263,22 @@ def test_a_natural_key_stays_required(models: ApiModels) -> None:
     assert found == [{"loc": ["body", "customer_id"], "msg": "Field required", "type": "missing"}]
     with pytest.raises(ValueError, match=r"features\.surrogate_key is 'yes'"):
         schema_from_card(card(surrogate_key="yes"), range_margin=1.0)
+
+
+def test_a_string_key_is_a_string_matching_its_declared_pattern() -> None:
+    """A key declared `{type: string, pattern: 'S[0-9]{6}'}` (the card's entity_key_type and
+    entity_key_pattern): 123 or "S1" could never join the data by key, so they are 422."""
+    declared = card(entity_key_type="string", entity_key_pattern="S[0-9]{6}")
+    models = api_models(schema_from_card(declared, range_margin=1.0), 3)
+    assert parse(models, record(customer_id="S000123")).keys == ["S000123"]
+    number = errors(models, record(customer_id=123))
+    assert number[0]["loc"] == ["body", "customer_id"] and "a string" in number[0]["msg"]
+    off = errors(models, record(customer_id="S1"))
+    assert "match the entity key's pattern S[0-9]{6}" in off[0]["msg"]
+    schema = TypeAdapter(models.record).json_schema()["properties"]["customer_id"]
+    assert schema["pattern"] == "S[0-9]{6}"
+    # an integer key (or a card from before the check) takes either, as before
+    either = api_models(schema_from_card(card(entity_key_type="int64"), range_margin=1.0), 3)
+    assert parse(either, record(customer_id="c-2")).keys == ["c-2"]
+    with pytest.raises(ValueError, match="entity_key_pattern"):
+        schema_from_card(card(entity_key_type="string", entity_key_pattern="("), range_margin=1.0)

@@ -33,7 +33,15 @@ PARAMS = {
         "activity_types": ["session", "order"],
         "label": {"name": "churn", "horizon_days": 21, "lookback_days": 28},
         # `sessions` is declared: the server will never accept what validate quarantines
-        "tables": {"t": {"columns": {"sessions": {"type": "float64", "min": 0, "max": 50}}}},
+        "tables": {
+            "t": {
+                "columns": {
+                    # the key's declared type and pattern reach the server (entity_key_*)
+                    "customer_id": {"type": "string", "pattern": "c[0-9]+"},
+                    "sessions": {"type": "float64", "min": 0, "max": 50},
+                }
+            }
+        },
     },
 }
 LOCK = {
@@ -84,6 +92,8 @@ def test_card_holds_schema_ranges_label_data_and_model() -> None:
     assert plan["observed"] == ["basic", "premium"]  # gold allowed, never seen in training
     assert plan["missing_fraction"] == 0.25
     assert card["features"]["order"] == ["tenure", "sessions", "plan"]
+    assert card["features"]["entity_key_type"] == "string"
+    assert card["features"]["entity_key_pattern"] == "c[0-9]+"
     label = card["label"]
     assert (label["name"], label["horizon_days"], label["lookback_days"]) == ("churn", 21, 28)
     assert "21 days after" in label["definition"] and "28 days up to" in label["definition"]
