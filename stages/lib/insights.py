@@ -87,7 +87,7 @@ TITLES = {
 # a rows task's sections speak of rows and of the predicted class, not of risk
 ROWS_TITLES = {
     **TITLES,
-    "distribution": "Score distribution (predicted probability of {label} = 1)",
+    "distribution": "Score distribution (predicted probability of {label} = {positive})",
     "revenue": "Predicted {label} rate and value by segment",
     "top": "Top {n} {items} by score and their main drivers",
 }
@@ -193,6 +193,8 @@ class Words:
     kind: str  # dataset.task.kind
     one: str
     many: str
+    # what a positive is called: "1", or a rows task's classes mapped to 1 ("TRUE", "yes")
+    positive: str = "1"
 
     @property
     def churn(self) -> bool:
@@ -207,7 +209,9 @@ def words_for(dataset: DatasetConfig, noun: str | None = None) -> Words:
         one = "row"
     else:
         one = entity_noun(dataset.entity_key)
-    return Words(dataset.task.kind, one, plural(one))
+    labels = dataset.task.labels or {}
+    positive = " or ".join(sorted(str(k) for k, v in labels.items() if int(v) == 1)) or "1"
+    return Words(dataset.task.kind, one, plural(one), positive)
 
 
 def entity_noun(key: str) -> str:
@@ -668,7 +672,7 @@ def distribution_section(inputs: PageInputs) -> Page:
     scores = frame["score"].to_numpy(dtype="float64")
     positive = int(frame["decision"].sum())
     q = np.quantile(scores, [0.5, 0.9]) if len(scores) else [np.nan, np.nan]
-    where = "at risk: " if words.churn else f"predicted {label} = 1: "
+    where = "at risk: " if words.churn else f"predicted {label} = {words.positive}: "
     text = (
         f"{len(frame)} {words.many} scored at {inputs.snapshot}; {where}{positive} "
         f"({positive / max(len(frame), 1):.1%}) at or above the decision threshold "
@@ -682,7 +686,9 @@ def distribution_section(inputs: PageInputs) -> Page:
     )
     section = Section(
         "distribution",
-        titles["distribution"].format(Label=label.capitalize(), label=label),
+        titles["distribution"].format(
+            Label=label.capitalize(), label=label, positive=words.positive
+        ),
         [text],
         figure=name,
     )
@@ -738,7 +744,8 @@ def risk_segments_section(inputs: PageInputs) -> Page:
             "share_at_risk": "share",
         }
         how = (
-            f"Per segment value: the {words.many}, those predicted {label} = 1 (score at or "
+            f"Per segment value: the {words.many}, those predicted {label} = {words.positive} "
+            "(score at or "
             f"above {inputs.threshold:g}), the mean score, and the expected "
             + (
                 f"`{cfg.value_column}` (score × value, summed)."
@@ -907,7 +914,9 @@ def residuals_section(inputs: PageInputs) -> Page:
 
 def trend_section(inputs: PageInputs) -> Page:
     words, trend = inputs.words, inputs.trend
-    positive = "share at risk" if words.churn else f"share predicted {inputs.label} = 1"
+    positive = (
+        "share at risk" if words.churn else f"share predicted {inputs.label} = {words.positive}"
+    )
     names = (
         {"entities": words.many}
         if words.churn

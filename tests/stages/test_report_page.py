@@ -332,6 +332,8 @@ def test_words_follow_the_task(tmp_path: Path) -> None:
     assert (said["shop"].many, said["retail"].many) == ("customers", "customers")
     assert said["bank"].many == said["bikes"].many == "rows"
     assert not said["bank"].churn and said["shop"].churn
+    # a positive is named as the data names it: bank's y is "yes", not 1
+    assert (said["bank"].positive, said["shop"].positive) == ("yes", "1")
     assert words_for(dataset_from_params(compose("bank", tmp_path)["dataset"]), "call").many == (
         "calls"
     )
