@@ -84,11 +84,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         else f"roc_auc={valid['roc_auc']} log_loss={valid['log_loss']}"
     )
     refit = f"; refitted on train + valid, {tuning.refit_rows} rows" if tuning.refit_rows else ""
+    # the class fitted: logistic_regression's regressor is a Ridge (stages/lib/training.py)
+    fitted = type(_final_step(tuning.model)).__name__
     print(
-        f"train: {model_cfg.name} ({model_cfg.estimator}) on {metrics['train']['rows']} rows, "
+        f"train: {model_cfg.name} ({model_cfg.estimator}: {fitted}) on "
+        f"{metrics['train']['rows']} rows, "
         f"{tuning.n_trials} tuning trial(s), best #{tuning.best_trial}; valid {scored}{refit}"
     )
     return 0
+
+
+def _final_step(model: object) -> object:
+    """A pipeline's last step (the estimator), or the model itself."""
+    steps = getattr(model, "steps", None)
+    return steps[-1][1] if steps else model
 
 
 if __name__ == "__main__":

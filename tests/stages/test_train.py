@@ -324,10 +324,12 @@ def test_train_config_defaults_and_rejects_negative_trials() -> None:
         TrainConfig.from_params({"refit": "yes"})
 
 
-def test_main_tunes_and_writes_the_trials_table(tmp_path: Path) -> None:
+def test_main_tunes_and_writes_the_trials_table(tmp_path: Path, capsys) -> None:
     space = {"C": {"type": "float", "low": 0.001, "high": 100.0, "log": True}}
     inputs = write_inputs(tmp_path, search_space=space, n_trials=3)
     model_path, metrics_path = run_main(tmp_path, inputs, trials=True)
+    # the line names the class fitted (logistic_regression fits a Ridge for a regression)
+    assert "(logistic_regression: LogisticRegression) on" in capsys.readouterr().out
     metrics = json.loads(metrics_path.read_text())
     trials = pd.read_csv(tmp_path / "metrics" / "trials.csv")
     assert list(trials.columns) == ["trial", "score", "C"] and len(trials) == 3
