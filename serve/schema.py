@@ -40,6 +40,7 @@ from typing import Annotated, Any, Literal, Union
 import numpy as np
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -78,6 +79,9 @@ class NumericFeature:
     train_max: float | None
     minimum: float | None
     maximum: float | None
+    # the column's "no value" codes (the card's `missing_codes`: -200): read as null, as
+    # validate reads them, so a client sending its source's rows as they are is not refused
+    missing: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class CategoricalFeature:
     name: str
     allowed: tuple[str, ...] | tuple[int, ...]
     type: str = TEXT  # CODES: integer codes, sent as JSON integers
+    missing: tuple[str, ...] = ()  # the column's "no value" codes ("?", "NA"): null
 
     @property
     def coded(self) -> bool:
@@ -211,8 +216,22 @@ def _categorical_features(features: Mapping[str, Any]) -> list[CategoricalFeatur
                 f"model card: {where} has no allowed or observed values (a non-empty list of "
                 f"{what})"
             )
-        categorical.append(CategoricalFeature(entry["name"], tuple(values), kind))
+        codes = () if kind == CODES else _codes(entry, where, (str,))
+        categorical.append(CategoricalFeature(entry["name"], tuple(values), kind, codes))
     return categorical
+
+
+def _codes(entry: Mapping[str, Any], where: str, types: tuple[type, ...]) -> tuple[Any, ...]:
+    """A feature's `missing_codes` (none: ()); ValueError naming it when they are no list of
+    values of its type."""
+    codes = entry.get("missing_codes")
+    if codes is None:
+        return ()
+    if not isinstance(codes, list) or not all(
+        isinstance(c, types) and not isinstance(c, bool) for c in codes
+    ):
+        raise ValueError(f"model card: {where}.missing_codes is {codes!r}, expected a list")
+    return tuple(codes)
 
 
 def _key_check(features: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -263,7 +282,10 @@ def schema_from_card(
             minimum = declared_lo if minimum is None else max(minimum, declared_lo)
         if declared_hi is not None:
             maximum = declared_hi if maximum is None else min(maximum, declared_hi)
-        numeric.append(NumericFeature(entry["name"], lo, hi, minimum, maximum))
+        codes = _codes(entry, where, (int, float))
+        numeric.append(
+            NumericFeature(entry["name"], lo, hi, minimum, maximum, tuple(float(c) for c in codes))
+        )
     categorical = _categorical_features(features)
     task = features.get("task", CLASSIFICATION)  # a card from before the rows kinds
     if task not in (CLASSIFICATION, REGRESSION):
@@ -396,7 +418,25 @@ def _numeric_field(f: NumericFeature) -> tuple[Any, Any]:
     described = f"number in {accepted}, null if missing"
     if f.train_min is not None:
         described += f" (training range [{f.train_min:g}, {f.train_max:g}])"
+    if f.missing:
+        described += f"; {', '.join(f'{c:g}' for c in f.missing)} read as null"
+        return (
+            Annotated[number | None, BeforeValidator(_as_null(f.missing))],
+            Field(alias=f.name, title=f.name, description=described),
+        )
     return (number | None, Field(alias=f.name, title=f.name, description=described))
+
+
+def _as_null(codes: tuple[Any, ...]) -> Any:
+    """A validator reading a column's missing-value codes as null (not bools: True == 1)."""
+    known = frozenset(codes)
+
+    def read(value: Any) -> Any:
+        if isinstance(value, bool | dict | list):  # unhashable, or True == 1
+            return value
+        return None if value in known else value
+
+    return read
 
 
 def _categorical_field(f: CategoricalFeature) -> tuple[Any, Any]:
@@ -404,6 +444,12 @@ def _categorical_field(f: CategoricalFeature) -> tuple[Any, Any]:
     if f.coded:
         return (_code_type(f), Field(alias=f.name, title=f.name, description=described))
     allowed = Literal[f.allowed]  # type: ignore[valid-type]
+    if f.missing:
+        described += f"; {', '.join(repr(c) for c in f.missing)} read as null"
+        return (
+            Annotated[allowed | None, BeforeValidator(_as_null(f.missing))],
+            Field(alias=f.name, title=f.name, description=described),
+        )
     return (allowed | None, Field(alias=f.name, title=f.name, description=described))
 
 

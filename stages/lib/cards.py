@@ -58,11 +58,14 @@ def feature_card(
     schema: FeatureSchema,
     train: pd.DataFrame,
     declared: Mapping[str, tuple[float | None, float | None]] | None = None,
+    codes: Mapping[str, list[Any]] | None = None,
 ) -> dict[str, Any]:
     """Each feature's type, with the allowed values of categoricals and the range of numerics
     observed in the training split (what the model saw); with `declared` (`declared_ranges`),
     a numeric column's `min`/`max` checks in the dataset's config, as `declared_min` and
-    `declared_max` (the server never accepts what validate would quarantine)."""
+    `declared_max` (the server never accepts what validate would quarantine); with `codes`
+    (`declared_missing`), a column's missing-value codes, as `missing_codes` (the server reads
+    them as null, as validate does)."""
     missing = [c for c in schema.features if c not in train.columns]
     if missing:
         raise ValueError(f"training split: missing column(s) {missing} listed by the schema")
@@ -82,6 +85,8 @@ def feature_card(
             entry["declared_min"] = float(low)
         if high is not None:
             entry["declared_max"] = float(high)
+        if (codes or {}).get(name):  # the server reads them as null, as validate does
+            entry["missing_codes"] = list(codes[name])  # type: ignore[index]
         numeric.append(entry)
     categorical = []
     for name in schema.categorical:
@@ -91,15 +96,16 @@ def feature_card(
         coded = schema.category_type(name) == "int64"
         present = column.dropna().unique()
         observed = sorted(int(v) for v in present) if coded else sorted(str(v) for v in present)
-        categorical.append(
-            {
-                "name": name,
-                "type": "int64" if coded else "string",
-                "allowed": list(allowed) if allowed else None,
-                "observed": observed,
-                "missing_fraction": float(column.isna().mean()) if len(column) else 0.0,
-            }
-        )
+        entry = {
+            "name": name,
+            "type": "int64" if coded else "string",
+            "allowed": list(allowed) if allowed else None,
+            "observed": observed,
+            "missing_fraction": float(column.isna().mean()) if len(column) else 0.0,
+        }
+        if not coded and (codes or {}).get(name):
+            entry["missing_codes"] = list(codes[name])  # type: ignore[index]
+        categorical.append(entry)
     return {
         "entity_key": schema.entity_key,
         # a hash of the row: requests may leave it out (serve/schema.py)
@@ -127,6 +133,20 @@ def key_check(params: Mapping[str, Any], schema: FeatureSchema) -> dict[str, str
                 out["entity_key_pattern"] = str(column["pattern"])
             return out
     return {}
+
+
+def declared_missing(params: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """column -> its `missing` codes in the dataset's config (every table's, in order)."""
+    found: dict[str, list[Any]] = {}
+    for table in (section(params, "dataset").get("tables") or {}).values():
+        for name, column in ((table or {}).get("columns") or {}).items():
+            codes = column.get("missing") if isinstance(column, Mapping) else None
+            if codes is None:
+                continue
+            for code in codes if isinstance(codes, list) else [codes]:
+                if code not in found.setdefault(str(name), []):
+                    found[str(name)].append(code)
+    return found
 
 
 def declared_ranges(params: Mapping[str, Any]) -> dict[str, tuple[float | None, float | None]]:
@@ -256,7 +276,7 @@ def build_card(
             "md5": model_md5,
         },
         "features": {
-            **feature_card(schema, train, declared_ranges(params)),
+            **feature_card(schema, train, declared_ranges(params), declared_missing(params)),
             **key_check(params, schema),
         },
         "label": label_card(params),

@@ -282,3 +282,26 @@ def test_a_string_key_is_a_string_matching_its_declared_pattern() -> None:
     assert parse(either, record(customer_id="c-2")).keys == ["c-2"]
     with pytest.raises(ValueError, match="entity_key_pattern"):
         schema_from_card(card(entity_key_type="string", entity_key_pattern="("), range_margin=1.0)
+
+
+def test_a_columns_missing_codes_are_read_as_null_as_validate_reads_them() -> None:
+    """The card's missing_codes (the dataset's `missing: [-200]`): a client sending its
+    source's rows as they are gets -200 read as null, not a 422 for the range, nor -200
+    scored as a reading; "?" likewise for a string category."""
+    numeric = copy.deepcopy(CARD["features"]["numeric"])
+    numeric[1]["missing_codes"] = [-200]
+    categorical = copy.deepcopy(CARD["features"]["categorical"])
+    categorical[1]["missing_codes"] = ["?"]
+    coded = card(numeric=numeric, categorical=categorical)
+    models = api_models(schema_from_card(coded, range_margin=1.0), 3)
+    wire = parse(models, record(activity_trend=-200, country="?"))
+    assert math.isnan(wire.numeric[0][1]) and wire.categorical[1] == (None,)
+    assert parse(models, record(activity_trend=-200.0)).numeric[0][1] != -200.0
+    # without the codes: -200 is out of range, "?" no country
+    plain = api_models(schema_from_card(card(), range_margin=1.0), 3)
+    assert errors(plain, record(activity_trend=-200))[0]["loc"] == ["body", "activity_trend"]
+    assert errors(plain, record(country="?"))[0]["loc"] == ["body", "country"]
+    with pytest.raises(ValueError, match=r"missing_codes is 'x', expected a list"):
+        bad = copy.deepcopy(numeric)
+        bad[1]["missing_codes"] = "x"
+        schema_from_card(card(numeric=bad), range_margin=1.0)

@@ -38,7 +38,7 @@ PARAMS = {
                 "columns": {
                     # the key's declared type and pattern reach the server (entity_key_*)
                     "customer_id": {"type": "string", "pattern": "c[0-9]+"},
-                    "sessions": {"type": "float64", "min": 0, "max": 50},
+                    "sessions": {"type": "float64", "min": 0, "max": 50, "missing": [-1]},
                 }
             }
         },
@@ -87,6 +87,8 @@ def test_card_holds_schema_ranges_label_data_and_model() -> None:
         "missing_fraction": 0.25,
     }
     assert (numeric["sessions"]["declared_min"], numeric["sessions"]["declared_max"]) == (0, 50)
+    assert numeric["sessions"]["missing_codes"] == [-1]  # the server reads them as null too
+    assert "missing_codes" not in numeric["tenure"]
     (plan,) = card["features"]["categorical"]
     assert plan["allowed"] == ["basic", "premium", "gold"]
     assert plan["observed"] == ["basic", "premium"]  # gold allowed, never seen in training
