@@ -182,7 +182,18 @@ def test_a_semicolon_export_with_decimal_commas_lands_as_validate_reads_csv(tmp_
 def test_a_reexport_under_another_name_is_refused_until_replace(tmp_path, params):
     """A month exported again as `december.csv` over the days' `sessions_<day>.csv`: every row
     would be in its partition twice (validate quarantines one copy of each as a duplicate).
-    Refused in one line naming the file; --replace makes the new file its day's only one."""
+    Refused in one line naming the file; --replace makes the new file its day's only one.
+    A key not declared unique (an entities table's versions) repeats by design: landed."""
+    composed = yaml.safe_load(params.read_text())
+    updates = tmp_path / "updates"
+    updates.mkdir()
+    (updates / "v1.csv").write_text(HEADER + row(1, "2026-03-01 10:00:00"))
+    (updates / "v2.csv").write_text(HEADER + row(1, "2026-03-01 10:00:00", note="skip"))
+    for name in ("v1.csv", "v2.csv"):  # one call each: v2 meets v1 in its day
+        landed = land(params, tmp_path / "versions", str(updates / name), "--table", "activity")
+        assert landed.returncode == 0, landed.stderr
+    composed["dataset"]["tables"]["activity"]["columns"]["play_id"]["unique"] = True
+    params.write_text(yaml.safe_dump(composed))
     first = tmp_path / "day.csv"
     first.write_text(HEADER + row(1, "2026-03-01 10:00:00") + row(2, "2026-03-01 11:00:00"))
     lake = tmp_path / "lake"
