@@ -230,10 +230,11 @@ def _other_files(
     planned: Sequence[tuple[str, bytes]], table: TableSpec, lake: Lake, replace: bool
 ) -> list[str]:
     """The files already in the partitions `planned` writes, under other names, whose rows
-    share a key (declared `unique`) with the rows landed there: a re-export named otherwise (`december.csv` over
-    `sessions_2025-12-23.csv`) would land every row twice, and validate would quarantine one
-    copy of each as a duplicate. LandError naming them, unless `replace`: then the ones to
-    remove once the new files are written, each holding no row the new file lacks."""
+    share a key (declared `unique`) with the rows landed there: a re-export named otherwise
+    (`december.csv` over `sessions_2025-12-23.csv`) would land every row twice, and validate
+    would quarantine one copy of each as a duplicate. LandError naming them, unless
+    `replace`: then the ones to remove once the new files are written, each holding no row
+    the new file lacks."""
     ours = {rel for rel, _ in planned}
     clashing: list[str] = []
     if not table.column(table.key).unique:

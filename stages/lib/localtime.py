@@ -85,9 +85,10 @@ class LocalDays:
         return (moment + dt.timedelta(seconds=self.offset(moment))).date()
 
     def day_number(self, value: ir.TimestampValue) -> ir.IntegerValue:
-        """Days since 1970-01-01 of each naive-UTC timestamp's local date."""
+        """Days since 1970-01-01 of each naive-UTC timestamp's local date; a date column's
+        days as they are (a date is a local day already: no time to shift)."""
         utc_day = value.cast("date").epoch_days()
-        if self._is_utc:
+        if self._is_utc or value.type().is_date():
             return utc_day
         if self.changes:
             offset = ibis.cases(
@@ -102,8 +103,8 @@ class LocalDays:
         return utc_day - 1 + (seconds + offset + DAY) // DAY
 
     def local_date(self, value: ir.TimestampValue) -> ir.DateValue:
-        """Each naive-UTC timestamp's local date."""
-        if self._is_utc:
+        """Each naive-UTC timestamp's local date (a date column: itself)."""
+        if self._is_utc or value.type().is_date():
             return value.cast("date")
         return (ibis.literal(EPOCH) + self.day_number(value).as_interval("D")).cast("date")
 

@@ -76,3 +76,17 @@ def test_a_utc_table_keeps_the_plain_expression():
     assert days == LocalDays("UTC")
     assert days.day_number(table.t).equals(table.t.cast("date").epoch_days())
     assert days.local_date(table.t).equals(table.t.cast("date"))
+
+
+def test_a_date_column_is_a_local_day_already_in_any_zone():
+    """An entities table's only date column (`timestamp: signup_date`) in São Paulo: a date has
+    no time to shift, its day is itself (it crashed: 'DateColumn' has no attribute 'hour')."""
+    dates = [dt.date(2023, 5, 6), dt.date(2025, 1, 1)]
+    table = ibis.memtable(pd.DataFrame({"d": dates}))
+    days = LocalDays.between("America/New_York", dt.datetime(2025, 1, 1), dt.datetime(2025, 12, 31))
+    assert days.changes  # a zone with DST: the shifting expression applies to timestamps
+    got = ibis.duckdb.connect().to_pyarrow(
+        table.select(n=days.day_number(table.d), d=days.local_date(table.d))
+    )
+    assert got.column("n").to_pylist() == [(d - dt.date(1970, 1, 1)).days for d in dates]
+    assert got.column("d").to_pylist() == dates
