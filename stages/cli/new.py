@@ -25,6 +25,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from stages.cli.params import check_composition
 from stages.lib.params import CONF_DIR, CONFIG_NAME, PARAMS_FILE, compose_params, load_params
 
 # what a pipeline run (or a clone of one) leaves behind: files, and folders emptied of all but
@@ -140,8 +141,11 @@ def start(root: Path, dataset: str, lake: str | None) -> tuple[list[str], list[s
         changes.append(f"{where}: dataset {dataset}" + (f", lake.path {lake}" if lake else ""))
     try:
         compose_params(conf, params_path)
+        # checked as `evergreen params --check` checks it, before any state is removed: a
+        # config the stages would refuse must not cost the previous dataset's state
+        check_composition(params_path, conf)
     except (ValueError, FileNotFoundError):
-        # the dataset's config does not compose: leave conf/ and params.yaml as they were
+        # the dataset's config does not compose or check: leave conf/ and params.yaml as they were
         config_path.write_text(before)
         if old_params is not None:
             params_path.write_bytes(old_params)

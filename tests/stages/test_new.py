@@ -139,6 +139,24 @@ def test_a_dataset_config_that_does_not_compose_leaves_conf_as_it_was(
     assert (clone / "dvc.lock").is_file()
 
 
+def test_a_dataset_config_the_check_refuses_removes_nothing(
+    clone: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It composes, but an entities table lacks its timestamp: `evergreen params --check`
+    would refuse it, so the previous dataset's state stays (it was removed first)."""
+    config, params = (clone / CONFIG).read_bytes(), (clone / "params.yaml").read_bytes()
+    raw = yaml.safe_load((ROOT / "conf/dataset/shop.yaml").read_text())
+    raw["name"] = "nostamp"
+    raw["tables"]["customers"].pop("timestamp")
+    put(clone / "conf/dataset/nostamp.yaml", yaml.safe_dump(raw).encode())
+    assert main(["nostamp"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "timestamp" in err
+    assert (clone / CONFIG).read_bytes() == config
+    assert (clone / "params.yaml").read_bytes() == params
+    assert (clone / "data/landing").is_dir() and (clone / "dvc.lock").is_file()
+
+
 def test_config_edits_keep_everything_else() -> None:
     config = (
         "defaults:\n  - model: logreg\n  - dataset: shop  # the demo\n  - _self_\n\n"
