@@ -156,11 +156,20 @@ class ReportConfig:
         return cfg
 
 
+# a numeric attribute whose name says money (monthly_price, mrr, balance): an entity's value;
+# any other (birth_year, age, tenure) is not, and revenue at risk must never be weighed by it
+MONEY = re.compile(
+    r"(price|revenue|amount|value|spend|mrr|arr|arpu|fee|cost|salary|balance|income|ltv)",
+    re.IGNORECASE,
+)
+
+
 def default_value_column(dataset: DatasetConfig, schema: FeatureSchema) -> str | None:
-    """An entity's value when the config names none: its first numeric attribute (a price),
-    else the amount of the first amount-carrying event type over the longest window."""
+    """An entity's value when the config names none: its first numeric attribute whose name
+    says money (a price), else the amount of the first amount-carrying event type over the
+    longest window, else none (expected positives)."""
     for name in dataset.entity_features.numeric:
-        if name in schema.numeric:
+        if name in schema.numeric and MONEY.search(name):
             return name
     amounts = [
         f

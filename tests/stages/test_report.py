@@ -66,6 +66,13 @@ def test_default_value_column_comes_from_the_dataset(shop_params) -> None:
     )
     shopless = replace(dataset, entity_features=EntityFeatures())
     assert default_value_column(shopless, no_price) == "orders_amount_28d"
+    # a numeric attribute that is no money (a birth year) is never the value at risk
+    born = replace(dataset, entity_features=EntityFeatures(numeric=("birth_year",)))
+    with_year = FeatureSchema(
+        "customer_id", "snapshot_date", "churn", ("birth_year", "orders_amount_28d"), ()
+    )
+    assert default_value_column(born, with_year) == "orders_amount_28d"
+    assert default_value_column(replace(born, amount_types=()), with_year) is None
 
 
 def test_drivers_name_the_features_that_raise_the_score(predictor) -> None:
