@@ -165,6 +165,17 @@ def test_too_few_values_are_reported_but_never_flagged(dataset):
     )
     amount = report["tables"]["events"]["columns"]["amount"]
     assert amount["enough_data"] is False and amount["drifted"] is False
+    # rows a day going 20 -> 4 on so few rows: listed, not a volume drift (an entities table's
+    # handful of updates a day made a table "DRIFTED")
+    fewer = {d: f.head(4) if d >= "2026-01-07" else f for d, f in frames.items()}
+    rows = compute_drift(
+        _profiles(dataset, fewer), dataset, ["2026-01-01"], DriftConfig(last_days=2)
+    )["tables"]["events"]["rows"]
+    assert rows["change"] == -0.8 and rows["enough_data"] is False and rows["drifted"] is False
+    plenty = compute_drift(
+        _profiles(dataset, fewer), dataset, ["2026-01-01"], DriftConfig(last_days=2, min_count=5)
+    )["tables"]["events"]["rows"]
+    assert plenty["drifted"] is True
 
 
 def _land_day(data: Path, i: int, *, events: int, seed: int) -> None:
