@@ -589,11 +589,23 @@ def api_models(schema: ServingSchema, max_records: int) -> ApiModels:
 def client_errors(errors: Sequence[Mapping[str, Any]], limit: int) -> list[dict[str, Any]]:
     """pydantic/FastAPI errors as our 422 detail: loc, msg, type; no echoed input; at most
     `limit`; the request-shape tag dropped from loc (["body", "plan"], or
-    ["body", "records", 3, "plan"])."""
+    ["body", "records", 3, "plan"]). Past the limit, the last entry says how many more there
+    are (a client reading 20 problems must not take them for all: the 21st, an unknown
+    category, went unseen)."""
+    shown = errors if len(errors) <= limit else errors[: max(limit - 1, 0)]
     out = []
-    for err in errors[:limit]:
+    for err in shown:
         loc = list(err.get("loc", ()))
         if len(loc) >= 2 and loc[0] == "body" and loc[1] in (RECORD_TAG, BATCH_TAG):
             del loc[1]
         out.append({"loc": loc, "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))})
+    if len(errors) > len(shown):
+        more = len(errors) - len(shown)
+        out.append(
+            {
+                "loc": ["body"],
+                "msg": f"{more} more problem(s) not listed: fix these and send it again",
+                "type": "too_many_errors",
+            }
+        )
     return out

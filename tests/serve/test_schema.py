@@ -226,6 +226,9 @@ def test_client_errors_are_capped_and_never_echo_the_input() -> None:
     out = client_errors(raw, 20)
     assert len(out) == 20
     assert out[0] == {"loc": ["body", "f0"], "msg": "m", "type": "t"}
+    # the last says what was left out: 30 problems, 19 listed, 11 more
+    assert out[-1]["type"] == "too_many_errors" and out[-1]["msg"].startswith("11 more problem")
+    assert len(client_errors(raw[:20], 20)) == 20 and client_errors(raw[:20], 20)[-1]["msg"] == "m"
 
 
 def test_response_model_names_the_key_and_the_label() -> None:
