@@ -74,11 +74,15 @@ def upsert(history: ir.Table | None, increment: ir.Table, key: Key, timestamp: s
 
 
 def history_keys(table: TableSpec) -> dict[str, list[str]]:
-    """Output name -> upsert key. Entities also keep every version (key, timestamp), so features
-    can read an entity as it was at a past snapshot instead of leaking its later state."""
+    """Output name -> upsert key. Entities also keep every version (key, timestamp, and the
+    partition it arrived in), so features can read an entity as it was known at a past
+    snapshot instead of leaking its later state. The partition is part of the version: a
+    daily export of a users table whose only date is `signup_date` repeats one timestamp for
+    every change of a user, and keyed on the timestamp alone each change overwrote the one
+    before (a plan from the future read at every past snapshot)."""
     keys = {table.name: [table.key]}
     if table.role == "entities":
-        keys[f"{table.name}_versions"] = [table.key, table.timestamp]
+        keys[f"{table.name}_versions"] = [table.key, table.timestamp, PARTITION_COL]
     return keys
 
 

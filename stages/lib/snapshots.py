@@ -24,6 +24,7 @@ import pyarrow as pa
 from stages.contract.feature_schema import FeatureSchema, save_schema
 from stages.lib.dataset import CANCELLATION, PLAIN_EVENT, DatasetConfig, TableSpec
 from stages.lib.engine import EngineConfig, collect, connect, read_parquet, write_parquet
+from stages.lib.incremental import PARTITION_COL
 from stages.lib.io import write_json
 from stages.lib.localtime import Span, time_span
 from stages.lib.predictions import SNAPSHOT_COL
@@ -231,21 +232,34 @@ def _with_entity_attributes(
     local = span.days(source.timezone)
     # the source's own key breaks ties between rows with the same timestamp (two events in
     # the same second), so the chosen row does not depend on the engine's scan order
+    day = local.day_number(versions[source.timestamp])
+    arrived, part = day, day
+    if source.role == "entities" and PARTITION_COL in versions.columns:
+        part = versions[PARTITION_COL].cast("date").epoch_days()
+        # a version is known from the later of its timestamp's day and the day it arrived (its
+        # partition): a change exported days after it happened was not known before, and one
+        # exported with no time of its own (a daily export keyed by signup date) is known from
+        # its export's day
+        arrived = ibis.greatest(day, part)
     ents = versions.select(
         _key=versions[key],
         _ts=versions[source.timestamp],
         _tie=versions[source.key],
-        _ts_day=local.day_number(versions[source.timestamp]),
+        _part=part,
+        _ts_day=arrived,
         **{a: versions[a] for a in attrs},
     )
     # `table` is used once: joined to itself (its keys, then its rows), the engine computes
     # the whole aggregation twice (DuckDB does not share a subquery used twice)
     joined = table.left_join(ents, [table[key] == ents._key, ents._ts_day <= table._snap_day])
-    order = [ibis.desc("_ts"), ibis.desc("_tie")]
+    # the latest known version: by the day it became known, then its time (the tie-breaker
+    # key last, so the choice never depends on the engine's scan order)
+    order = [ibis.desc("_ts_day"), ibis.desc("_ts"), ibis.desc("_part"), ibis.desc("_tie")]
     ranked = joined.mutate(
         _rank=ibis.row_number().over(group_by=[key, SNAPSHOT_COL], order_by=order)
     )
-    table = ranked.filter(ranked._rank == 0).drop("_rank", "_key", "_ts", "_tie", "_ts_day")
+    dropped = ("_rank", "_key", "_ts", "_tie", "_part", "_ts_day")
+    table = ranked.filter(ranked._rank == 0).drop(*dropped)
     if ef.signup_date:
         signup = table[ef.signup_date]
         # a date is a day already; a timestamp is counted on its table's local day

@@ -91,6 +91,41 @@ def test_features_labels_and_population_at_a_snapshot(tiny_history, shop_params)
     assert out.loc[1, "plan"] == "basic" and out.loc[1, "monthly_price"] == 9.0
 
 
+def test_a_change_exported_without_a_time_of_its_own_is_known_from_its_export(
+    tiny_history, shop_params
+):
+    """A users export whose only time is the signup date: customer 1's plan change carries
+    the same timestamp as the row before it, and only its partition (01-06) says when it was
+    known. At 01-05 the plan is still "basic"; keyed on the timestamp alone, the two versions
+    collapsed to the later one and "premium" leaked into every past snapshot."""
+    from stages.lib.incremental import PARTITION_COL
+    from stages.lib.merge import history_keys, upsert
+
+    dataset = _dataset(shop_params)
+    events, customers = tiny_history
+    customers = customers.copy()
+    customers["updated_at"] = pd.Timestamp("2025-12-26").as_unit("us")  # no time of its own
+    customers[PARTITION_COL] = pd.to_datetime(
+        ["2026-01-01", "2026-01-01", "2026-01-01", "2026-01-06"]
+    ).as_unit("us")
+    customers["_row"] = range(len(customers))
+    table = dataset.table("customers")
+    key = history_keys(table)["customers_versions"]
+    versions = upsert(None, ibis.memtable(customers), key, table.timestamp)
+    con = ibis.duckdb.connect()
+    assert con.to_pyarrow(versions).num_rows == 4  # both versions of customer 1 are kept
+
+    def plan_at(day: dt.date) -> str:
+        expr = build_features(
+            ibis.memtable(events), versions, [day], dataset, CFG, labelled=False, span=UTC_DAYS
+        )
+        out = con.to_pyarrow(expr).to_pandas().set_index("customer_id")
+        return out.loc[1, "plan"]
+
+    assert plan_at(D(2026, 1, 5)) == "basic"
+    assert plan_at(D(2026, 1, 7)) == "premium"
+
+
 def test_features_never_read_the_future(tiny_history, shop_params):
     dataset = _dataset(shop_params)
     events, customers = map(ibis.memtable, tiny_history)
