@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -162,6 +163,17 @@ def compose_params(
         if cause is not None:
             mark = getattr(cause, "problem_mark", None)
             raise yaml_error(getattr(mark, "name", None) or conf_dir, cause) from None
+        missing = re.search(r"Could not override '([^']+)'", reason(exc))
+        if missing:
+            # a key the config does not hold yet (an optional one: task.max_periods): Hydra's
+            # own hint (`+key`) reads like a typo's; say both what it means and what to do
+            key = missing.group(1)
+            given = next((o for o in overrides if o.split("=", 1)[0] == key), key)
+            raise ParamsError(
+                f"override {abbreviate(given)}: '{key}' is not set in {conf_dir.name}/ (an "
+                f"optional key, or a misspelt one): write it in its config file, or add it "
+                f"with +{abbreviate(given)}"
+            ) from None
         with_overrides = f" with {[abbreviate(o) for o in overrides]}" if overrides else ""
         raise ParamsError(
             f"{conf_dir}/{config_name}.yaml: cannot compose{with_overrides}: {reason(exc)}"

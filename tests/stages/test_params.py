@@ -98,7 +98,13 @@ def test_yaml_syntax_error_in_params_yaml_is_named(tmp_path, capsys):
     [
         (f"train.n_trials={HUGE}", "override train.n_trials=1111"),
         ("train.n_trials==2", "override train.n_trials==2: extraneous input '='"),
-        ("train.no_such_key=2", "cannot compose with ['train.no_such_key=2']: Could not override"),
+        # a key not set in conf/ (an optional one, or a typo): what it means and what to do
+        (
+            "train.no_such_key=2",
+            "override train.no_such_key=2: 'train.no_such_key' is not set in conf/ (an optional "
+            "key, or a misspelt one): write it in its config file, or add it with "
+            "+train.no_such_key=2",
+        ),
         ("model=nope", "cannot compose with ['model=nope']: In 'config': Could not find"),
     ],
 )
