@@ -39,6 +39,7 @@ from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -82,6 +83,8 @@ class NumericFeature:
     # the column's "no value" codes (the card's `missing_codes`: -200): read as null, as
     # validate reads them, so a client sending its source's rows as they are is not refused
     missing: tuple[float, ...] = ()
+    # its column is declared int64: a fraction is what validate quarantines, never scored
+    integer: bool = False
 
 
 @dataclass(frozen=True)
@@ -248,23 +251,10 @@ def _key_check(features: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return key_type, str(pattern)
 
 
-def schema_from_card(
-    card: ModelCard | Mapping[str, Any], *, range_margin: float | None
-) -> ServingSchema:
-    """The serving schema of a model card (stages/lib/cards.py writes it); ValueError names
-    the key."""
-    card = card if isinstance(card, ModelCard) else ModelCard(card)
-    features = card.features
-    if features is None:
-        raise ValueError("model card: no 'features' section")
-    label = card.label_name
-    for key, value in (
-        ("features.entity_key", features.get("entity_key")),
-        ("features.time", features.get("time")),
-        ("label.name", label),
-    ):
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"model card: '{key}' must be a non-empty string")
+def _numeric_features(
+    features: Mapping[str, Any], range_margin: float | None
+) -> list[NumericFeature]:
+    """The card's numeric features, each with the range a request may take."""
     numeric = []
     for i, entry in enumerate(_entries(features, "numeric")):
         where = f"features.numeric[{i}] ({entry['name']})"
@@ -283,9 +273,35 @@ def schema_from_card(
         if declared_hi is not None:
             maximum = declared_hi if maximum is None else min(maximum, declared_hi)
         codes = _codes(entry, where, (int, float))
+        integer = entry.get("integer", False)
+        if not isinstance(integer, bool):
+            raise ValueError(f"model card: {where}.integer is {integer!r}, expected a bool")
         numeric.append(
-            NumericFeature(entry["name"], lo, hi, minimum, maximum, tuple(float(c) for c in codes))
+            NumericFeature(
+                entry["name"], lo, hi, minimum, maximum, tuple(float(c) for c in codes), integer
+            )
         )
+    return numeric
+
+
+def schema_from_card(
+    card: ModelCard | Mapping[str, Any], *, range_margin: float | None
+) -> ServingSchema:
+    """The serving schema of a model card (stages/lib/cards.py writes it); ValueError names
+    the key."""
+    card = card if isinstance(card, ModelCard) else ModelCard(card)
+    features = card.features
+    if features is None:
+        raise ValueError("model card: no 'features' section")
+    label = card.label_name
+    for key, value in (
+        ("features.entity_key", features.get("entity_key")),
+        ("features.time", features.get("time")),
+        ("label.name", label),
+    ):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"model card: '{key}' must be a non-empty string")
+    numeric = _numeric_features(features, range_margin)
     categorical = _categorical_features(features)
     task = features.get("task", CLASSIFICATION)  # a card from before the rows kinds
     if task not in (CLASSIFICATION, REGRESSION):
@@ -414,8 +430,10 @@ def _numeric_field(f: NumericFeature) -> tuple[Any, Any]:
     if f.maximum is not None:
         bounds["le"] = f.maximum
     number = Annotated[float, Field(strict=True, allow_inf_nan=False, **bounds)]
+    if f.integer:
+        number = Annotated[number, AfterValidator(_whole)]
     accepted = f"[{f.minimum:g}, {f.maximum:g}]" if f.minimum is not None else "any finite number"
-    described = f"number in {accepted}, null if missing"
+    described = f"{'whole ' if f.integer else ''}number in {accepted}, null if missing"
     if f.train_min is not None:
         described += f" (training range [{f.train_min:g}, {f.train_max:g}])"
     if f.missing:
@@ -425,6 +443,14 @@ def _numeric_field(f: NumericFeature) -> tuple[Any, Any]:
             Field(alias=f.name, title=f.name, description=described),
         )
     return (number | None, Field(alias=f.name, title=f.name, description=described))
+
+
+def _whole(value: float) -> float:
+    if value % 1:
+        raise PydanticCustomError(
+            "int_from_float", "Input should be a whole number (its column is int64)"
+        )
+    return value
 
 
 def _as_null(codes: tuple[Any, ...]) -> Any:

@@ -59,13 +59,15 @@ def feature_card(
     train: pd.DataFrame,
     declared: Mapping[str, tuple[float | None, float | None]] | None = None,
     codes: Mapping[str, list[Any]] | None = None,
+    integers: frozenset[str] | set[str] | None = None,
 ) -> dict[str, Any]:
     """Each feature's type, with the allowed values of categoricals and the range of numerics
     observed in the training split (what the model saw); with `declared` (`declared_ranges`),
     a numeric column's `min`/`max` checks in the dataset's config, as `declared_min` and
     `declared_max` (the server never accepts what validate would quarantine); with `codes`
     (`declared_missing`), a column's missing-value codes, as `missing_codes` (the server reads
-    them as null, as validate does)."""
+    them as null, as validate does); `integers` (`declared_integers`): the numeric features
+    read from int64 columns, marked `integer` (the server takes whole numbers only)."""
     missing = [c for c in schema.features if c not in train.columns]
     if missing:
         raise ValueError(f"training split: missing column(s) {missing} listed by the schema")
@@ -87,6 +89,8 @@ def feature_card(
             entry["declared_max"] = float(high)
         if (codes or {}).get(name):  # the server reads them as null, as validate does
             entry["missing_codes"] = list(codes[name])  # type: ignore[index]
+        if name in (integers or ()):  # a column declared int64: 1.5 is what validate refuses
+            entry["integer"] = True
         numeric.append(entry)
     categorical = []
     for name in schema.categorical:
@@ -133,6 +137,17 @@ def key_check(params: Mapping[str, Any], schema: FeatureSchema) -> dict[str, str
                 out["entity_key_pattern"] = str(column["pattern"])
             return out
     return {}
+
+
+def declared_integers(params: Mapping[str, Any]) -> set[str]:
+    """The columns every table that declares them declares int64 (a feature read from such a
+    column takes whole numbers only; a name some table declares otherwise is left out)."""
+    types: dict[str, set[str]] = {}
+    for table in (section(params, "dataset").get("tables") or {}).values():
+        for name, column in ((table or {}).get("columns") or {}).items():
+            if isinstance(column, Mapping) and column.get("type"):
+                types.setdefault(str(name), set()).add(str(column["type"]))
+    return {name for name, found in types.items() if found == {"int64"}}
 
 
 def declared_missing(params: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -276,7 +291,13 @@ def build_card(
             "md5": model_md5,
         },
         "features": {
-            **feature_card(schema, train, declared_ranges(params), declared_missing(params)),
+            **feature_card(
+                schema,
+                train,
+                declared_ranges(params),
+                declared_missing(params),
+                declared_integers(params),
+            ),
             **key_check(params, schema),
         },
         "label": label_card(params),

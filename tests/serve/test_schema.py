@@ -308,3 +308,17 @@ def test_a_columns_missing_codes_are_read_as_null_as_validate_reads_them() -> No
         bad = copy.deepcopy(numeric)
         bad[1]["missing_codes"] = "x"
         schema_from_card(card(numeric=bad), range_margin=1.0)
+
+
+def test_an_int64_columns_feature_takes_whole_numbers_only() -> None:
+    """`passenger_count` declared int64 (the card's `integer`): 1.5 is what validate
+    quarantines, so a 422; 2 and 2.0 are whole numbers."""
+    numeric = copy.deepcopy(CARD["features"]["numeric"])
+    numeric[0]["integer"] = True
+    models = api_models(schema_from_card(card(numeric=numeric), range_margin=1.0), 3)
+    assert parse(models, record(tenure_days=2)).numeric[0][0] == 2.0
+    assert parse(models, record(tenure_days=2.0)).numeric[0][0] == 2.0
+    found = errors(models, record(tenure_days=1.5))
+    assert found[0]["loc"] == ["body", "tenure_days"] and "whole number" in found[0]["msg"]
+    assert parse(api_models(schema_from_card(card(), range_margin=1.0), 3),
+                 record(tenure_days=1.5)).numeric[0][0] == 1.5  # fmt: skip

@@ -38,6 +38,7 @@ PARAMS = {
                 "columns": {
                     # the key's declared type and pattern reach the server (entity_key_*)
                     "customer_id": {"type": "string", "pattern": "c[0-9]+"},
+                    "tenure": {"type": "int64"},  # whole numbers only at the server
                     "sessions": {"type": "float64", "min": 0, "max": 50, "missing": [-1]},
                 }
             }
@@ -85,7 +86,9 @@ def test_card_holds_schema_ranges_label_data_and_model() -> None:
         "min": 3.0,
         "max": 400.0,
         "missing_fraction": 0.25,
+        "integer": True,
     }
+    assert "integer" not in numeric["sessions"]
     assert (numeric["sessions"]["declared_min"], numeric["sessions"]["declared_max"]) == (0, 50)
     assert numeric["sessions"]["missing_codes"] == [-1]  # the server reads them as null too
     assert "missing_codes" not in numeric["tenure"]
