@@ -253,6 +253,20 @@ def row_ids(dataset: DatasetConfig, schema: FeatureSchema, rows: pd.DataFrame) -
     return (time, key)
 
 
+def local_times(rows: pd.DataFrame, dataset: DatasetConfig) -> pd.DataFrame:
+    """A rows task's time column shown in its table's zone (validate stores naive UTC): a New
+    York trip at 20:47 on the 24th is not "2016-07-25 00:47:37"; the page prints the zone's
+    abbreviation with it. A UTC table's times are shown as they are."""
+    time = dataset.task.time
+    if not dataset.task.rows or not time or time not in rows.columns or not len(rows):
+        return rows
+    zone = dataset.table(dataset.task.table).timezone
+    stamps = rows[time]
+    if zone == "UTC" or not pd.api.types.is_datetime64_dtype(stamps):
+        return rows
+    return rows.assign(**{time: stamps.dt.tz_localize("UTC").dt.tz_convert(zone)})
+
+
 # --- the numbers ----------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import pandas as pd
 import pytest
+import yaml
 
 from stages.contract.feature_schema import FeatureSchema
 from stages.contract.onnx_predict import OnnxPredictor
@@ -21,6 +22,7 @@ from stages.lib.insights import (
 )
 from stages.lib.onnx_export import export_onnx
 from stages.lib.training import train_model
+from tests.conftest import ROOT
 from tests.stages.test_train import MODELS, SCHEMA, make_frame
 
 
@@ -170,3 +172,21 @@ def test_a_regressions_page_shows_predictions_and_residuals_and_nothing_of_churn
     assert "| 2026-03-01 | 60 | 9.500 | 12.000 |" in page
     for word in ("risk", "churn", "threshold", "score", "revenue"):
         assert word not in page.lower(), word
+
+
+def test_a_rows_tasks_times_are_shown_in_its_tables_zone() -> None:
+    """Validate stores naive UTC: a New York trip at 20:47 on the 24th is shown so, with its
+    zone, not as 00:47 on the 25th; a UTC table's times are left as they are."""
+    from stages.lib.insights import _fmt, local_times
+
+    raw = yaml.safe_load((ROOT / "conf/dataset/bank.yaml").read_text())
+    raw.pop("defaults", None)
+    table = next(iter(raw["tables"]))
+    raw["tables"][table]["timezone"] = "America/New_York"
+    dataset = dataset_from_params(raw)
+    time = dataset.task.time
+    rows = pd.DataFrame({time: pd.to_datetime(["2016-07-25 00:47:37"]), "x": [1]})
+    shown = local_times(rows, dataset)
+    assert _fmt(shown[time].iloc[0]) == "2016-07-24 20:47:37 EDT"
+    raw["tables"][table]["timezone"] = "UTC"
+    assert local_times(rows, dataset_from_params(raw)) is rows
