@@ -67,8 +67,7 @@ from stages.contract.feature_schema import FeatureSchema, load_schema
 from stages.contract.prediction_log import PREDICTION, SCORE
 from stages.lib.dataset import DatasetConfig, dataset_from_params, settings_for
 from stages.lib.engine import EngineConfig, connect, read_parquet, write_parquet
-from stages.lib.incremental import PARTITION_COL
-from stages.lib.io import read_frame, round_floats, validated_partitions
+from stages.lib.io import PARTITION_COL, read_frame, round_floats, validated_partitions
 from stages.lib.merge import prepare_fingerprint, run_prepare
 from stages.lib.monitoring import (
     MonitorConfig,

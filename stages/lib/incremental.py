@@ -23,10 +23,6 @@ from typing import Any
 from stages.contract.card import file_md5
 from stages.lib.io import write_bytes_atomic
 
-# Columns validate adds to every valid row and prepare orders by: the partition it landed in and
-# its row number there (here, not in stages/validate.py, so prepare need not import pandera).
-PARTITION_COL = "_partition"
-ROW_COL = "_row"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 # stages/contract/storage.py writes `<dir>/.<name>.tmp-<pid>` and renames it: a crash can leave

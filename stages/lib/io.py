@@ -16,6 +16,13 @@ import pyarrow.parquet as pq
 
 from stages.contract.storage import PARTITION_RE, tmp_for, write_bytes_atomic
 
+# Columns validate adds to every valid row and prepare orders by: the partition it landed in and
+# its row number there (here, not in stages/validate.py, so prepare need not import pandera; and
+# not in stages/lib/incremental.py, so the features, which read the partition of an entity's
+# version, need not depend on the manifests).
+PARTITION_COL = "_partition"
+ROW_COL = "_row"
+
 if TYPE_CHECKING:  # pandas costs prepare and features, which never use it, 0.2-0.3 s to import
     import pandas as pd
 

@@ -29,8 +29,6 @@ from stages.lib.engine import EngineConfig, connect, read_parquet, write_parquet
 from stages.lib.incremental import (
     MANIFEST,
     MANIFEST_FORMAT,
-    PARTITION_COL,
-    ROW_COL,
     SHARED_CODE,
     STAGES_ROOT,
     StatCache,
@@ -41,7 +39,7 @@ from stages.lib.incremental import (
     save_stat_cache,
     write_manifest,
 )
-from stages.lib.io import validated_partitions, write_json
+from stages.lib.io import PARTITION_COL, ROW_COL, validated_partitions, write_json
 
 Key = str | Sequence[str]
 

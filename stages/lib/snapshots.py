@@ -24,8 +24,7 @@ import pyarrow as pa
 from stages.contract.feature_schema import FeatureSchema, save_schema
 from stages.lib.dataset import CANCELLATION, PLAIN_EVENT, DatasetConfig, TableSpec
 from stages.lib.engine import EngineConfig, collect, connect, read_parquet, write_parquet
-from stages.lib.incremental import PARTITION_COL
-from stages.lib.io import write_json
+from stages.lib.io import PARTITION_COL, write_json
 from stages.lib.localtime import Span, time_span
 from stages.lib.predictions import SNAPSHOT_COL
 

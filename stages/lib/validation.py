@@ -42,8 +42,6 @@ from stages.lib.engine import EngineConfig, map_tasks
 from stages.lib.incremental import (
     MANIFEST,
     MANIFEST_FORMAT,
-    PARTITION_COL,
-    ROW_COL,
     SHARED_CODE,
     STAGES_ROOT,
     StatCache,
@@ -57,6 +55,8 @@ from stages.lib.incremental import (
 )
 from stages.lib.io import (
     ARROW_TYPES,
+    PARTITION_COL,
+    ROW_COL,
     frame_parquet,
     list_partitions,
     partition_form,

@@ -98,7 +98,7 @@ def test_a_change_exported_without_a_time_of_its_own_is_known_from_its_export(
     the same timestamp as the row before it, and only its partition (01-06) says when it was
     known. At 01-05 the plan is still "basic"; keyed on the timestamp alone, the two versions
     collapsed to the later one and "premium" leaked into every past snapshot."""
-    from stages.lib.incremental import PARTITION_COL
+    from stages.lib.io import PARTITION_COL
     from stages.lib.merge import history_keys, upsert
 
     dataset = _dataset(shop_params)
