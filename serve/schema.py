@@ -436,13 +436,19 @@ def _numeric_field(f: NumericFeature) -> tuple[Any, Any]:
     described = f"{'whole ' if f.integer else ''}number in {accepted}, null if missing"
     if f.train_min is not None:
         described += f" (training range [{f.train_min:g}, {f.train_max:g}])"
-    if f.missing:
-        described += f"; {', '.join(f'{c:g}' for c in f.missing)} read as null"
-        return (
-            Annotated[number | None, BeforeValidator(_as_null(f.missing))],
-            Field(alias=f.name, title=f.name, description=described),
-        )
-    return (number | None, Field(alias=f.name, title=f.name, description=described))
+    return _nullable(number, f.name, f.missing, [f"{c:g}" for c in f.missing], described)
+
+
+def _nullable(
+    kind: Any, name: str, missing: tuple[Any, ...], shown: list[str], described: str
+) -> tuple[Any, Any]:
+    """A feature's field: `kind` or null, its missing-value codes (shown as `shown`) read as
+    null before `kind` is checked."""
+    typed: Any = kind | None
+    if missing:
+        described += f"; {', '.join(shown)} read as null"
+        typed = Annotated[typed, BeforeValidator(_as_null(missing))]
+    return (typed, Field(alias=name, title=name, description=described))
 
 
 def _whole(value: float) -> float:
@@ -470,13 +476,7 @@ def _categorical_field(f: CategoricalFeature) -> tuple[Any, Any]:
     if f.coded:
         return (_code_type(f), Field(alias=f.name, title=f.name, description=described))
     allowed = Literal[f.allowed]  # type: ignore[valid-type]
-    if f.missing:
-        described += f"; {', '.join(repr(c) for c in f.missing)} read as null"
-        return (
-            Annotated[allowed | None, BeforeValidator(_as_null(f.missing))],
-            Field(alias=f.name, title=f.name, description=described),
-        )
-    return (allowed | None, Field(alias=f.name, title=f.name, description=described))
+    return _nullable(allowed, f.name, f.missing, [repr(c) for c in f.missing], described)
 
 
 def _code_type(f: CategoricalFeature) -> Any:

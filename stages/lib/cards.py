@@ -28,7 +28,7 @@ promotion time.
 from __future__ import annotations
 
 import platform
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib import metadata
 from typing import Any
 
@@ -122,6 +122,14 @@ def feature_card(
     }
 
 
+def _declared_columns(params: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """(name, spec) of every column every table of the dataset's config declares."""
+    for table in (section(params, "dataset").get("tables") or {}).values():
+        for name, column in ((table or {}).get("columns") or {}).items():
+            if isinstance(column, Mapping):
+                yield str(name), column
+
+
 def key_check(params: Mapping[str, Any], schema: FeatureSchema) -> dict[str, str]:
     """The entity key column's declared type and pattern (`entity_key_type`,
     `entity_key_pattern`), where a table declares that column: the server accepts a string
@@ -129,9 +137,8 @@ def key_check(params: Mapping[str, Any], schema: FeatureSchema) -> dict[str, str
     key, which no table declares."""
     if schema.surrogate_key:
         return {}
-    for table in (section(params, "dataset").get("tables") or {}).values():
-        column = ((table or {}).get("columns") or {}).get(schema.entity_key)
-        if isinstance(column, Mapping) and column.get("type") in ("string", "int64"):
+    for name, column in _declared_columns(params):
+        if name == schema.entity_key and column.get("type") in ("string", "int64"):
             out = {"entity_key_type": str(column["type"])}
             if column.get("pattern") is not None:
                 out["entity_key_pattern"] = str(column["pattern"])
@@ -143,24 +150,22 @@ def declared_integers(params: Mapping[str, Any]) -> set[str]:
     """The columns every table that declares them declares int64 (a feature read from such a
     column takes whole numbers only; a name some table declares otherwise is left out)."""
     types: dict[str, set[str]] = {}
-    for table in (section(params, "dataset").get("tables") or {}).values():
-        for name, column in ((table or {}).get("columns") or {}).items():
-            if isinstance(column, Mapping) and column.get("type"):
-                types.setdefault(str(name), set()).add(str(column["type"]))
+    for name, column in _declared_columns(params):
+        if column.get("type"):
+            types.setdefault(name, set()).add(str(column["type"]))
     return {name for name, found in types.items() if found == {"int64"}}
 
 
 def declared_missing(params: Mapping[str, Any]) -> dict[str, list[Any]]:
     """column -> its `missing` codes in the dataset's config (every table's, in order)."""
     found: dict[str, list[Any]] = {}
-    for table in (section(params, "dataset").get("tables") or {}).values():
-        for name, column in ((table or {}).get("columns") or {}).items():
-            codes = column.get("missing") if isinstance(column, Mapping) else None
-            if codes is None:
-                continue
-            for code in codes if isinstance(codes, list) else [codes]:
-                if code not in found.setdefault(str(name), []):
-                    found[str(name)].append(code)
+    for name, column in _declared_columns(params):
+        codes = column.get("missing")
+        if codes is None:
+            continue
+        for code in codes if isinstance(codes, list) else [codes]:
+            if code not in found.setdefault(name, []):
+                found[name].append(code)
     return found
 
 
@@ -169,10 +174,9 @@ def declared_ranges(params: Mapping[str, Any]) -> dict[str, tuple[float | None, 
     checked by `evergreen params`); a name in several tables: the widest bounds, None where
     one of them has none."""
     found: dict[str, list[tuple[Any, Any]]] = {}
-    for table in (section(params, "dataset").get("tables") or {}).values():
-        for name, column in ((table or {}).get("columns") or {}).items():
-            if isinstance(column, Mapping) and ("min" in column or "max" in column):
-                found.setdefault(str(name), []).append((column.get("min"), column.get("max")))
+    for name, column in _declared_columns(params):
+        if "min" in column or "max" in column:
+            found.setdefault(name, []).append((column.get("min"), column.get("max")))
     out: dict[str, tuple[float | None, float | None]] = {}
     for name, bounds in found.items():
         lows = [b[0] for b in bounds]

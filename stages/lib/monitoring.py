@@ -549,10 +549,7 @@ def realised_regression(
         )
         out[pd.Timestamp(date).date().isoformat()] = round_floats(
             {
-                "n": len(residuals),
-                "mae": mae,
-                "rmse": float(np.sqrt(np.mean(residuals**2))),
-                "mean_residual": float(residuals.mean()),
+                **_residual_measures(residuals),
                 "mean_prediction": float(part["prediction"].mean()),
                 "mean_target": float(part["target"].mean()),
                 "reference_mae": ref_mae,
@@ -643,15 +640,17 @@ def regression_reference(reference: pd.DataFrame) -> dict[str, Any] | None:
     if not {"target", "prediction"} <= set(reference) or not len(reference):
         return None
     residuals = (reference["target"] - reference["prediction"]).to_numpy(dtype="float64")
-    mae, _ = _mae_and_se(residuals)
-    return round_floats(
-        {
-            "n": len(residuals),
-            "mae": mae,
-            "rmse": float(np.sqrt(np.mean(residuals**2))),
-            "mean_residual": float(residuals.mean()),
-        }
-    )
+    return round_floats(_residual_measures(residuals))
+
+
+def _residual_measures(residuals: np.ndarray) -> dict[str, Any]:
+    """n, MAE, RMSE and mean residual: a live snapshot's and the test split's alike."""
+    return {
+        "n": len(residuals),
+        "mae": _mae_and_se(residuals)[0],
+        "rmse": float(np.sqrt(np.mean(residuals**2))),
+        "mean_residual": float(residuals.mean()),
+    }
 
 
 def _rate_variance(rate: float, n: int) -> float:

@@ -129,7 +129,9 @@ def build_rows(
     labelled = labelled.select(*columns, task.target).order_by(order)
     pending = timed.filter(~timed._known)
     if task.pending_days is not None:  # older null targets are missing: neither set holds them
-        pending = pending.filter(pending._day > newest - task.pending_days)
+        pending = pending.filter(
+            ~outcome_missing(pending._target, pending._day, newest, task.pending_days)
+        )
     pending = pending.mutate(
         **{SNAPSHOT_COL: (ibis.literal(dt.date(1970, 1, 1)) + newest.as_interval("D")).cast("date")}
     )
@@ -145,6 +147,14 @@ def matured_target(
     if task.label_delay_days:
         known = known & (day <= newest - task.label_delay_days)
     return known
+
+
+def outcome_missing(
+    target: ir.Value, day: ir.IntegerValue, newest: ir.IntegerValue, pending_days: int
+) -> ir.BooleanValue:
+    """Whether a row's outcome will not come: its target is still null `pending_days` (the
+    task's) after its day."""
+    return target.isnull() & (day <= newest - pending_days)
 
 
 def latest_period(labelled: ir.Table, dataset: DatasetConfig) -> ir.Table:
@@ -187,15 +197,16 @@ def _day_bounds(
     target = target_value(table, dataset)
     newest = number.max().as_scalar()
     known = matured_target(target, number, newest, task)
-    # null targets past pending_days: no outcome will come (counted where that is set)
-    past = 0 if task.pending_days is None else task.pending_days
-    missing = target.isnull() & (number <= newest - past) & (task.pending_days is not None)
+    counted = {}
+    if task.pending_days is not None:  # outcomes that will not come: counted where defined
+        missing = outcome_missing(target, number, newest, task.pending_days)
+        counted["missing"] = missing.cast("int64").sum()
     bounds = table.aggregate(
         rows=table.count(),
         untimed=table[task.time].isnull().cast("int64").sum(),
         last=day.max(),
         last_labelled=ibis.ifelse(known, day, ibis.null("date")).max(),
-        missing=missing.cast("int64").sum(),
+        **counted,
     )
     return collect(con, bounds).to_pylist()[0]
 
