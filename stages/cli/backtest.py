@@ -36,7 +36,7 @@ from stages.lib.backtest import (
     Trained,
     replay,
 )
-from stages.lib.backtest_page import render
+from stages.lib.backtest_page import comparison_line, render
 from stages.lib.dataset import settings_for
 from stages.lib.evaluation import EvaluateConfig
 from stages.lib.io import write_bytes_atomic, write_json
@@ -155,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{p['trainings']} trainings, {p['promotions']} promotions, {p['seconds']:.1f} s; "
             f"best with hindsight at {p['trainings']} trainings {bound}"
         )
+    for found in payload["comparisons"]:
+        print(f"backtest: {comparison_line(found, payload['metric'])}")
     hindsight = payload["hindsight"]
     if hindsight["available"]:
         print(f"backtest: the bound with hindsight cost {hindsight['seconds']:.1f} s")

@@ -946,7 +946,7 @@ def _payload(
             "hindsight_best": hindsight["best_by_trainings"].get(str(len(run.trainings))),
         }
     first, last = days
-    return round_floats(
+    payload = round_floats(
         {
             "dataset": settings.dataset.name,
             "task": settings.dataset.task.kind,
@@ -976,20 +976,57 @@ def _payload(
         },
         DIGITS,
     )
+    payload["comparisons"] = [
+        found for a, b in COMPARED if (found := comparison(payload, a, b)) is not None
+    ]
+    return payload
+
+
+# the policies compared in the JSON, the page and the command's summary: (a, b), a judged against b
+COMPARED = (("monitor", "every_7_days"), ("monitor", "never"))
+COMPARISON_CONFIDENCE = 0.95
 
 
 def comparison(payload: Mapping[str, Any], a: str, b: str) -> dict[str, Any] | None:
     """Policy `a` against `b`: the difference of their mean metrics (a - b, oriented so that
-    positive means `a` is better) and the ratio of their trainings; None if either is absent."""
+    positive means `a` is better), the ratio of their trainings, and how sure that difference
+    is: a paired t interval over the steps both scored (the same prediction set, judged with
+    the same labels, so each step's difference cancels what made that week easy or hard).
+    Steps are not independent (one model serves several), so the interval is a guide, not a
+    test: an interval across 0 says the backtest cannot tell the two apart. None if either
+    policy is absent."""
     policies = payload["policies"]
     if a not in policies or b not in policies:
         return None
     ma, mb = policies[a]["mean_metric"], policies[b]["mean_metric"]
     if ma is None or mb is None:
         return None
-    better = (ma - mb) if payload["higher_is_better"] else (mb - ma)
+    sign = 1.0 if payload["higher_is_better"] else -1.0
+    better = sign * (ma - mb)
+    metric = payload["metric"]
+    by_date = {r["date"]: r.get(metric) for r in policies[b].get("series", [])}
+    pairs = [
+        sign * (r[metric] - by_date[r["date"]])
+        for r in policies[a].get("series", [])
+        if r.get(metric) is not None and by_date.get(r["date"]) is not None
+    ]
+    low = high = None
+    if len(pairs) > 1:
+        from scipy.stats import t  # the backtest's process has scipy loaded already (sklearn)
+
+        diffs = np.asarray(pairs, dtype="float64")
+        half = float(t.ppf(0.5 + COMPARISON_CONFIDENCE / 2, len(diffs) - 1)) * float(
+            diffs.std(ddof=1) / np.sqrt(len(diffs))
+        )
+        low, high = float(diffs.mean()) - half, float(diffs.mean()) + half
     return {
+        "a": a,
+        "b": b,
         "difference": round(better, DIGITS),
         "relative": round(better / abs(mb), DIGITS) if mb else None,
         "trainings": (policies[a]["trainings"], policies[b]["trainings"]),
+        "steps": len(pairs),
+        "confidence": COMPARISON_CONFIDENCE,
+        "ci_low": None if low is None else round(low, DIGITS),
+        "ci_high": None if high is None else round(high, DIGITS),
     }

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from stages.lib.backtest import comparison
+from stages.lib.backtest import COMPARED, comparison
 from stages.lib.insights import Page, Section, frame_table, png, render_html
 
 TITLE = "Backtest: which retrain policy pays"
@@ -113,17 +113,33 @@ def reading(payload: Mapping[str, Any]) -> list[str]:
         "each training counted in full for every policy that ran it.",
     ]
     text.append(hindsight_reading(payload))
-    for a, b in (("monitor", "every_7_days"), ("monitor", "never")):
+    for a, b in COMPARED:
         found = comparison(payload, a, b)
-        if found is None:
-            continue
-        na, nb = found["trainings"]
-        verb = "better" if found["difference"] > 0 else "worse"
-        text.append(
-            f"**{a}** vs **{b}**: mean {metric} {abs(found['difference']):.4f} {verb} "
-            f"({na} trainings against {nb})."
-        )
+        if found is not None:
+            text.append(comparison_line(found, metric, bold=True))
     return text
+
+
+def comparison_line(found: Mapping[str, Any], metric: str, *, bold: bool = False) -> str:
+    """`a` vs `b`: the difference of the means, its paired interval, and the trainings."""
+    na, nb = found["trainings"]
+    a, b = (f"**{found['a']}**", f"**{found['b']}**") if bold else (found["a"], found["b"])
+    verb = "better" if found["difference"] > 0 else "worse"
+    if found["ci_low"] == found["ci_high"] == found["difference"] == 0:
+        # every step's models answered alike (the same model kept, or an equal one)
+        return f"{a} vs {b}: the same {metric} at every step ({na} trainings against {nb})."
+    sure = ""
+    if found.get("ci_low") is not None:
+        unsure = found["ci_low"] < 0 < found["ci_high"]
+        sure = (
+            f", {found['confidence']:.0%} CI {found['ci_low']:+.4f} to {found['ci_high']:+.4f} "
+            f"over {found['steps']} paired steps"
+            + (": the backtest cannot tell them apart" if unsure else "")
+        )
+    return (
+        f"{a} vs {b}: mean {metric} {abs(found['difference']):.4f} {verb}{sure} "
+        f"({na} trainings against {nb})."
+    )
 
 
 def hindsight_reading(payload: Mapping[str, Any]) -> str:

@@ -28,6 +28,7 @@ from stages.lib.backtest import (
     Settings,
     Trained,
     best_with_hindsight,
+    comparison,
     replay,
     step_dates,
 )
@@ -100,6 +101,38 @@ def test_the_json_holds_the_contract(tiny: dict) -> None:
         assert "roc_auc" not in p["series"][0]
         assert all(r["n"] > 0 and r["roc_auc"] is not None for r in p["series"][1:])
         assert p["steps_scored"] == len(STEPS) - 1
+
+
+def test_the_policies_are_compared_with_a_paired_interval(tiny: dict) -> None:
+    found = {(c["a"], c["b"]): c for c in payload(tiny["out"])["comparisons"]}
+    assert set(found) == {("monitor", "every_7_days"), ("monitor", "never")}
+    for c in found.values():
+        assert c["steps"] == len(STEPS) - 1 and c["confidence"] == 0.95
+        assert c["ci_low"] <= c["difference"] <= c["ci_high"]
+
+
+def test_a_comparison_interval_is_the_paired_t_interval() -> None:
+    """MAE (lower is better) on three steps: differences 1, 1, 2 in `a`'s favour; t(0.975, 2)
+    = 4.303, so the interval is 1.3333 +- 4.303 * 0.5774 / sqrt(3). A step only one policy
+    scored is not a pair."""
+
+    def series(maes: list[float | None]) -> list[dict]:
+        return [{"date": f"2026-01-0{i + 1}", "mae": m} for i, m in enumerate(maes)]
+
+    policies = {
+        "a": {"mean_metric": 12.0, "trainings": 2, "series": series([None, 10, 12, 14])},
+        "b": {"mean_metric": 13.3333, "trainings": 4, "series": series([9, 11, 13, 16])},
+    }
+    found = comparison({"metric": "mae", "higher_is_better": False, "policies": policies}, "a", "b")
+    assert found is not None
+    assert found["difference"] == pytest.approx(1.3333) and found["steps"] == 3
+    assert found["ci_low"] == pytest.approx(1.3333 - 1.4343, abs=1e-3)
+    assert found["ci_high"] == pytest.approx(1.3333 + 1.4343, abs=1e-3)
+    assert found["trainings"] == (2, 4)
+    # one pair: a difference, no interval
+    policies["a"]["series"] = series([None, 10, None, None])
+    found = comparison({"metric": "mae", "higher_is_better": False, "policies": policies}, "a", "b")
+    assert found is not None and found["steps"] == 1 and found["ci_low"] is None
 
 
 def test_the_bound_with_hindsight_holds_every_policy(tiny: dict) -> None:
@@ -294,6 +327,11 @@ def test_the_page_draws_the_metric_and_the_table(tiny: dict) -> None:
     assert "mean ROC AUC" in policies["head"] and "trainings" in policies["head"]
     assert "best with hindsight, same trainings" in policies["head"]
     assert "monitor vs every_7_days" in shown["text"]
+    # how sure each comparison is: its interval, or that the two policies never differed
+    for c in payload(tiny["out"])["comparisons"]:
+        same = c["ci_low"] == c["ci_high"] == c["difference"] == 0
+        said = "the same ROC AUC at every step" if same else "paired steps"
+        assert f"{c['a']} vs {c['b']}" in shown["text"] and said in shown["text"]
     assert "is a bound, not a policy" in shown["text"]
 
 
