@@ -129,11 +129,31 @@ def js_distance(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sqrt(max(0.5 * kl(p) + 0.5 * kl(q), 0.0)))
 
 
-def _counts(stats: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+def exact_values(stats: Sequence[Mapping[str, Any]]) -> frozenset[str] | None:
+    """The values whose count is known on every day of `stats` (None: every value's is).
+
+    A day's profile keeps its `top_k` most frequent values and counts the rest as `other`. A
+    value in one day's top and in another day's `other` has a known count only on the first:
+    summed over the days, its share would move with how often it made the top, not with the
+    data (a country ranked 18th to 25th each day "drifts" between any two windows). Compared
+    over the values every truncated day kept, plus one `other` for the rest, every bin counts
+    the same thing on every day. A day with no `other` lists all its values (an absent one is
+    a true 0)."""
+    truncated = [frozenset(s["top"]) for s in stats if int(s["other"]) > 0]
+    return frozenset.intersection(*truncated) if truncated else None
+
+
+def _counts(
+    stats: Sequence[Mapping[str, Any]], exact: frozenset[str] | None = None
+) -> dict[str, int]:
+    """Each value's count over `stats`; a value outside `exact` (when given) counts as other."""
     out: dict[str, int] = {}
     for s in stats:
-        for value, n in {**s["top"], OTHER: s["other"], NULL: s["nulls"]}.items():
-            out[value] = out.get(value, 0) + int(n)
+        for value, n in s["top"].items():
+            key = value if exact is None or value in exact else OTHER
+            out[key] = out.get(key, 0) + int(n)
+        for key, n in ((OTHER, s["other"]), (NULL, s["nulls"])):
+            out[key] = out.get(key, 0) + int(n)
     return out
 
 
@@ -191,7 +211,8 @@ def sample_stats(values: Sequence[float] | np.ndarray) -> dict[str, Any]:
 
 
 def _categorical_drift(ref: list[Mapping], cur: list[Mapping], cfg: DriftConfig) -> dict[str, Any]:
-    r, c = _counts(ref), _counts(cur)
+    exact = exact_values([*ref, *cur])
+    r, c = _counts(ref, exact), _counts(cur, exact)
     keys = sorted(set(r) | set(c))
     p = np.array([r.get(k, 0) for k in keys], dtype="float64")
     q = np.array([c.get(k, 0) for k in keys], dtype="float64")
@@ -493,10 +514,14 @@ def numeric_design_effect(stats: Sequence[Mapping[str, Any]]) -> float:
     return _design_effect(between, within, float(n.mean()))
 
 
-def categorical_design_effect(stats: Sequence[Mapping[str, Any]]) -> float:
+def categorical_design_effect(
+    stats: Sequence[Mapping[str, Any]], exact: frozenset[str] | None = None
+) -> float:
     """A categorical column's design effect: its daily shares of each value vary beyond the
-    binomial variance of days of that many rows (weighted over the values)."""
-    days = [(_counts([s]), int(s["count"]) + int(s["nulls"])) for s in stats]
+    binomial variance of days of that many rows (weighted over the values); `exact` as in
+    `_counts` (a value counted some days and folded into other on the rest would vary by
+    truncation, not by the data)."""
+    days = [(_counts([s], exact), int(s["count"]) + int(s["nulls"])) for s in stats]
     days = [(c, n) for c, n in days if n >= 2]
     if len(days) < 3:
         return 1.0
@@ -529,13 +554,14 @@ def compare_categorical(
     reference: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]]
 ) -> Comparison:
     """Jensen-Shannon distance and the chi-square test of a categorical column's counts (its
-    top values, the rest as one `other` bin, and nulls)."""
-    r, c = _counts(reference), _counts(current)
+    top values known on every day, the rest as one `other` bin, and nulls: `exact_values`)."""
+    exact = exact_values([*reference, *current])
+    r, c = _counts(reference, exact), _counts(current, exact)
     keys = sorted(set(r) | set(c))
     p = np.array([r.get(k, 0) for k in keys], dtype="float64")
     q = np.array([c.get(k, 0) for k in keys], dtype="float64")
     value = js_distance(p, q) if p.sum() and q.sum() else 0.0
-    deff = categorical_design_effect(reference)
+    deff = categorical_design_effect(reference, exact)
     p_value = homogeneity_p_value(p / deff, q / deff)
     return Comparison("js_distance", value, p_value, int(p.sum()), int(q.sum()), deff)
 

@@ -153,8 +153,9 @@ def test_ids_free_text_non_inputs_and_seasonal_columns_are_never_reasons() -> No
         "calls.month": "seasonal",
         "calls.extra_count": "not_input",
     }
-    # they did move: the old monitor would have cried "retrain" on each
-    assert report["columns"]["calls.invoice"]["value"] > 0.5
+    # they did move: the old monitor would have cried "retrain" on each (an id's values differ
+    # every day, so no value is counted on every day: it compares as one bin, stages/lib/drift.py
+    # exact_values, and its role alone keeps it from being a reason)
     assert report["columns"]["calls.extra_count"]["value"] > 1
     assert report["columns"]["calls.month"]["value"] > 0.5
     # the seasonal input's move is recorded: it explains score drift (see the next test)
