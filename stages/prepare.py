@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DatasetConfigError as exc:  # one line naming the file and key, not a traceback
         print(f"prepare: {exc}", file=sys.stderr)
         return 2
-    fp = prepare_fingerprint(section(params, "dataset.tables"))
+    fp = prepare_fingerprint(section(params, "dataset.tables"), dataset)
     try:
         engine = EngineConfig.from_params(params.get("engine"))
     except ValueError as exc:

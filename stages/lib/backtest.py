@@ -274,7 +274,7 @@ class LakeReplay:
                 )
                 for day, path in self.partitions[table.name].items()
             }
-        self.fingerprint = prepare_fingerprint(settings.dataset_params["tables"])
+        self.fingerprint = prepare_fingerprint(settings.dataset_params["tables"], settings.dataset)
         self.merged_to: str | None = None
 
     def days(self) -> tuple[dt.date, dt.date]:

@@ -144,11 +144,14 @@ class PrepareRun:
     rebuilt: str  # why the manifest was not used ("" when it was)
 
 
-def prepare_fingerprint(tables_params: Mapping) -> str:
-    """What the histories depend on besides the data: code, `dataset.tables`, libraries."""
+def prepare_fingerprint(tables_params: Mapping, dataset: DatasetConfig) -> str:
+    """What the histories depend on besides the data: code, `dataset.tables`, each history's
+    upsert key (a rows task's comes from `task.key`, outside `dataset.tables`: another key
+    keeps other rows), libraries."""
+    keys = {t.name: history_keys(t) for t in dataset.tables}
     return fingerprint(
         code=[STAGES_ROOT / name for name in CODE_FILES],
-        params={"dataset.tables": tables_params},
+        params={"dataset.tables": tables_params, "upsert_keys": keys},
         libraries=LIBRARIES,
         version=MANIFEST_FORMAT,
     )

@@ -59,12 +59,15 @@ def rows_features(dataset: DatasetConfig, cfg: FeaturesConfig) -> tuple[list[str
 def split_columns(dataset: DatasetConfig, cfg: FeaturesConfig) -> list[str]:
     """The columns of the features stage's frames (the splits, the prediction set), target
     aside: a rows task's key, snapshot, time and features (a table keyed by its time has that
-    column once); an entity task's key, snapshot and features."""
+    column once); an entity task's key, snapshot and features. Every feature, those
+    `features.exclude` leaves out of the model included: a champion that reads one must still
+    be scored on the challenger's test split (the gate) and on the prediction set."""
     if not dataset.task.rows:
         numeric, categorical = feature_names(dataset, cfg)
         return [dataset.entity_key, SNAPSHOT_COL, *numeric, *categorical]
     task = dataset.task
-    numeric, categorical = rows_features(dataset, cfg)
+    rows_features(dataset, cfg)  # an unknown exclusion fails here, one line naming it
+    numeric, categorical = list(task.numeric), list(task.categorical)
     return list(dict.fromkeys([task.key, SNAPSHOT_COL, task.time, *numeric, *categorical]))
 
 
@@ -311,9 +314,9 @@ def write_rows_predict_set(
     """A rows task's prediction set, as `write_rows` picks it (the rows whose target is still
     null, else the latest period's), with the columns the champion's schema reads."""
     schema, schema_path = champion
-    numeric, categorical = rows_features(dataset, cfg)
-    key = dataset.task.key
-    check_champion_features([*numeric, *categorical], schema, schema_path, key)
+    # every feature the config declares is in the frame, excluded ones too (split_columns)
+    declared = [*dataset.task.numeric, *dataset.task.categorical]
+    check_champion_features(declared, schema, schema_path, dataset.task.key)
     con = connect(engine)
     source = _history_source(history_dir, dataset)
     table = read_parquet(con, source)

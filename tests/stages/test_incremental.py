@@ -265,6 +265,30 @@ def test_a_deleted_partition_takes_its_outputs_and_report_entry_along(lake, tmp_
     assert lake.files() == _rebuild(tmp_path, lake.params).files()
 
 
+def test_a_rows_tasks_key_is_part_of_the_merges_fingerprint(tmp_path):
+    """A rows task's upsert key is `task.key`, outside `dataset.tables`: another key keeps
+    other rows (a fraud lake keyed on card_id instead of transaction_id: 34,001 rows, not
+    49,997), so it must rebuild the history, not keep the one merged on the old key."""
+    import yaml
+
+    from stages.lib.dataset import dataset_from_params
+    from stages.lib.merge import prepare_fingerprint
+    from stages.lib.params import compose_params
+    from tests.conftest import ROOT
+
+    raw = yaml.safe_load(
+        compose_params(ROOT / "conf", tmp_path / "p.yaml", ["dataset=bikes"]).read_text()
+    )["dataset"]
+
+    def fp(changes: dict) -> str:
+        changed = {**raw, "task": {**raw["task"], **changes}}
+        return prepare_fingerprint(changed["tables"], dataset_from_params(changed))
+
+    assert fp({"key": "casual"}) != fp({})
+    assert fp({"surrogate_key": True, "key": "row_id"}) != fp({})
+    assert fp({"period_days": 14}) == fp({})  # what the merge does not read changes nothing
+
+
 def test_changed_params_rebuild_everything(lake, tmp_path, shop_params, capsys):
     shop_params["validate"]["max_quarantine_fraction"] = 0.5
     write_params(shop_params, lake.params)

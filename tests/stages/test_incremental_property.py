@@ -135,7 +135,7 @@ def test_incremental_equals_rebuild_after_every_step(shop_params_file, first, se
     dataset = dataset_from_params(params["dataset"])
     cfg = ValidateConfig(**params["validate"])
     vfp = validate_fingerprint(params["dataset"], params["validate"])
-    pfp = prepare_fingerprint(params["dataset"]["tables"])
+    pfp = prepare_fingerprint(params["dataset"]["tables"], dataset)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         lake = Lake(root / "data")

@@ -273,6 +273,10 @@ def test_excluded_features_leave_the_schema_and_unknown_ones_are_named(
         main([str(hist), str(out), "--params", str(write_params(params, tmp_path / "p.yaml"))]) == 0
     )
     assert load_schema(out / "feature_schema.json").categorical == ()
+    # the frames keep it: a champion that reads it is still scored on this test split (the
+    # gate) and on the prediction set, like an entity task's computed features
+    for name in ("snapshots.parquet", "predict.parquet"):
+        assert "region" in pd.read_parquet(out / name).columns, name
     params["features"]["exclude"] = ["colour"]
     code = main([str(hist), str(out), "--params", str(write_params(params, tmp_path / "p.yaml"))])
     assert code == 2 and "features.exclude: ['colour']" in capsys.readouterr().err

@@ -218,11 +218,12 @@ def test_incremental_prepare_on_spark_equals_a_duckdb_rebuild(
         if (validated / table).is_dir():
             for f in sorted((validated / table).glob("date=*.parquet"))[-3:]:
                 shutil.copy(f, partial / table / f.name)
+    config = dataset.dataset_from_params(lake_params["dataset"])
     run = merge.run_prepare(
         partial,
         out,
-        dataset.dataset_from_params(lake_params["dataset"]),
-        merge.prepare_fingerprint(lake_params["dataset"]["tables"]),
+        config,
+        merge.prepare_fingerprint(lake_params["dataset"]["tables"], config),
         EngineConfig.from_params(SPARK),
     )
     assert {p.mode for p in run.plans.values()} == {"append"}
