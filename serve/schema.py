@@ -85,6 +85,8 @@ class NumericFeature:
     missing: tuple[float, ...] = ()
     # its column is declared int64: a fraction is what validate quarantines, never scored
     integer: bool = False
+    # its column is declared `nullable: false`: a null is what validate quarantines
+    nullable: bool = True
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class CategoricalFeature:
     allowed: tuple[str, ...] | tuple[int, ...]
     type: str = TEXT  # CODES: integer codes, sent as JSON integers
     missing: tuple[str, ...] = ()  # the column's "no value" codes ("?", "NA"): null
+    nullable: bool = True  # False: its column is declared `nullable: false`
 
     @property
     def coded(self) -> bool:
@@ -220,7 +223,8 @@ def _categorical_features(features: Mapping[str, Any]) -> list[CategoricalFeatur
                 f"{what})"
             )
         codes = () if kind == CODES else _codes(entry, where, (str,))
-        categorical.append(CategoricalFeature(entry["name"], tuple(values), kind, codes))
+        nullable = _flag(entry, where, "nullable")
+        categorical.append(CategoricalFeature(entry["name"], tuple(values), kind, codes, nullable))
     return categorical
 
 
@@ -273,15 +277,20 @@ def _numeric_features(
         if declared_hi is not None:
             maximum = declared_hi if maximum is None else min(maximum, declared_hi)
         codes = _codes(entry, where, (int, float))
-        integer = entry.get("integer", False)
-        if not isinstance(integer, bool):
-            raise ValueError(f"model card: {where}.integer is {integer!r}, expected a bool")
+        integer, nullable = _flag(entry, where, "integer", False), _flag(entry, where, "nullable")
+        codes_read = tuple(float(c) for c in codes)
         numeric.append(
-            NumericFeature(
-                entry["name"], lo, hi, minimum, maximum, tuple(float(c) for c in codes), integer
-            )
+            NumericFeature(entry["name"], lo, hi, minimum, maximum, codes_read, integer, nullable)
         )
     return numeric
+
+
+def _flag(entry: Mapping[str, Any], where: str, key: str, default: bool = True) -> bool:
+    """A feature's boolean `key` (absent: `default`, a card from before it)."""
+    value = entry.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"model card: {where}.{key} is {value!r}, expected a bool")
+    return value
 
 
 def schema_from_card(
@@ -433,22 +442,44 @@ def _numeric_field(f: NumericFeature) -> tuple[Any, Any]:
     if f.integer:
         number = Annotated[number, AfterValidator(_whole)]
     accepted = f"[{f.minimum:g}, {f.maximum:g}]" if f.minimum is not None else "any finite number"
-    described = f"{'whole ' if f.integer else ''}number in {accepted}, null if missing"
+    described = f"{'whole ' if f.integer else ''}number in {accepted}{_if_missing(f.nullable)}"
     if f.train_min is not None:
         described += f" (training range [{f.train_min:g}, {f.train_max:g}])"
-    return _nullable(number, f.name, f.missing, [f"{c:g}" for c in f.missing], described)
+    shown = [f"{c:g}" for c in f.missing]
+    return _nullable(number, f.name, f.missing, shown, described, nullable=f.nullable)
+
+
+def _if_missing(nullable: bool) -> str:
+    return ", null if missing" if nullable else " (never null: its column is not nullable)"
 
 
 def _nullable(
-    kind: Any, name: str, missing: tuple[Any, ...], shown: list[str], described: str
+    kind: Any,
+    name: str,
+    missing: tuple[Any, ...],
+    shown: list[str],
+    described: str,
+    *,
+    nullable: bool = True,
 ) -> tuple[Any, Any]:
     """A feature's field: `kind` or null, its missing-value codes (shown as `shown`) read as
-    null before `kind` is checked."""
-    typed: Any = kind | None
+    null before `kind` is checked. Not `nullable` (its column declared `nullable: false`): a
+    null, or a missing-value code, is refused as validate would quarantine it."""
+    typed: Any = kind | None if nullable else kind
+    if not nullable:
+        typed = Annotated[typed, BeforeValidator(_refuse_null)]
     if missing:
         described += f"; {', '.join(shown)} read as null"
         typed = Annotated[typed, BeforeValidator(_as_null(missing))]
     return (typed, Field(alias=name, title=name, description=described))
+
+
+def _refuse_null(value: Any) -> Any:
+    if value is None:
+        raise PydanticCustomError(
+            "not_nullable", "Input should not be null (its column is declared nullable: false)"
+        )
+    return value
 
 
 def _whole(value: float) -> float:
@@ -472,11 +503,12 @@ def _as_null(codes: tuple[Any, ...]) -> Any:
 
 
 def _categorical_field(f: CategoricalFeature) -> tuple[Any, Any]:
-    described = f"one of {list(f.allowed)}, null if missing"
+    described = f"one of {list(f.allowed)}{_if_missing(f.nullable)}"
     if f.coded:
         return (_code_type(f), Field(alias=f.name, title=f.name, description=described))
     allowed = Literal[f.allowed]  # type: ignore[valid-type]
-    return _nullable(allowed, f.name, f.missing, [repr(c) for c in f.missing], described)
+    shown = [repr(c) for c in f.missing]
+    return _nullable(allowed, f.name, f.missing, shown, described, nullable=f.nullable)
 
 
 def _code_type(f: CategoricalFeature) -> Any:
@@ -488,7 +520,7 @@ def _code_type(f: CategoricalFeature) -> Any:
 
     def code(value: Any) -> str | None:
         if value is None:
-            return None
+            return None if f.nullable else _refuse_null(value)
         if not _is_code(value):
             raise PydanticCustomError(
                 "int_type", "Input should be an integer (a code of the category) or null"
@@ -501,7 +533,11 @@ def _code_type(f: CategoricalFeature) -> Any:
     return Annotated[
         Any,
         PlainValidator(code),
-        WithJsonSchema({"anyOf": [{"type": "integer", "enum": list(f.allowed)}, {"type": "null"}]}),
+        WithJsonSchema(
+            {"anyOf": [{"type": "integer", "enum": list(f.allowed)}, {"type": "null"}]}
+            if f.nullable
+            else {"type": "integer", "enum": list(f.allowed)}
+        ),
     ]
 
 

@@ -60,6 +60,7 @@ def feature_card(
     declared: Mapping[str, tuple[float | None, float | None]] | None = None,
     codes: Mapping[str, list[Any]] | None = None,
     integers: frozenset[str] | set[str] | None = None,
+    required: frozenset[str] | set[str] | None = None,
 ) -> dict[str, Any]:
     """Each feature's type, with the allowed values of categoricals and the range of numerics
     observed in the training split (what the model saw); with `declared` (`declared_ranges`),
@@ -67,7 +68,10 @@ def feature_card(
     `declared_max` (the server never accepts what validate would quarantine); with `codes`
     (`declared_missing`), a column's missing-value codes, as `missing_codes` (the server reads
     them as null, as validate does); `integers` (`declared_integers`): the numeric features
-    read from int64 columns, marked `integer` (the server takes whole numbers only)."""
+    read from int64 columns, marked `integer` (the server takes whole numbers only);
+    `required` (`declared_required`): the features read from columns declared `nullable:
+    false`, marked `nullable: false` where the training split holds no null in them (an
+    entity's feature joined from a table may be null for an entity without a row there)."""
     missing = [c for c in schema.features if c not in train.columns]
     if missing:
         raise ValueError(f"training split: missing column(s) {missing} listed by the schema")
@@ -91,6 +95,8 @@ def feature_card(
             entry["missing_codes"] = list(codes[name])  # type: ignore[index]
         if name in (integers or ()):  # a column declared int64: 1.5 is what validate refuses
             entry["integer"] = True
+        if name in (required or ()) and not values.isna().any():
+            entry["nullable"] = False
         numeric.append(entry)
     categorical = []
     for name in schema.categorical:
@@ -109,6 +115,8 @@ def feature_card(
         }
         if not coded and (codes or {}).get(name):
             entry["missing_codes"] = list(codes[name])  # type: ignore[index]
+        if name in (required or ()) and not column.isna().any():
+            entry["nullable"] = False
         categorical.append(entry)
     return {
         "entity_key": schema.entity_key,
@@ -154,6 +162,16 @@ def declared_integers(params: Mapping[str, Any]) -> set[str]:
         if column.get("type"):
             types.setdefault(name, set()).add(str(column["type"]))
     return {name for name, found in types.items() if found == {"int64"}}
+
+
+def declared_required(params: Mapping[str, Any]) -> set[str]:
+    """The columns every table that declares them declares `nullable: false`: validate
+    quarantines a null there, so the server refuses one (a name some table allows null in is
+    left out)."""
+    flags: dict[str, set[bool]] = {}
+    for name, column in _declared_columns(params):
+        flags.setdefault(name, set()).add(column.get("nullable", True) is False)
+    return {name for name, found in flags.items() if found == {True}}
 
 
 def declared_missing(params: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -301,6 +319,7 @@ def build_card(
                 declared_ranges(params),
                 declared_missing(params),
                 declared_integers(params),
+                declared_required(params),
             ),
             **key_check(params, schema),
         },

@@ -310,6 +310,29 @@ def test_a_columns_missing_codes_are_read_as_null_as_validate_reads_them() -> No
         schema_from_card(card(numeric=bad), range_margin=1.0)
 
 
+def test_a_feature_of_a_column_declared_not_nullable_refuses_null() -> None:
+    """Validate quarantines a null in a `nullable: false` column: the server refuses it (422
+    naming the field), a missing-value code too; other features still take null."""
+    numeric = copy.deepcopy(CARD["features"]["numeric"])
+    numeric[0]["nullable"] = False
+    numeric[1]["missing_codes"] = [-200]
+    numeric[1]["nullable"] = False
+    categorical = copy.deepcopy(CARD["features"]["categorical"])
+    categorical[0]["nullable"] = False
+    models = api_models(
+        schema_from_card(card(numeric=numeric, categorical=categorical), range_margin=1.0), 3
+    )
+    names = [numeric[0]["name"], numeric[1]["name"], categorical[0]["name"]]
+    for name, value in [(names[0], None), (names[1], None), (names[1], -200), (names[2], None)]:
+        found = errors(models, record(**{name: value}))
+        assert [e["loc"] for e in found] == [["body", name]], (name, value)
+        assert "declared nullable: false" in found[0]["msg"]
+    assert parse(models, record(**{categorical[1]["name"]: None})).categorical[1] == (None,)
+    with pytest.raises(ValueError, match=r"nullable is 'no', expected a bool"):
+        numeric[0]["nullable"] = "no"
+        schema_from_card(card(numeric=numeric), range_margin=1.0)
+
+
 def test_an_int64_columns_feature_takes_whole_numbers_only() -> None:
     """`passenger_count` declared int64 (the card's `integer`): 1.5 is what validate
     quarantines, so a 422; 2 and 2.0 are whole numbers."""

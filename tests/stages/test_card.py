@@ -39,7 +39,16 @@ PARAMS = {
                     # the key's declared type and pattern reach the server (entity_key_*)
                     "customer_id": {"type": "string", "pattern": "c[0-9]+"},
                     "tenure": {"type": "int64"},  # whole numbers only at the server
-                    "sessions": {"type": "float64", "min": 0, "max": 50, "missing": [-1]},
+                    # declared nullable: false: the server refuses a null (none in training)
+                    "sessions": {
+                        "type": "float64",
+                        "min": 0,
+                        "max": 50,
+                        "missing": [-1],
+                        "nullable": False,
+                    },
+                    # declared so, but the training split holds a null: still nullable
+                    "plan": {"type": "string", "nullable": False},
                 }
             }
         },
@@ -92,7 +101,9 @@ def test_card_holds_schema_ranges_label_data_and_model() -> None:
     assert (numeric["sessions"]["declared_min"], numeric["sessions"]["declared_max"]) == (0, 50)
     assert numeric["sessions"]["missing_codes"] == [-1]  # the server reads them as null too
     assert "missing_codes" not in numeric["tenure"]
+    assert numeric["sessions"]["nullable"] is False and "nullable" not in numeric["tenure"]
     (plan,) = card["features"]["categorical"]
+    assert "nullable" not in plan  # a null reached the training split: not refused
     assert plan["allowed"] == ["basic", "premium", "gold"]
     assert plan["observed"] == ["basic", "premium"]  # gold allowed, never seen in training
     assert plan["missing_fraction"] == 0.25
