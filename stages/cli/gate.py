@@ -85,7 +85,7 @@ SliceTable = Mapping[str, Mapping[str, Mapping[str, Any]]]
 DIGITS = 6
 _UNIT_BOUNDS = ("min_roc_auc", "min_pr_auc", "max_brier")
 _TOLERANCES = ("max_regression", "min_improvement", "max_slice_regression")
-_INTS = ("bootstrap", "min_slice_rows", "min_slice_class_rows")
+_INTS = ("bootstrap", "min_slice_rows", "min_slice_class_rows", "min_test_class_rows")
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,9 @@ class GateConfig:
     max_slice_regression: float | None = 0.05
     min_slice_rows: int = 100
     min_slice_class_rows: int = 10
+    # a classification's whole test split: fewer rows of a class and nothing is judged (the
+    # gate refuses: no interval on 4 positives tells a model from another)
+    min_test_class_rows: int = 10
 
     def __post_init__(self) -> None:
         if not self.champion_ref:
@@ -136,7 +139,7 @@ class GateConfig:
             raise ValueError(f"gate.min_r2: {self.min_r2} is not <= 1")
         if not isinstance(self.baseline, bool):
             raise ValueError(f"gate.baseline: {self.baseline!r} is not true or false")
-        for name in ("min_slice_rows", "min_slice_class_rows"):
+        for name in ("min_slice_rows", "min_slice_class_rows", "min_test_class_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"gate.{name}: {getattr(self, name)} is not >= 1")
 
@@ -323,6 +326,9 @@ def judge(
     be compared), the baseline checks. Comparisons need `rows` on both Scores."""
     m = challenger.metrics
     checks: list[Check] = []
+    too_few = _too_few_to_judge(challenger, cfg)
+    if too_few is not None:
+        return Verdict((too_few,), ())
     floors = (
         (("min_r2", "r2", True), ("max_mae", "mae", False), ("max_rmse", "rmse", False))
         if challenger.regression
@@ -351,6 +357,31 @@ def judge(
     if (champion is None or champion_problem is not None) and cfg.baseline:
         checks.extend(_baseline_checks(challenger, cfg, seed))
     return Verdict(tuple(checks), tuple(slices))
+
+
+def _too_few_to_judge(challenger: Scores, cfg: GateConfig) -> Check | None:
+    """A classification whose test split holds fewer than `min_test_class_rows` rows of a class:
+    one failed check, `test_class_rows`, and no other (a bootstrap of 4 positives gives an
+    interval that looks sure and is not: a fraud lake's model was blessed at "detectable
+    difference 0.0086" with F1 0)."""
+    if challenger.regression or challenger.rows is None:
+        return None
+    positives = int(np.sum(challenger.rows.y))
+    negatives = len(challenger.rows.y) - positives
+    fewest = min(positives, negatives)
+    if fewest >= cfg.min_test_class_rows:
+        return None
+    return Check(
+        "test_class_rows",
+        False,
+        float(fewest),
+        None,
+        cfg.min_test_class_rows,
+        f"the test split holds {positives} positive and {negatives} negative rows, fewer than "
+        f"gate.min_test_class_rows ({cfg.min_test_class_rows}) of a class: too few to judge any "
+        "model; a longer test window (split.test_snapshots, or the task's period_days) gives "
+        "the gate rows to decide on",
+    )
 
 
 def _rows(scores: Scores, who: str) -> Rows:

@@ -97,6 +97,27 @@ def check(verdict, name: str):
     return next(c for c in verdict.checks if c.name == name)
 
 
+def test_a_test_split_with_a_handful_of_positives_is_not_judged(world) -> None:
+    """4 positives among 3,000 rows: whatever the scores, no interval says anything (a fraud
+    lake's first model was blessed against the baseline on 4); with 10 of each class it is
+    judged as usual."""
+    rng = np.random.default_rng(1)
+    y = np.zeros(N)
+    y[rng.choice(N, 4, replace=False)] = 1
+    p = np.clip(y * 0.6 + rng.random(N) * 0.3, 0, 1)
+    for champion in (None, scored(y, rng.random(N))):
+        verdict = judge(scored(y, p), champion, CFG)
+        assert not verdict.blessed and [c.name for c in verdict.checks] == ["test_class_rows"]
+        assert "4 positive and 2996 negative rows" in verdict.checks[0].detail
+    y[rng.choice(np.flatnonzero(y == 0), 6, replace=False)] = 1
+    p = np.clip(y * 0.6 + rng.random(N) * 0.3, 0, 1)
+    assert "test_class_rows" not in [c.name for c in judge(scored(y, p), None, CFG).checks]
+    # a regression has no classes; the bound is a params key like the others
+    assert judge(regressed(world["y"], world["champion"]), None, CFG).checks
+    with pytest.raises(ValueError, match=r"gate\.min_test_class_rows: 0 is not >= 1"):
+        GateConfig(min_test_class_rows=0)
+
+
 # --- known answers against a champion -----------------------------------------------------------
 
 
