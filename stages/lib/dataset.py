@@ -421,6 +421,9 @@ class _Where:
     def strings(self, raw: Any, key: str) -> tuple[str, ...]:
         if not isinstance(raw, (list, tuple)) or not all(isinstance(v, str) for v in raw):
             raise self.fail(key, "a list of strings", raw)
+        repeated = sorted({v for v in raw if raw.count(v) > 1})
+        if repeated:  # a feature listed twice fails at training, in a library's traceback
+            raise self.fail(key, f"each value once, got {', '.join(repeated)} more than once")
         return tuple(raw)
 
     def name(self, raw: Any, key: str) -> str:

@@ -115,6 +115,7 @@ BANK_BAD = [
     ("task.features", {"numeric": ["y"]}, "task.features.numeric: expected a column of type"),
     ("task.features", {"categorical": ["y"]}, "task.features: expected feature columns other"),
     ("task.features", {"numeric": []}, "task.features: expected at least one feature column"),
+    ("task.features", {"numeric": ["age", "age"]}, "numeric: expected each value once, got age"),
     ("task.features", {"colour": []}, "task.features.colour: expected a known key"),
     ("task.table", "loans", "task.table: expected the dataset's table ('calls')"),
     ("task.horizon", 3, "task.horizon: expected a known key"),
