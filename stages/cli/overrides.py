@@ -158,6 +158,36 @@ def _slices_named(params: Mapping[str, Any]) -> None:
             )
 
 
+def _report_named(params: Mapping[str, Any]) -> None:
+    """Each column `report.segments` and `report.value_column` name is one of the prediction
+    set's, as the report will look for it (a misspelt one failed the prediction run at its
+    last stage, and nothing was published)."""
+    from stages.lib.dataset import dataset_from_params
+    from stages.lib.params import did_you_mean
+    from stages.lib.rows import split_columns
+    from stages.lib.snapshots import FeaturesConfig
+
+    report = params["report"] or {}
+    if not isinstance(report, Mapping):
+        raise ValueError("report: expected a mapping")
+    try:  # what the prediction set holds; a mistake there is the dataset's or features' line
+        dataset = dataset_from_params(params["dataset"])
+        columns = split_columns(dataset, FeaturesConfig.from_params(params["features"]))
+    except (ValueError, KeyError, TypeError):
+        return
+    segments = report.get("segments") or []
+    if not isinstance(segments, list) or not all(isinstance(c, str) for c in segments):
+        raise ValueError(f"report.segments: expected a list of column names, got {segments!r}")
+    named = [("report.segments", c) for c in segments]
+    named.append(("report.value_column", report.get("value_column")))
+    for key, column in named:
+        if column is not None and column not in columns:
+            raise ValueError(
+                f"{key}: '{column}' is no column of the prediction set"
+                f"{did_you_mean(column, columns)}, expected one of {', '.join(columns)}"
+            )
+
+
 def _seasonal_named(params: Mapping[str, Any]) -> None:
     """Each column `monitor.seasonal` names is a column of the dataset's tables (a misspelt
     one was silently no column, and the real one an input that a new month moves)."""
@@ -213,6 +243,7 @@ def section_checks() -> dict[str, Callable[[Mapping[str, Any], Path], object]]:
         "features": lambda p, _: FeaturesConfig.from_params(p["features"]),
         "engine": lambda p, _: EngineConfig.from_params(p["engine"]),
         "monitor": lambda p, _: _seasonal_named(p),
+        "report": lambda p, _: _report_named(p),
         "split": lambda p, _: SplitConfig(**p["split"]),
         # every policy parses and the production one is among them
         "retrain": lambda p, _: production_policy(p),

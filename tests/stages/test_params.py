@@ -233,6 +233,10 @@ def test_hydras_plus_for_an_unknown_section_is_refused(tmp_path, capsys, overrid
         ("drift: {last_days: 7}\n",
          "conf/dataset/typo.yaml: monitor.seasonal: 'montth' is no column of the dataset's "
          "tables (did you mean 'month'?)\n"),
+        # a misspelt segment failed the prediction run at its last stage: nothing published
+        ("report: {segments: [contactt]}\n",
+         "report.segments: 'contactt' is no column of the prediction set (did you mean "
+         "'contact'?)"),
     ],
 )  # fmt: skip
 def test_a_dataset_mistake_says_what_was_expected(conf, tmp_path, capsys, added, message):
