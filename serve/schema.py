@@ -502,13 +502,55 @@ def _as_null(codes: tuple[Any, ...]) -> Any:
     return read
 
 
+# a category with more values than this is described and refused by its count and a few
+# examples, not by the list: a 30,000-value column made every 422 and /openapi.json ~0.5 MB
+LISTED = 20
+
+
+def _values(f: CategoricalFeature) -> str:
+    """What a request may send, for a description or a 422: the values, or a count of them."""
+    if len(f.allowed) <= LISTED:
+        return " or ".join(", ".join(repr(v) for v in f.allowed).rsplit(", ", 1))
+    examples = ", ".join(repr(v) for v in f.allowed[:5])
+    return (
+        f"one of the {len(f.allowed)} values the model knows (e.g. {examples}; the model "
+        f"card's features.categorical lists them all)"
+    )
+
+
 def _categorical_field(f: CategoricalFeature) -> tuple[Any, Any]:
-    described = f"one of {list(f.allowed)}{_if_missing(f.nullable)}"
+    many = len(f.allowed) > LISTED
+    described = f"{_values(f) if many else f'one of {list(f.allowed)}'}{_if_missing(f.nullable)}"
     if f.coded:
         return (_code_type(f), Field(alias=f.name, title=f.name, description=described))
+    if many:
+        return (_many_texts(f), Field(alias=f.name, title=f.name, description=described))
     allowed = Literal[f.allowed]  # type: ignore[valid-type]
     shown = [repr(c) for c in f.missing]
     return _nullable(allowed, f.name, f.missing, shown, described, nullable=f.nullable)
+
+
+def _many_texts(f: CategoricalFeature) -> Any:
+    """A text category of many values: a set lookup whose 422 gives their count and a few,
+    where a Literal's would list them all. Its missing codes read as null, as `_nullable`."""
+    known, missing, expected = frozenset(f.allowed), frozenset(f.missing), _values(f)
+
+    def text(value: Any) -> str | None:
+        if value is None or (isinstance(value, str) and value in missing):
+            return None if f.nullable else _refuse_null(None)
+        if not isinstance(value, str):
+            raise PydanticCustomError("string_type", "Input should be a valid string")
+        if value not in known:
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {
+                "expected": expected})  # fmt: skip
+        return value
+
+    kind = {"type": "string"}
+    return Annotated[
+        Any,
+        PlainValidator(text),
+        WithJsonSchema({"anyOf": [kind, {"type": "null"}]} if f.nullable else kind),
+    ]
 
 
 def _code_type(f: CategoricalFeature) -> Any:
@@ -516,7 +558,7 @@ def _code_type(f: CategoricalFeature) -> Any:
     or true), validated into its digits, the text the model reads (feature_schema's
     `category_text`)."""
     known = frozenset(f.allowed)
-    listed = " or ".join(", ".join(str(v) for v in f.allowed).rsplit(", ", 1))
+    listed = _values(f)
 
     def code(value: Any) -> str | None:
         if value is None:
@@ -530,13 +572,14 @@ def _code_type(f: CategoricalFeature) -> Any:
                 "expected": listed})  # fmt: skip
         return str(value)
 
+    codes: dict[str, Any] = {"type": "integer"}
+    if len(f.allowed) <= LISTED:
+        codes["enum"] = list(f.allowed)
     return Annotated[
         Any,
         PlainValidator(code),
         WithJsonSchema(
-            {"anyOf": [{"type": "integer", "enum": list(f.allowed)}, {"type": "null"}]}
-            if f.nullable
-            else {"type": "integer", "enum": list(f.allowed)}
+            {"anyOf": [codes, {"type": "null"}]} if f.nullable else codes
         ),
     ]
 

@@ -333,6 +333,32 @@ def test_a_feature_of_a_column_declared_not_nullable_refuses_null() -> None:
         schema_from_card(card(numeric=numeric), range_margin=1.0)
 
 
+def test_a_category_of_many_values_is_refused_by_their_count_not_their_list() -> None:
+    """30,000 card ids as a category: a 422 (and the OpenAPI document) that listed them all
+    weighed 0.4 MB; it gives their count and five of them. Known values, null and missing
+    codes read as for any category; a few values are still listed."""
+    cards = [f"card_{i:06d}" for i in range(30_000)]
+    categorical = copy.deepcopy(CARD["features"]["categorical"])
+    categorical[1].update(allowed=cards, missing_codes=["?"])
+    coded = copy.deepcopy(categorical)
+    coded[0].update(type="int64", allowed=list(range(1000, 1100)))
+    models = api_models(schema_from_card(card(categorical=categorical), range_margin=1.0), 3)
+    assert parse(models, record(country="card_000042")).categorical[1] == ("card_000042",)
+    assert parse(models, record(country="?")).categorical[1] == (None,)
+    assert parse(models, record(country=None)).categorical[1] == (None,)
+    [found] = errors(models, record(country="card_9"))
+    assert found["loc"] == ["body", "country"] and len(found["msg"]) < 300
+    assert "one of the 30000 values the model knows (e.g. 'card_000000'" in found["msg"]
+    assert errors(models, record(country=7))[0]["msg"] == "Input should be a valid string"
+    assert len(json.dumps(TypeAdapter(models.record).json_schema())) < 5000
+    many_codes = api_models(schema_from_card(card(categorical=coded), range_margin=1.0), 3)
+    [found] = errors(many_codes, record(plan=999, country="card_000001"))
+    assert "one of the 100 values the model knows (e.g. 1000, 1001" in found["msg"]
+    # a few values: listed as before
+    few = api_models(schema_from_card(card(), range_margin=1.0), 3)
+    assert "'DE'" in errors(few, record(country="XX"))[0]["msg"]
+
+
 def test_an_int64_columns_feature_takes_whole_numbers_only() -> None:
     """`passenger_count` declared int64 (the card's `integer`): 1.5 is what validate
     quarantines, so a 422; 2 and 2.0 are whole numbers."""
