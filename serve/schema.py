@@ -578,9 +578,7 @@ def _code_type(f: CategoricalFeature) -> Any:
     return Annotated[
         Any,
         PlainValidator(code),
-        WithJsonSchema(
-            {"anyOf": [codes, {"type": "null"}]} if f.nullable else codes
-        ),
+        WithJsonSchema({"anyOf": [codes, {"type": "null"}]} if f.nullable else codes),
     ]
 
 
