@@ -82,7 +82,7 @@ class NumericFeature:
     maximum: float | None
     # the column's "no value" codes (the card's `missing_codes`: -200): read as null, as
     # validate reads them, so a client sending its source's rows as they are is not refused
-    missing: tuple[float, ...] = ()
+    missing: tuple[float | str, ...] = ()
     # its column is declared int64: a fraction is what validate quarantines, never scored
     integer: bool = False
     # its column is declared `nullable: false`: a null is what validate quarantines
@@ -94,7 +94,7 @@ class CategoricalFeature:
     name: str
     allowed: tuple[str, ...] | tuple[int, ...]
     type: str = TEXT  # CODES: integer codes, sent as JSON integers
-    missing: tuple[str, ...] = ()  # the column's "no value" codes ("?", "NA"): null
+    missing: tuple[str | int, ...] = ()  # "no value" codes ("?", "NA"; a code: -1): null
     nullable: bool = True  # False: its column is declared `nullable: false`
 
     @property
@@ -222,7 +222,7 @@ def _categorical_features(features: Mapping[str, Any]) -> list[CategoricalFeatur
                 f"model card: {where} has no allowed or observed values (a non-empty list of "
                 f"{what})"
             )
-        codes = () if kind == CODES else _codes(entry, where, (str,))
+        codes = _codes(entry, where, (int, str) if kind == CODES else (str,))
         nullable = _flag(entry, where, "nullable")
         categorical.append(CategoricalFeature(entry["name"], tuple(values), kind, codes, nullable))
     return categorical
@@ -276,9 +276,10 @@ def _numeric_features(
             minimum = declared_lo if minimum is None else max(minimum, declared_lo)
         if declared_hi is not None:
             maximum = declared_hi if maximum is None else min(maximum, declared_hi)
-        codes = _codes(entry, where, (int, float))
+        # numbers (-200), or text a source writes in a numeric column ("NULL", "NA")
+        codes = _codes(entry, where, (int, float, str))
         integer, nullable = _flag(entry, where, "integer", False), _flag(entry, where, "nullable")
-        codes_read = tuple(float(c) for c in codes)
+        codes_read = tuple(c if isinstance(c, str) else float(c) for c in codes)
         numeric.append(
             NumericFeature(entry["name"], lo, hi, minimum, maximum, codes_read, integer, nullable)
         )
@@ -445,7 +446,7 @@ def _numeric_field(f: NumericFeature) -> tuple[Any, Any]:
     described = f"{'whole ' if f.integer else ''}number in {accepted}{_if_missing(f.nullable)}"
     if f.train_min is not None:
         described += f" (training range [{f.train_min:g}, {f.train_max:g}])"
-    shown = [f"{c:g}" for c in f.missing]
+    shown = [repr(c) if isinstance(c, str) else f"{c:g}" for c in f.missing]
     return _nullable(number, f.name, f.missing, shown, described, nullable=f.nullable)
 
 
@@ -560,9 +561,11 @@ def _code_type(f: CategoricalFeature) -> Any:
     known = frozenset(f.allowed)
     listed = _values(f)
 
+    missing = frozenset(c for c in f.missing if not isinstance(c, bool))
+
     def code(value: Any) -> str | None:
-        if value is None:
-            return None if f.nullable else _refuse_null(value)
+        if value is None or (not isinstance(value, bool | dict | list) and value in missing):
+            return None if f.nullable else _refuse_null(None)
         if not _is_code(value):
             raise PydanticCustomError(
                 "int_type", "Input should be an integer (a code of the category) or null"

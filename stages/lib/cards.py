@@ -113,7 +113,7 @@ def feature_card(
             "observed": observed,
             "missing_fraction": float(column.isna().mean()) if len(column) else 0.0,
         }
-        if not coded and (codes or {}).get(name):
+        if (codes or {}).get(name):  # an int-coded one's too: -1, or a CSV's "NULL"
             entry["missing_codes"] = list(codes[name])  # type: ignore[index]
         if name in (required or ()) and not column.isna().any():
             entry["nullable"] = False

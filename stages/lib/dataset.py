@@ -483,19 +483,17 @@ def _checks(spec: Mapping[str, Any], ctype: str, key: str, w: _Where) -> dict[st
 
 
 def _missing_codes(raw: Any, ctype: str, key: str, w: _Where) -> tuple[Any, ...]:
-    """A column's missing-value codes: numbers on a numeric column, strings on any other."""
+    """A column's missing-value codes: strings on any column (a CSV's "NULL" or "NA" in an
+    int64 column, read as text before the cast), numbers on a numeric one (-200, compared
+    after it: "-200" in a CSV and -200.0 in a parquet file alike)."""
     if raw is None:
         return ()
     codes = raw if isinstance(raw, list) else [raw]
     numeric = ctype in NUMERIC_TYPES
     for code in codes:
-        ok = (
-            isinstance(code, int | float) and not isinstance(code, bool)
-            if numeric
-            else isinstance(code, str)
-        )
-        if not ok:
-            what = "numbers" if numeric else "strings"
+        number = isinstance(code, int | float) and not isinstance(code, bool)
+        if not (isinstance(code, str) or (numeric and number)):
+            what = "numbers or strings" if numeric else "strings"
             raise w.fail(key, f"a list of {what} read as null (a {ctype} column)", raw)
     return tuple(codes)
 

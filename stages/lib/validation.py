@@ -305,15 +305,20 @@ def _typed(frame: pd.DataFrame, table: TableSpec, records: list, dst: Counter | 
     zone = "" if table.timezone == "UTC" else f" in {table.timezone}"
     for spec in table.raw_columns:
         raw = frame[spec.name]
-        if spec.missing and spec.type not in NUMERIC_TYPES:
-            # a code that means "no value" ("?", "NA"): null before the cast and every check
-            coded = raw.notna() & raw.astype("string").isin(spec.missing)
+        texts = [c for c in spec.missing if isinstance(c, str)]
+        numbers = [c for c in spec.missing if not isinstance(c, str)]
+        coded = pd.Series(False, index=frame.index)
+        if texts:
+            # a code that means "no value" ("?", "NA", a CSV's "NULL" in an int64 column):
+            # null before the cast and every check
+            coded = raw.notna() & raw.astype("string").isin(texts).fillna(False).astype(bool)
             raw = raw.mask(coded)
         typed, bad = _coerce(raw, spec, table.timezone, policy)
-        if spec.missing and spec.type in NUMERIC_TYPES:
+        if numbers and spec.type in NUMERIC_TYPES:
             # compared as numbers: "-200" in a CSV and -200.0 in a parquet file alike
-            coded = typed.isin(spec.missing).fillna(False).astype(bool)
-            typed = typed.mask(coded)
+            as_number = typed.isin(numbers).fillna(False).astype(bool)
+            typed = typed.mask(as_number)
+            coded |= as_number
         if spec.missing and dst is not None:
             dst[MISSING_CODED] += int(coded.sum())
         check = f"type({spec.type}{zone if spec.type == 'timestamp' else ''})"

@@ -304,6 +304,18 @@ def test_a_columns_missing_codes_are_read_as_null_as_validate_reads_them() -> No
     plain = api_models(schema_from_card(card(), range_margin=1.0), 3)
     assert errors(plain, record(activity_trend=-200))[0]["loc"] == ["body", "activity_trend"]
     assert errors(plain, record(country="?"))[0]["loc"] == ["body", "country"]
+    # a CSV's text for none in a numeric column, and an int-coded category's codes
+    numeric[0]["missing_codes"] = ["NULL", -1]
+    categorical[0].update(type="int64", allowed=[1, 2], missing_codes=["NA", 0])
+    texts = api_models(
+        schema_from_card(card(numeric=numeric, categorical=categorical), range_margin=1.0), 3
+    )
+    for tenure in ("NULL", -1, None):
+        assert math.isnan(parse(texts, record(tenure_days=tenure, plan=1)).numeric[0][0])
+    for plan in ("NA", 0, None):
+        assert parse(texts, record(plan=plan)).categorical[0] == (None,)
+    assert errors(texts, record(tenure_days="NA", plan=1))[0]["loc"] == ["body", "tenure_days"]
+    assert errors(texts, record(plan="NULL"))[0]["loc"] == ["body", "plan"]
     with pytest.raises(ValueError, match=r"missing_codes is 'x', expected a list"):
         bad = copy.deepcopy(numeric)
         bad[1]["missing_codes"] = "x"

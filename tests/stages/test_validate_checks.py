@@ -86,8 +86,8 @@ def test_missing_codes_are_read_as_null_before_any_check(tmp_path):
     column: read as null, counted, never a bound's failure nor a number learnt."""
     raw = yaml.safe_load(PLAYS.read_text())
     columns = raw["tables"]["activity"]["columns"]
-    columns["seconds"]["missing"] = [-200]
-    columns["quantity"]["missing"] = -1
+    columns["seconds"]["missing"] = [-200, "NULL"]  # a number, and a CSV's text for none
+    columns["quantity"]["missing"] = ["NA", -1]  # an int64 column's too
     columns["device"]["missing"] = ["?", "n/a"]
     table = dataset_from_params(raw).table("activity")
     text = HEADER + "".join(
@@ -95,24 +95,26 @@ def test_missing_codes_are_read_as_null_before_any_check(tmp_path):
             _row(sec="-200", device="?"),
             _row(pid="p000002", sec="-200.0", q="-1", device="n/a"),
             _row(pid="p000003", sec="-5"),  # not a code: the bound still holds
-            _row(pid="p000004", sec="30", device="web"),
+            _row(pid="p000004", sec="30", q="3", device="web"),
+            _row(pid="p000005", sec="NULL", q="NA"),
         ]
     )
     result = validate_partition([_csv(tmp_path, text)], table, "2026-01-05")
     assert _checks(result) == {2: {"seconds:greater_than_or_equal_to(0)"}}
     valid = result.valid.set_index("play_id")
-    assert valid["seconds"].isna().tolist() == [True, True, False]
-    assert valid["quantity"].isna().all() and valid["device"].tolist()[:2] == [pd.NA, pd.NA]
-    assert result.summary()["values_missing_coded"] == 5
-    # without the codes, -200 fails the bound and "?" the allowed values
+    assert valid["seconds"].isna().tolist() == [True, True, False, True]
+    assert valid["quantity"].isna().tolist() == [True, True, False, True]
+    assert valid["device"].tolist()[:2] == [pd.NA, pd.NA]
+    assert result.summary()["values_missing_coded"] == 7
+    # without the codes, -200 fails the bound, "?" the allowed values, "NULL" the type
     plain = validate_partition([_csv(tmp_path, text)], _plays(), "2026-01-05")
-    assert plain.rows_quarantined == 3
+    assert plain.rows_quarantined == 4
 
 
 @pytest.mark.parametrize(
     ("column", "codes", "message"),
     [
-        ("seconds", ["NA"], "seconds.missing: expected a list of numbers read as null"),
+        ("seconds", [True], "seconds.missing: expected a list of numbers or strings read as"),
         ("device", [0], "device.missing: expected a list of strings read as null"),
     ],
 )
