@@ -160,6 +160,75 @@ def outcome_missing(
     return target.isnull() & (day <= newest - pending_days)
 
 
+# a feature is judged by these only on enough rows: pending ones for "null exactly while the
+# outcome is pending", labelled ones (and per value) for "one outcome per value"
+LEAK_MIN_PENDING = 20
+LEAK_MIN_ROWS = 100
+LEAK_MIN_VALUE_ROWS = 10
+
+
+def leaking_features(
+    con: ibis.BaseBackend,
+    labelled: ir.Table,
+    pending: ir.Table,
+    dataset: DatasetConfig,
+    numeric: list[str],
+    categorical: list[str],
+) -> list[str]:
+    """Why each input the model cannot have when it predicts is one (empty: none is), one
+    phrase per column:
+    - present on every labelled row and on no pending one: it arrives with the outcome (a
+      booking's reservation_status), so the model would learn what it is asked to predict;
+    - (classification) a category whose frequent values each come with one outcome only,
+      covering nearly every row: the outcome written another way;
+    - a category whose values barely repeat (an id, free text): nothing to learn from, and
+      every request a new value."""
+    task = dataset.task
+    features = [*numeric, *categorical]
+    counts = {"rows": labelled.count()}
+    for i, f in enumerate(features):
+        counts[f"null_{i}"] = labelled[f].isnull().sum()
+    for i, f in enumerate(categorical):
+        counts[f"distinct_{i}"] = labelled[f].nunique()
+    waits = {"pending": pending.count()}
+    waits.update({f"present_{i}": pending[f].notnull().sum() for i, f in enumerate(features)})
+    found = collect(con, labelled.aggregate(**counts)).to_pylist()[0]
+    found.update(collect(con, pending.aggregate(**waits)).to_pylist()[0])
+    rows, waiting = int(found["rows"]), int(found["pending"] or 0)
+    out: dict[str, str] = {}  # one reason per column, the first found
+    for i, f in enumerate(features):
+        if waiting >= LEAK_MIN_PENDING and not found[f"null_{i}"] and not found[f"present_{i}"]:
+            out[f] = (
+                f"'{f}' is set on every labelled row and on none of the {waiting} whose "
+                "outcome is pending: it arrives with the outcome"
+            )
+    for i, f in enumerate(categorical):
+        distinct = int(found[f"distinct_{i}"] or 0)
+        if f in out or rows < LEAK_MIN_ROWS:
+            continue
+        if distinct > max(rows // 2, LEAK_MIN_ROWS):
+            out[f] = f"'{f}' has {distinct} values in {rows} labelled rows: an id or free text"
+        elif not task.regression and _one_outcome_per_value(con, labelled, f, task.target, rows):
+            out[f] = f"'{f}': each of its frequent values comes with one outcome only"
+    return list(out.values())
+
+
+def _one_outcome_per_value(
+    con: ibis.BaseBackend, labelled: ir.Table, column: str, target: str, rows: int
+) -> bool:
+    """Whether the values of `column` with at least LEAK_MIN_VALUE_ROWS rows each hold one
+    class, both classes among them, and cover 90 % of the rows."""
+    present = labelled.filter(labelled[column].notnull())
+    groups = present.group_by(column).aggregate(
+        n=present.count(), positives=present[target].cast("int64").sum()
+    )
+    frequent = [g for g in collect(con, groups).to_pylist() if g["n"] >= LEAK_MIN_VALUE_ROWS]
+    covered = sum(g["n"] for g in frequent)
+    pure = all(g["positives"] in (0, g["n"]) for g in frequent)
+    classes = {g["positives"] == 0 for g in frequent}
+    return bool(frequent) and pure and classes == {True, False} and covered >= 0.9 * rows
+
+
 def latest_period(labelled: ir.Table, dataset: DatasetConfig) -> ir.Table:
     """The labelled set's latest period, without its target: the fallback prediction set."""
     newest = labelled[SNAPSHOT_COL].max().as_scalar()
@@ -259,6 +328,13 @@ def write_rows(
     if bounds["last_labelled"] is None:
         raise ValueError(f"{source}: no row has a target '{task.target}' (and a time) to learn")
     labelled, pending = build_rows(table, dataset, cfg, last=bounds["last_labelled"], days=days)
+    leaks = leaking_features(con, labelled, pending, dataset, numeric, categorical)
+    if leaks:
+        raise ValueError(
+            f"conf/dataset/{dataset.name}.yaml task.features: not an input the model has when "
+            f"it predicts: {'; '.join(leaks)} (list task.features without it, or set "
+            "features.exclude)"
+        )
     n_labelled = write_parquet(con, labelled, out_dir / "snapshots.parquet", frame_schema(labelled))
     written = read_parquet(con, out_dir / "snapshots.parquet")
     predict, why = _prediction_rows(con, written, pending, dataset)

@@ -282,6 +282,41 @@ def test_excluded_features_leave_the_schema_and_unknown_ones_are_named(
     assert code == 2 and "features.exclude: ['colour']" in capsys.readouterr().err
 
 
+def test_an_input_the_model_cannot_have_when_it_predicts_is_refused(tmp_path: Path, capsys):
+    """A hotel export with no `task.features` made every column an input: its status, set
+    exactly when the outcome is (ROC AUC 1.0, blessed, 97 % of pending bookings "cancel"), and
+    an id; each is named in one line. The same columns as plain inputs pass."""
+    import copy
+
+    history = _history(120, pending_from=100)
+    known = history["outcome"].notna()
+    history["status"] = history["outcome"].map({"default": "charged_off", "repaid": "closed"})
+    history["note"] = [f"call {i} about the loan" for i in range(len(history))]
+    history["branch"] = ["b1", "b2", "b3"] * (len(history) // 3)  # a plain input
+    dataset = copy.deepcopy(LOANS)
+    columns = dataset["tables"]["applications"]["columns"]
+    for name in ("status", "note", "branch"):
+        columns[name] = {"type": "string"}
+    for name in "acd":
+        (tmp_path / name).mkdir()
+    code, _ = _run(tmp_path / "a", dataset, history)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "'status' is set on every labelled row and on none of the 40 whose outcome" in err
+    assert "'note' has 200 values in 200 labelled rows: an id or free text" in err
+    assert "branch" not in err
+    # known at prediction time too (no pending rows to tell), but one outcome per value
+    history.loc[~known, "outcome"] = "repaid"
+    history["status"] = history["outcome"].map({"default": "charged_off", "repaid": "closed"})
+    del columns["note"]
+    code, _ = _run(tmp_path / "c", dataset, history.drop(columns="note"))
+    err = capsys.readouterr().err
+    assert code == 2 and "'status': each of its frequent values comes with one outcome" in err
+    # without them: trained as before
+    del columns["status"]
+    assert _run(tmp_path / "d", dataset, history.drop(columns=["note", "status"]))[0] == 0
+
+
 def test_label_card_follows_the_task_kind() -> None:
     card = label_card({"dataset": LOANS})
     assert card["name"] == "outcome" and card["kind"] == "rows_classification"
