@@ -233,6 +233,43 @@ def windows(
     return reference, current
 
 
+def _input_windows(
+    table: str, dates: Sequence[str], cutoff: dt.date, dataset: DatasetConfig, cfg: MonitorConfig
+) -> tuple[list[str], list[str], int]:
+    """(reference, current, days moved back) for a table's inputs. A rows task whose outcomes
+    come `label_delay_days` after the row: a retraining today learns rows up to that many days
+    ago, so its table's inputs are judged on the windows its label rate is (`_label_windows`,
+    both moved back by the delay). Rows newer than that moved nothing a retraining could learn
+    yet: judged on them, a new value (a device type) asked for a retraining, then for another
+    two weeks later, each model as blind to it as the last."""
+    delay = dataset.task.label_delay_days if dataset.task.rows else 0
+    if delay and table == dataset.task.table:
+        return *_label_windows(dates, cutoff, dataset, cfg), delay
+    return *windows(dates, cutoff, cfg), 0
+
+
+def _periods(
+    by_date: Mapping[str, Mapping[str, Any]],
+    reference: Sequence[str],
+    current: Sequence[str],
+    moved_back: int,
+) -> dict[str, Any]:
+    """Each window's days, first and last day and rows (and how far both were moved back)."""
+
+    def period(days: Sequence[str]) -> dict[str, Any]:
+        return {
+            "days": len(days),
+            "first": days[0] if days else None,
+            "last": days[-1] if days else None,
+            "rows": sum(by_date[d]["rows"] for d in days),
+        }
+
+    out: dict[str, Any] = {"reference": period(reference), "current": period(current)}
+    if moved_back:
+        out["moved_back_days"] = moved_back
+    return out
+
+
 def _label_windows(
     dates: Sequence[str], cutoff: dt.date, dataset: DatasetConfig, cfg: MonitorConfig
 ) -> tuple[list[str], list[str]]:
@@ -285,15 +322,8 @@ def input_drift(
     seasonal: list[tuple[str, Comparison, float]] = []
     label_rate = None
     for table, by_date in profiles.items():
-        reference, current = windows(list(by_date), cutoff, cfg)
-        periods[table] = {
-            "reference": {"days": len(reference), "first": reference[0] if reference else None,
-                          "last": reference[-1] if reference else None,
-                          "rows": sum(by_date[d]["rows"] for d in reference)},
-            "current": {"days": len(current), "first": current[0] if current else None,
-                        "last": current[-1] if current else None,
-                        "rows": sum(by_date[d]["rows"] for d in current)},
-        }  # fmt: skip
+        reference, current, moved_back = _input_windows(table, list(by_date), cutoff, dataset, cfg)
+        periods[table] = _periods(by_date, reference, current, moved_back)
         if not reference or not current:
             continue
         for column, role in roles.get(table, {}).items():

@@ -288,6 +288,34 @@ def test_with_a_label_delay_the_label_rate_never_reads_outcomes_not_known_yet() 
     assert report["label_rate"]["current_rate"] < 0.1
 
 
+def test_with_a_label_delay_inputs_are_judged_on_what_a_retraining_could_learn() -> None:
+    """Ages shift in the latest 10 days of a lake whose outcomes come 14 days after the row: a
+    retraining now learns rows up to 14 days ago, none of them shifted, so the shift is no
+    reason yet (a fraud lake's new device type asked for a retraining, then another, each
+    model as blind to it as the last). Once the shifted rows are older than the delay, it is."""
+    delayed = json.loads(json.dumps(CALLS))
+    delayed["task"]["label_delay_days"] = 14
+    dataset, cfg = dataset_from_params(delayed), MonitorConfig(seasonal=("month",))
+
+    def history(shifted_days: int, days_after: int) -> dict:
+        rng = np.random.default_rng(9)
+        days = {}
+        for i in range(28 + days_after):
+            date = CUTOFF - dt.timedelta(days=27 - i)
+            days[date] = _day(
+                rng, date, 60, age_shift=1.0 if i >= 28 + days_after - shifted_days else 0
+            )
+        return _profiles(days)
+
+    recent = history(shifted_days=10, days_after=24)
+    assert [r["column"] for r in _input_drift(recent)["reasons"]] == ["calls.age"]  # no delay
+    report = input_drift(recent, dataset, INPUTS, CUTOFF + dt.timedelta(days=14), cfg)
+    assert report["reasons"] == [] and report["periods"]["calls"]["moved_back_days"] == 14
+    learnable = history(shifted_days=24, days_after=24)
+    report = input_drift(learnable, dataset, INPUTS, CUTOFF + dt.timedelta(days=14), cfg)
+    assert [r["column"] for r in report["reasons"]] == ["calls.age"]
+
+
 def test_a_rows_tasks_outcomes_wait_for_the_label_delay(tmp_path: Path) -> None:
     from stages.lib.monitoring import arrived_targets
 
