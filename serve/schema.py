@@ -491,14 +491,18 @@ def _whole(value: float) -> float:
     return value
 
 
+def _is_missing(value: Any, codes: frozenset[Any]) -> bool:
+    """Null, or one of a column's missing-value codes (never a bool: True == 1; never an
+    unhashable dict or list)."""
+    return value is None or (not isinstance(value, bool | dict | list) and value in codes)
+
+
 def _as_null(codes: tuple[Any, ...]) -> Any:
-    """A validator reading a column's missing-value codes as null (not bools: True == 1)."""
+    """A validator reading a column's missing-value codes as null."""
     known = frozenset(codes)
 
     def read(value: Any) -> Any:
-        if isinstance(value, bool | dict | list):  # unhashable, or True == 1
-            return value
-        return None if value in known else value
+        return None if _is_missing(value, known) else value
 
     return read
 
@@ -537,7 +541,7 @@ def _many_texts(f: CategoricalFeature) -> Any:
     known, missing, expected = frozenset(f.allowed), frozenset(f.missing), _values(f)
 
     def text(value: Any) -> str | None:
-        if value is None or (isinstance(value, str) and value in missing):
+        if _is_missing(value, missing):
             return None if f.nullable else _refuse_null(None)
         if not isinstance(value, str):
             raise PydanticCustomError("string_type", "Input should be a valid string")
@@ -560,11 +564,10 @@ def _code_type(f: CategoricalFeature) -> Any:
     `category_text`)."""
     known = frozenset(f.allowed)
     listed = _values(f)
-
-    missing = frozenset(c for c in f.missing if not isinstance(c, bool))
+    missing = frozenset(f.missing)
 
     def code(value: Any) -> str | None:
-        if value is None or (not isinstance(value, bool | dict | list) and value in missing):
+        if _is_missing(value, missing):
             return None if f.nullable else _refuse_null(None)
         if not _is_code(value):
             raise PydanticCustomError(

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from stages.lib.backtest import COMPARED, comparison
 from stages.lib.insights import Page, Section, frame_table, png, render_html
 
 TITLE = "Backtest: which retrain policy pays"
@@ -113,10 +112,8 @@ def reading(payload: Mapping[str, Any]) -> list[str]:
         "each training counted in full for every policy that ran it.",
     ]
     text.append(hindsight_reading(payload))
-    for a, b in COMPARED:
-        found = comparison(payload, a, b)
-        if found is not None:
-            text.append(comparison_line(found, metric, bold=True))
+    for found in payload["comparisons"]:  # computed once, with the JSON (`_payload`)
+        text.append(comparison_line(found, metric, bold=True))
     return text
 
 

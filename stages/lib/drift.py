@@ -210,13 +210,21 @@ def sample_stats(values: Sequence[float] | np.ndarray) -> dict[str, Any]:
     }
 
 
-def _categorical_drift(ref: list[Mapping], cur: list[Mapping], cfg: DriftConfig) -> dict[str, Any]:
-    exact = exact_values([*ref, *cur])
-    r, c = _counts(ref, exact), _counts(cur, exact)
+def _category_counts(
+    reference: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]]
+) -> tuple[np.ndarray, np.ndarray, frozenset[str] | None, float]:
+    """Both windows' counts over the same bins (the values known on every day, `other`, and
+    nulls: `exact_values`), the values compared, and their Jensen-Shannon distance."""
+    exact = exact_values([*reference, *current])
+    r, c = _counts(reference, exact), _counts(current, exact)
     keys = sorted(set(r) | set(c))
     p = np.array([r.get(k, 0) for k in keys], dtype="float64")
     q = np.array([c.get(k, 0) for k in keys], dtype="float64")
-    value = js_distance(p, q) if p.sum() and q.sum() else 0.0
+    return p, q, exact, js_distance(p, q) if p.sum() and q.sum() else 0.0
+
+
+def _categorical_drift(ref: list[Mapping], cur: list[Mapping], cfg: DriftConfig) -> dict[str, Any]:
+    value = _category_counts(ref, cur)[3]
     return _flag("js_distance", value, cfg.js_threshold, ref, cur, cfg)
 
 
@@ -555,12 +563,7 @@ def compare_categorical(
 ) -> Comparison:
     """Jensen-Shannon distance and the chi-square test of a categorical column's counts (its
     top values known on every day, the rest as one `other` bin, and nulls: `exact_values`)."""
-    exact = exact_values([*reference, *current])
-    r, c = _counts(reference, exact), _counts(current, exact)
-    keys = sorted(set(r) | set(c))
-    p = np.array([r.get(k, 0) for k in keys], dtype="float64")
-    q = np.array([c.get(k, 0) for k in keys], dtype="float64")
-    value = js_distance(p, q) if p.sum() and q.sum() else 0.0
+    p, q, exact, value = _category_counts(reference, current)
     deff = categorical_design_effect(reference, exact)
     p_value = homogeneity_p_value(p / deff, q / deff)
     return Comparison("js_distance", value, p_value, int(p.sum()), int(q.sum()), deff)

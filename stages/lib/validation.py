@@ -307,20 +307,21 @@ def _typed(frame: pd.DataFrame, table: TableSpec, records: list, dst: Counter | 
         raw = frame[spec.name]
         texts = [c for c in spec.missing if isinstance(c, str)]
         numbers = [c for c in spec.missing if not isinstance(c, str)]
-        coded = pd.Series(False, index=frame.index)
+        coded = 0  # values read as null by a code
         if texts:
             # a code that means "no value" ("?", "NA", a CSV's "NULL" in an int64 column):
             # null before the cast and every check
-            coded = raw.notna() & raw.astype("string").isin(texts).fillna(False).astype(bool)
-            raw = raw.mask(coded)
+            as_text = raw.notna() & raw.astype("string").isin(texts).fillna(False).astype(bool)
+            raw = raw.mask(as_text)
+            coded += int(as_text.sum())
         typed, bad = _coerce(raw, spec, table.timezone, policy)
         if numbers and spec.type in NUMERIC_TYPES:
             # compared as numbers: "-200" in a CSV and -200.0 in a parquet file alike
             as_number = typed.isin(numbers).fillna(False).astype(bool)
             typed = typed.mask(as_number)
-            coded |= as_number
+            coded += int(as_number.sum())
         if spec.missing and dst is not None:
-            dst[MISSING_CODED] += int(coded.sum())
+            dst[MISSING_CODED] += coded
         check = f"type({spec.type}{zone if spec.type == 'timestamp' else ''})"
         for idx in frame.index[bad]:
             records.append((idx, spec.name, check, frame.at[idx, spec.name]))
