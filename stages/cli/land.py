@@ -89,7 +89,7 @@ class Dialect:
         """Positions of the header's numeric columns (their decimal mark is rewritten)."""
         if self.decimal == ".":
             return []
-        numeric = {c.name for c in table.raw_columns if c.type in NUMERIC_TYPES}
+        numeric = {c.file_name for c in table.raw_columns if c.type in NUMERIC_TYPES}
         return [i for i, name in enumerate(header) if name in numeric]
 
 
@@ -105,6 +105,7 @@ def split_by_day(
 ) -> tuple[list[str], dict[dt.date, list[list[str]]]]:
     """The header and each day's rows of one CSV file (LandError on a row it cannot place)."""
     zone = ZoneInfo(table.timezone)
+    stamp = table.column(table.timestamp).file_name  # as the export names it
     with path.open(newline="", encoding="utf-8-sig") as handle:
         # strict: a quote that is never closed is an error, not a field that swallows every
         # line to the end of the file (the rows after it would be lost as one bad value)
@@ -115,7 +116,7 @@ def split_by_day(
             raise LandError(f"{path}: line 1: {_csv_problem(exc)}") from None
         if not header:
             raise LandError(f"{path}: empty file, expected a header line")
-        if table.timestamp not in header:
+        if stamp not in header:
             other = _other_separator(header)
             hint = (
                 f"; the header looks {other!r}-separated: pass --sep {other!r} (and "
@@ -124,10 +125,10 @@ def split_by_day(
                 else ""
             )
             raise LandError(
-                f"{path}: no column '{table.timestamp}' (the table's timestamp), "
+                f"{path}: no column '{stamp}' (the table's timestamp), "
                 f"header has {', '.join(header[:8])}{'...' if len(header) > 8 else ''}{hint}"
             )
-        at = header.index(table.timestamp)
+        at = header.index(stamp)
         numbers = dialect.numbers(header, table)
         days: dict[dt.date, list[list[str]]] = defaultdict(list)
         while True:
@@ -150,7 +151,7 @@ def split_by_day(
             day = day_of(row[at], zone)
             if day is None:
                 raise LandError(
-                    f"{path}: line {start}: {table.timestamp} {row[at][:40]!r} is "
+                    f"{path}: line {start}: {stamp} {row[at][:40]!r} is "
                     f"not an ISO 8601 time (e.g. 2026-03-01 14:05:00)"
                 )
             days[day].append(row)
@@ -243,11 +244,11 @@ def _other_files(
         return clashing
     for rel, data in planned:
         folder = rel.rsplit("/", 1)[0]
-        mine = _keys(data, table.key)
+        mine = _keys(data, table.column(table.key).file_name)
         for other in lake.files(folder):
             if other in ours or other in clashing or not other.endswith(".csv"):
                 continue
-            theirs = _keys(lake.read(other), table.key)
+            theirs = _keys(lake.read(other), table.column(table.key).file_name)
             shared = mine & theirs
             if not shared:
                 continue

@@ -17,6 +17,7 @@ import ast
 import datetime as dt
 import re
 import zoneinfo
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -104,7 +105,9 @@ _TABLE_KEYS = (
     "dst",
 )
 _DST_KEYS = ("nonexistent", "ambiguous")
-_COLUMN_KEYS = ("type", "nullable", "allowed", "min", "max", "pattern", "unique", "missing")
+_COLUMN_KEYS = (
+    "type", "nullable", "allowed", "min", "max", "pattern", "unique", "missing", "source"
+)  # fmt: skip
 _DERIVED_KEYS = ("expr", "nullable", "min", "max", "unique")
 _ENTITY_FEATURE_KEYS = ("table", "categorical", "numeric", "signup_date")
 _LABEL_KEYS = ("name", "horizon_days", "lookback_days")
@@ -125,15 +128,23 @@ class ColumnSpec:
     max: float | None = None
     pattern: str | None = None  # a full match, for string columns
     unique: bool = False  # within one partition (duplicates across days are prepare's job)
-    expr: str | None = None  # derived: computed from the table's numeric columns, not read
+    expr: str | None = None  # derived: computed from the table's other columns, not read
     surrogate: bool = False  # derived: a hash of the row's content and partition (a rows key)
     # codes that mean "no value" in the source (-200, -999, "?", "NA"): read as null before any
     # check, so they are neither learnt as numbers nor quarantined by a bound
     missing: tuple[Any, ...] = ()
+    # the column's name in the landed files where it is not a name ("No-show", "Customer ID"):
+    # validate reads it under `name`, which is what every stage, the card and the server use
+    source: str | None = None
 
     @property
     def derived(self) -> bool:
         return self.expr is not None or self.surrogate
+
+    @property
+    def file_name(self) -> str:
+        """The column's name in a landed file."""
+        return self.source or self.name
 
 
 @dataclass(frozen=True)
@@ -320,13 +331,23 @@ class DatasetConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Derived columns: a tiny arithmetic language over a table's numeric columns. It is parsed with
-# `ast` and evaluated by walking the whitelisted nodes, never with eval: a config file must not
-# be able to run code.
+# Derived columns: a tiny arithmetic language over a table's numeric and timestamp columns. It
+# is parsed with `ast` and evaluated by walking the whitelisted nodes, never with eval: a config
+# file must not be able to run code.
 
 _BINARY = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.divide}
 _UNARY = {ast.USub: np.negative, ast.UAdd: np.positive}
-EXPRESSION_HELP = "numbers, column names, + - * / and parentheses"
+# the wall-clock parts of a timestamp in the table's time zone: an hour of demand, a weekday of
+# a clinic, follow local time, across DST too (weekday: 0 = Monday)
+_PANDAS_PARTS = {
+    "hour": "hour", "weekday": "day_of_week", "month": "month", "day": "day",
+    "day_of_year": "day_of_year",
+}  # fmt: skip
+CALENDAR_PARTS = tuple(_PANDAS_PARTS)
+EXPRESSION_HELP = (
+    "numbers, column names, + - * / and parentheses, and "
+    f"{', '.join(f'{p}(timestamp)' for p in CALENDAR_PARTS)}"
+)
 
 
 def parse_expression(text: str) -> ast.expr:
@@ -344,6 +365,14 @@ def parse_expression(text: str) -> ast.expr:
             ok = type(node.op) in _UNARY
         elif isinstance(node, ast.Constant):
             ok = type(node.value) in (int, float)
+        elif isinstance(node, ast.Call):
+            ok = (
+                isinstance(node.func, ast.Name)
+                and node.func.id in CALENDAR_PARTS
+                and len(node.args) == 1
+                and isinstance(node.args[0], ast.Name)
+                and not node.keywords
+            )
         else:
             ok = isinstance(node, ast.Name)
         if not ok:
@@ -352,22 +381,70 @@ def parse_expression(text: str) -> ast.expr:
 
 
 def expression_columns(text: str) -> set[str]:
-    """The column names an expression reads."""
-    return {n.id for n in ast.walk(parse_expression(text)) if isinstance(n, ast.Name)}
+    """The column names an expression reads (a calendar part's timestamp included)."""
+    tree = parse_expression(text)
+    functions = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in functions}
 
 
-def evaluate_expression(text: str, frame: pd.DataFrame) -> pd.Series:
+def calendar_columns(text: str) -> set[str]:
+    """The columns an expression reads a calendar part of (timestamps)."""
+    return {
+        n.args[0].id  # type: ignore[attr-defined]
+        for n in ast.walk(parse_expression(text))
+        if isinstance(n, ast.Call)
+    }
+
+
+def _instants(values: pd.Series) -> pd.Series:
+    """Timestamps as naive UTC (validate's typing; a tz-aware column is converted)."""
+    import pandas as pd
+
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert("UTC").dt.tz_localize(None)
+    return pd.to_datetime(values)
+
+
+def _operand(values: pd.Series) -> np.ndarray:
+    """A column as float64: a timestamp or date as seconds since 1970-01-01 UTC."""
+    import pandas as pd
+
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        values = (_instants(values) - pd.Timestamp(0)).dt.total_seconds()
+    return pd.to_numeric(values).to_numpy(dtype="float64", na_value=np.nan)
+
+
+def _calendar_part(values: pd.Series, part: str, zone: str) -> np.ndarray:
+    stamps = _instants(values)
+    if zone != "UTC":
+        stamps = stamps.dt.tz_localize("UTC").dt.tz_convert(zone)
+    return getattr(stamps.dt, _PANDAS_PARTS[part]).to_numpy(dtype="float64", na_value=np.nan)
+
+
+def evaluate_expression(
+    text: str, frame: pd.DataFrame, zones: Mapping[str, str] | None = None
+) -> pd.Series:
     """Evaluate a derived-column expression over `frame`'s columns, as nullable Float64.
 
-    A null operand, or a non-finite result (division by zero), gives a null value.
+    A timestamp or date column (naive UTC, as validate types it) reads as seconds since
+    1970-01-01, so a difference of two is a duration in seconds; `hour(ts)` and the other
+    calendar parts read its wall clock in `zones[column]` (the table's time zone; a date, or a
+    column not in `zones`, as it is). A null operand, or a non-finite result (division by
+    zero), gives a null value.
     """
     import pandas as pd
+
+    zones = zones or {}
 
     def walk(node: ast.expr) -> np.ndarray | float:
         if isinstance(node, ast.Constant):
             return float(node.value)
         if isinstance(node, ast.Name):
-            return pd.to_numeric(frame[node.id]).to_numpy(dtype="float64", na_value=np.nan)
+            return _operand(frame[node.id])
+        if isinstance(node, ast.Call):
+            column = node.args[0].id  # type: ignore[attr-defined]
+            part = node.func.id  # type: ignore[attr-defined]
+            return _calendar_part(frame[column], part, zones.get(column, "UTC"))
         if isinstance(node, ast.UnaryOp):
             return _UNARY[type(node.op)](walk(node.operand))
         if isinstance(node, ast.BinOp):
@@ -503,7 +580,25 @@ def _column(name: str, raw: Any, key: str, w: _Where) -> ColumnSpec:
     ctype = spec.get("type")
     if ctype not in COLUMN_TYPES:
         raise w.fail(f"{key}.type", f"one of {COLUMN_TYPES}", ctype)
-    return ColumnSpec(name=name, type=ctype, **_checks(spec, ctype, key, w))
+    source = spec.get("source")
+    if source is not None and (not isinstance(source, str) or not source.strip()):
+        raise w.fail(f"{key}.source", "the column's name in the landed files (text)", source)
+    return ColumnSpec(name=name, type=ctype, source=source, **_checks(spec, ctype, key, w))
+
+
+def _column_name(raw: Any, key: str, w: _Where) -> str:
+    """A declared column's name; a file's column named otherwise (`No-show`) is declared under
+    a name and read with `source`."""
+    if isinstance(raw, str) and raw and not _IDENTIFIER.match(raw):
+        suggested = re.sub(r"\W+", "_", raw).strip("_") or "column"
+        if suggested[0].isdigit():
+            suggested = f"c_{suggested}"
+        raise w.fail(
+            f"{key}.{raw}",
+            f"a name (letters, digits, _); read a file's column '{raw}' as "
+            f'`{suggested}: {{source: "{raw}", type: ...}}`',
+        )
+    return w.name(raw, key)
 
 
 def _derived(name: str, raw: Any, key: str, raw_columns: tuple[ColumnSpec, ...], w: _Where):
@@ -512,13 +607,22 @@ def _derived(name: str, raw: Any, key: str, raw_columns: tuple[ColumnSpec, ...],
     if not isinstance(expr, str):
         raise w.fail(f"{key}.expr" if not isinstance(raw, str) else key, "an expression", expr)
     try:
-        used = expression_columns(expr)
+        used, stamped = expression_columns(expr), calendar_columns(expr)
     except ValueError as exc:
         raise w.fail(key, f"an arithmetic expression: {exc}", expr) from exc
-    numeric = [c.name for c in raw_columns if c.type in NUMERIC_TYPES]
-    unknown = sorted(used - set(numeric))
+    timestamps = [c.name for c in raw_columns if c.type in ("timestamp", "date")]
+    not_timestamps = sorted(stamped - set(timestamps))
+    if not_timestamps:
+        listed = ", ".join(timestamps)
+        raise w.fail(key, f"a calendar part of a timestamp or date column ({listed})",
+                     not_timestamps[0])  # fmt: skip
+    readable = [c.name for c in raw_columns if c.type in NUMERIC_TYPES] + timestamps
+    unknown = sorted(used - set(readable))
     if unknown:
-        raise w.fail(key, f"an expression over numeric columns ({', '.join(numeric)})", unknown[0])
+        raise w.fail(
+            key, f"an expression over numeric or timestamp columns ({', '.join(readable)})",
+            unknown[0],
+        )  # fmt: skip
     return ColumnSpec(name=name, type="float64", expr=expr, **_checks(spec, "float64", key, w))
 
 
@@ -553,9 +657,14 @@ def _table(name: str, raw: Any, entity_key: str | None, w: _Where) -> TableSpec:
     if not columns_raw:
         raise w.fail(f"{where}.columns", "at least one column")
     columns = tuple(
-        _column(w.name(c, f"{where}.columns"), s, f"{where}.columns.{c}", w)
+        _column(_column_name(c, f"{where}.columns", w), s, f"{where}.columns.{c}", w)
         for c, s in columns_raw.items()
     )
+    in_files = Counter(c.file_name for c in columns)
+    twice = sorted(n for n, count in in_files.items() if count > 1)
+    if twice:
+        raise w.fail(f"{where}.columns", "each file column read once (by name or `source`)",
+                     twice[0])  # fmt: skip
     derived_raw = w.mapping(spec.get("derived") or {}, f"{where}.derived")
     for d in derived_raw:
         if d in columns_raw:

@@ -345,12 +345,14 @@ def _failures(
         for idx in frame.index[frame[key].isna()]:
             if (int(idx), key) not in uncastable:
                 records.append((int(idx), key, NULL_KEY_CHECK, None))
+    # a timestamp's calendar parts are its wall clock where the table lives; a date's its own
+    zones = {c.name: table.timezone for c in table.raw_columns if c.type == "timestamp"}
     for spec in table.derived_columns:
         if spec.surrogate:
             raw = tuple(c.name for c in table.raw_columns)
             frame[spec.name] = surrogate_keys(frame, raw, partition)
             continue
-        frame[spec.name] = evaluate_expression(spec.expr, frame)
+        frame[spec.name] = evaluate_expression(spec.expr, frame, zones)
     try:
         _pandera_schema(table).validate(frame, lazy=True)
     except pa.errors.SchemaErrors as exc:
@@ -388,12 +390,20 @@ def _castable(arrow_type: pa_arrow.DataType, ctype: str) -> bool:
 
 def _extra(names: Sequence[str], table: TableSpec) -> list[str]:
     """A file's columns that the dataset does not declare (raw or derived), in file order."""
-    declared = {c.name for c in table.columns}
+    declared = {c.file_name for c in table.raw_columns} | {c.name for c in table.derived_columns}
     return [n for n in dict.fromkeys(names) if n not in declared]
 
 
-def _kept(extra: Sequence[str], keep_extra: bool) -> list[str]:
-    return [n for n in extra if n not in RESERVED_COLUMNS] if keep_extra else []
+def _kept(extra: Sequence[str], keep_extra: bool, table: TableSpec) -> list[str]:
+    # never one that would take a declared column's name (a `source` column read under it)
+    taken = set(RESERVED_COLUMNS) | {c.name for c in table.columns}
+    return [n for n in extra if n not in taken] if keep_extra else []
+
+
+def _declared(frame: pd.DataFrame, table: TableSpec) -> pd.DataFrame:
+    """A file's columns under their declared names (`source` read as `name`)."""
+    renamed = {c.source: c.name for c in table.raw_columns if c.source}
+    return frame.rename(columns=renamed) if renamed else frame
 
 
 def _read_parquet(
@@ -406,13 +416,13 @@ def _read_parquet(
     _check_columns(path, schema.names, table)
     extra = _extra(schema.names, table)
     for spec in table.raw_columns:
-        arrow_type = schema.field(spec.name).type
+        arrow_type = schema.field(spec.file_name).type
         if not _castable(arrow_type, spec.type):
             raise ValueError(
-                f"{path.name}: column '{spec.name}' is {arrow_type} in the file, which cannot "
-                f"be read as {spec.type}"
+                f"{path.name}: column '{spec.file_name}' is {arrow_type} in the file, which "
+                f"cannot be read as {spec.type}"
             )
-    columns = [c.name for c in table.raw_columns] + _kept(extra, keep_extra)
+    columns = [c.file_name for c in table.raw_columns] + _kept(extra, keep_extra, table)
     try:
         data = pq.read_table(path, columns=columns)
     except Exception as exc:  # a footer that reads but pages that do not
@@ -421,7 +431,8 @@ def _read_parquet(
         if pa_arrow.types.is_dictionary(arrow_field.type):
             data = data.set_column(i, arrow_field.name, data[i].cast(arrow_field.type.value_type))
     # nullable integers stay integers (float64 would round ids above 2**53)
-    return data.to_pandas(types_mapper={pa_arrow.int64(): pd.Int64Dtype()}.get), extra
+    frame = data.to_pandas(types_mapper={pa_arrow.int64(): pd.Int64Dtype()}.get)
+    return _declared(frame, table), extra
 
 
 def _read_csv(
@@ -436,13 +447,14 @@ def _read_csv(
         raise ValueError(f"{path.name}: unreadable csv ({type(exc).__name__}: {exc})") from exc
     _check_columns(path, list(df.columns), table)
     extra = _extra(list(df.columns), table)
-    return df[[c.name for c in table.raw_columns] + _kept(extra, keep_extra)], extra
+    columns = [c.file_name for c in table.raw_columns] + _kept(extra, keep_extra, table)
+    return _declared(df[columns], table), extra
 
 
 def _check_columns(path: Path, names: Sequence[str], table: TableSpec) -> None:
-    missing = [c.name for c in table.raw_columns if c.name not in names]
+    missing = [c.file_name for c in table.raw_columns if c.file_name not in names]
     if missing:
-        unexpected = [n for n in names if n not in {c.name for c in table.columns}]
+        unexpected = _extra(names, table)
         hint = f"; unexpected column(s) {unexpected} (renamed?)" if unexpected else ""
         raise ValueError(f"{path.name}: missing required column(s) {missing}{hint}")
 

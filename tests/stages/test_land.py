@@ -223,3 +223,30 @@ def test_a_reexport_under_another_name_is_refused_until_replace(tmp_path, params
     assert done.returncode == 0, done.stderr
     assert "1 replaced file(s) removed" in done.stdout
     assert sorted(p.name for p in day.iterdir()) == ["march.csv", "other.csv"]
+
+
+def test_an_exports_columns_named_otherwise_are_found_by_their_source(tmp_path, params):
+    """A timestamp and a key declared with `source:` ("Played At", "Play-ID") are the export's
+    columns the rows are placed and compared by."""
+    composed = yaml.safe_load(params.read_text())
+    columns = composed["dataset"]["tables"]["activity"]["columns"]
+    columns["played_at"]["source"] = "Played At"
+    columns["play_id"].update(source="Play-ID", unique=True)
+    params.write_text(yaml.safe_dump(composed))
+    header = HEADER.replace("played_at", "Played At").replace("play_id", "Play-ID")
+    export = tmp_path / "exports"
+    export.mkdir()
+    (export / "march.csv").write_text(header + row(1, "2026-03-01 10:00:00"))
+    lake = tmp_path / "lake"
+    done = land(params, lake, str(export), "--table", "activity")
+    assert done.returncode == 0, done.stderr
+    assert (lake / "landing/activity/day=2026-03-01/march.csv").read_text().startswith(header)
+    # the same play re-exported under another name is caught by its key read from `Play-ID`
+    (export / "march.csv").rename(export / "again.csv")
+    again = land(params, lake, str(export), "--table", "activity")
+    assert again.returncode == 2 and "holds 1 of the keys landed into again.csv" in again.stderr
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "x.csv").write_text(HEADER + row(2, "2026-03-01 10:00:00"))
+    refused = land(params, lake, str(plain), "--table", "activity")
+    assert "no column 'Played At' (the table's timestamp)" in refused.stderr

@@ -392,6 +392,90 @@ def test_folders_not_named_key_equals_date_are_listed_with_the_form_expected(tmp
     assert unread_folders(tmp_path / "absent", "day") == {}
 
 
+def test_derived_columns_read_a_timestamps_local_calendar_and_durations(tmp_path):
+    """`hour(ts)` and the other parts read the table's wall clock (Paris here), across DST; a
+    timestamp in arithmetic is seconds, so a difference of two is a duration."""
+    table = _plays(
+        spend="quantity * unit_price",
+        hour={"expr": "hour(played_at)"},
+        weekday={"expr": "weekday(played_at)"},
+        month={"expr": "month(played_at)", "min": 1, "max": 12},
+        day_of_year="day_of_year(played_at)",
+        days_since="(played_at - 1767225600) / 86400",  # 2026-01-01T00:00Z
+    )
+    text = HEADER + "".join(
+        [
+            _row(pid="p000001", at="2026-01-05T10:00:00+01:00"),  # Monday, winter: UTC+1
+            _row(pid="p000002", at="2026-07-05T23:30:00"),  # Sunday night, summer: UTC+2
+            _row(pid="p000003", at="2026-03-29T03:15:00"),  # just after spring-forward
+            _row(pid="p000004", at="yesterday"),  # no time: no part either
+        ]
+    )
+    result = validate_partition([_csv(tmp_path, text)], table, "2026-01-05")
+    valid = result.valid.set_index("play_id")
+    assert valid["hour"].tolist() == [10.0, 23.0, 3.0]
+    assert valid["weekday"].tolist() == [0.0, 6.0, 6.0]
+    assert valid["month"].tolist() == [1.0, 7.0, 3.0] and valid["day_of_year"].iloc[1] == 186.0
+    assert valid["days_since"].iloc[0] == pytest.approx(4 + 9 / 24)
+    assert _checks(result) == {3: {"played_at:type(timestamp in Europe/Paris)"}}
+
+
+@pytest.mark.parametrize(
+    ("expr", "message"),
+    [
+        ("hour(region)", r"derived\.x: expected a calendar part of a timestamp or date column"),
+        ("month(played_at, 2)", r"derived\.x: expected an arithmetic expression: 'month"),
+        ("week(played_at)", r"derived\.x: expected an arithmetic expression: 'week\(played_at\)'"),
+        ("region * 2", r"derived\.x: expected an expression over numeric or timestamp columns"),
+    ],
+)
+def test_a_derived_expression_the_table_cannot_compute_is_one_line(expr, message):
+    with pytest.raises(ValueError, match=message):
+        _plays(spend="quantity * unit_price", x=expr)
+
+
+def test_a_files_column_named_otherwise_is_read_under_its_declared_name(tmp_path):
+    """A real export's "No-show" or "Customer ID" is no name a model input or a server field
+    can have: declared under a name with `source:`, it is read as that name."""
+    raw = yaml.safe_load(PLAYS.read_text())
+    columns = raw["tables"]["activity"]["columns"]
+    columns["device"]["source"] = "Device Type"
+    columns["seconds"]["source"] = "play-seconds"
+    table = dataset_from_params(raw).table("activity")
+    header = HEADER.replace("device", "Device Type").replace("seconds", "play-seconds")
+    text = header + _row() + _row(pid="p000002", sec="-5", device="fax")
+    result = validate_partition([_csv(tmp_path, text)], table, "2026-01-05")
+    assert result.valid["device"].tolist() == ["ios"] and result.valid["seconds"].tolist() == [60]
+    assert _checks(result) == {
+        1: {"seconds:greater_than_or_equal_to(0)", "device:isin(['ios', 'android', 'web'])"}
+    }
+    assert result.extra_columns == []
+    raw["tables"]["activity"]["format"] = "parquet"
+    parquet = tmp_path / "pq" / "part-0.parquet"
+    parquet.parent.mkdir()
+    pd.read_csv(_csv(tmp_path, text, "again.csv"), dtype=str).to_parquet(parquet)
+    as_parquet = dataset_from_params(raw).table("activity")
+    from_parquet = validate_partition([parquet], as_parquet, "2026-01-05")
+    assert from_parquet.valid["device"].tolist() == ["ios"] and from_parquet.fault is None
+    # a file with the declared name instead of the source's: the source is what is missing
+    plain = validate_partition([_csv(tmp_path, HEADER + _row(), "plain.csv")], table, "2026-01-05")
+    assert "missing required column(s) ['play-seconds', 'Device Type']" in plain.fault
+    assert "unexpected column(s) ['seconds', 'device']" in plain.fault
+
+
+def test_a_column_name_that_is_not_a_name_suggests_source():
+    raw = yaml.safe_load(PLAYS.read_text())
+    columns = raw["tables"]["activity"]["columns"]
+    columns["No-show"] = {"type": "string"}
+    suggestion = r"columns\.No-show: expected a name .*`No_show: \{source: \"No-show\""
+    with pytest.raises(ValueError, match=suggestion):
+        dataset_from_params(raw)
+    del columns["No-show"]
+    columns["region"]["source"] = "device"  # read twice: once as device, once as region
+    with pytest.raises(ValueError, match=r"each file column read once .*got 'device'"):
+        dataset_from_params(raw)
+
+
 def test_csv_columns_the_dataset_does_not_declare_are_reported_then_dropped_or_kept(tmp_path):
     text = HEADER.replace("\n", ",note\n") + _row().replace("\n", ",hello\n")
     path = _csv(tmp_path, text)
