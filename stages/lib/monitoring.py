@@ -865,10 +865,47 @@ def performance_by_kind(
         return realised_performance(published, labels, key, dataset.label.name)
     if published.empty or labels.empty:
         return {}
+    published, first = pool_latest(published, published[key].isin(labels[key]), key, cfg)
     if dataset.task.regression:
-        return realised_regression(published, labels, key, reference, cfg)
-    joined = published[[key, SNAPSHOT_COL]].merge(labels, on=key, how="inner")
-    return realised_performance(published, joined, key, "target")
+        out = realised_regression(published, labels, key, reference, cfg)
+    else:
+        joined = published[[key, SNAPSHOT_COL]].merge(labels, on=key, how="inner")
+        out = realised_performance(published, joined, key, "target")
+    if first is not None and out:
+        out[max(out)]["pooled_from"] = first
+    return out
+
+
+def pool_latest(
+    published: pd.DataFrame, labelled: pd.Series, key: str, cfg: MonitorConfig
+) -> tuple[pd.DataFrame, str | None]:
+    """A rows task's latest snapshots pooled into the latest one until it holds `min_labelled`
+    labelled rows, within the current window (`last_days` days): a daily run on a clinic's
+    110 appointments a day publishes each day's new rows as its own snapshot, none of which
+    would ever reach 200 and be judged; a week of them is. Dense snapshots are judged alone,
+    as before. A row published in several of the pooled snapshots counts once, with its first
+    prediction. Returns the predictions (the pooled ones dated as the latest) and the first
+    pooled date (None: nothing pooled)."""
+    if published.empty:
+        return published, None
+    published, labelled = published.reset_index(drop=True), labelled.reset_index(drop=True)
+    dates = pd.to_datetime(published[SNAPSHOT_COL]).dt.date
+    counts = labelled.groupby(dates).sum()
+    latest = max(counts.index)
+    pooled, n = [], 0
+    for day in sorted(counts.index, reverse=True):
+        if n >= cfg.min_labelled or (latest - day).days >= cfg.last_days:
+            break
+        pooled.append(day)
+        n += int(counts[day])
+    if len(pooled) < 2:
+        return published, None
+    moved = dates.isin(pooled)
+    order = dates.sort_values(kind="stable").index
+    pool = published.loc[order][moved.loc[order]].drop_duplicates(key, keep="first")
+    pool = pool.assign(**{SNAPSHOT_COL: published.loc[dates == latest, SNAPSHOT_COL].iloc[0]})
+    out = pd.concat([published[~moved], pool], ignore_index=True)
+    return out, min(pooled).isoformat()
 
 
 def live_performance(

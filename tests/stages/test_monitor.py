@@ -728,3 +728,45 @@ def test_a_regressions_mae_rise_is_a_reason_only_beyond_its_confidence_interval(
     test = report["performance"]["test"]
     assert test["n"] == n and test["mae"] == pytest.approx(large["reference_mae"], abs=1e-6)
     assert set(test) == {"n", "mae", "rmse", "mean_residual"}
+
+
+def test_a_rows_tasks_sparse_daily_snapshots_are_pooled_until_they_can_be_judged() -> None:
+    """A clinic's daily run publishes ~60 new appointments a day: no single day reaches
+    `min_labelled` (200), so the monitor never judged realised performance. The latest days
+    are pooled until they do, within the current window; a row published twice counts once,
+    with its first prediction; dense days are judged alone, as before."""
+    from stages.lib.monitoring import performance_by_kind
+
+    dataset = dataset_from_params(yaml.safe_load((ROOT / "conf/dataset/bank.yaml").read_text()))
+    key = dataset.entity_key
+    rng = np.random.default_rng(3)
+    days = [dt.date(2026, 3, d) for d in range(1, 11)]
+    frames, targets = [], []
+    for i, day in enumerate(days):
+        keys = [f"r{i}-{j}" for j in range(60)]
+        y = rng.random(60) < 0.2
+        # the model has stopped knowing who says yes: its scores are noise
+        frames.append(pd.DataFrame({key: keys, "snapshot_date": day, "score": rng.random(60)}))
+        targets.append(pd.DataFrame({key: keys, "target": y.astype(int)}))
+    # the latest day republishes two rows of the day before, scored anew: counted once
+    again = frames[-2].iloc[:2].assign(snapshot_date=days[-1], score=0.99)
+    published = pd.concat([*frames, again], ignore_index=True)
+    labels = pd.concat(targets, ignore_index=True)
+    reference = pd.DataFrame({"score": np.r_[np.full(500, 0.9), np.full(500, 0.1)],
+                              "label": np.r_[np.ones(500), np.zeros(500)]})  # fmt: skip
+    cfg = MonitorConfig(min_labelled=200, last_days=14)
+    performance = performance_by_kind(dataset, published, labels, reference, cfg)
+    latest = performance["2026-03-10"]
+    assert latest["n"] == 240 and latest["pooled_from"] == "2026-03-07"
+    assert "2026-03-06" in performance and "2026-03-07" not in performance
+    reasons = performance_reasons(performance, cfg, 1000, reference_performance(reference))
+    assert [r["statistic"] for r in reasons] == ["roc_auc_drop", "calibration_gap_change"]
+    # never beyond the current window: 3 days of it hold only 180 rows, judged by no one
+    short = MonitorConfig(min_labelled=200, last_days=3)
+    narrow = performance_by_kind(dataset, published, labels, reference, short)
+    assert narrow["2026-03-10"]["n"] == 180
+    assert performance_reasons(narrow, short, 1000, reference_performance(reference)) == []
+    # a dense day is judged alone
+    dense = MonitorConfig(min_labelled=50, last_days=14)
+    alone = performance_by_kind(dataset, published, labels, reference, dense)
+    assert alone["2026-03-10"]["n"] == 62 and "pooled_from" not in alone["2026-03-10"]
