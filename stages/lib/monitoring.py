@@ -630,12 +630,14 @@ def regression_reasons(
         return []
     m = performance[date]
     reasons = []
-    if m["residual_drifted"]:
+    rise, low = m["mae_increase"], m.get("mae_increase_ci_low")
+    # residuals whose distribution moved while the errors shrank (a model better on this week
+    # than on its test split) are listed, not a reason: retraining cannot be asked to undo it
+    if m["residual_drifted"] and rise is not None and rise > 0:
         reasons.append(
             _reason("residual_drift", "residual", "psi", m["residual_psi"],
                     cfg.residual_psi_threshold, n_test, m["n"], snapshot=date)
         )  # fmt: skip
-    rise, low = m["mae_increase"], m.get("mae_increase_ci_low")
     # a reason only when the rise's confidence interval lies beyond the threshold, as every
     # performance check: a point estimate over it may be a week's noise on a few hundred rows
     if cfg.max_mae_increase is not None and low is not None and low > cfg.max_mae_increase:

@@ -578,6 +578,12 @@ def test_a_regressions_realised_performance_and_residual_drift() -> None:
         ("residual_drift", "psi", n, 300),
         ("performance", "mae_increase", n, 300),
     ]
+    # residuals that moved while the errors shrank (a week the model gets better): listed,
+    # not a reason
+    better = pd.DataFrame({"k": keys, "target": ref_pred + rng.normal(0, 1, n)})
+    b = realised_regression(predictions, better, "k", reference, cfg)["2026-03-01"]
+    assert b["residual_drifted"] and b["mae_increase"] < -0.5
+    assert performance_reasons({"2026-03-01": b}, cfg, n) == []
     report = {
         "inputs": {"psi_max": 0.1, "js_max": None},
         "performance": {"snapshots": {"2026-03-01": m}},
