@@ -10,7 +10,8 @@ server process checks (a dependency of the /predict route), before a request rea
 - a numeric feature is a JSON number (not a string, not a bool), finite, within its accepted
   range: the training range widened by `range_margin` times the feature's scale (the larger of
   its training span and magnitude, at least 1) on each side, and never below 0 for a feature
-  that was never negative in training (counts, amounts, days), and never past the `min`/`max`
+  that was never negative in training (counts, amounts, days) unless the dataset declares a
+  negative `min` for it, and never past the `min`/`max`
   the dataset's config declares for the column (the card's `declared_min`/`declared_max`:
   validate would quarantine such a row); `range_margin: null` turns the training-range check
   off, not the declared one;
@@ -174,14 +175,20 @@ class ServingSchema:
 
 
 def accepted_range(
-    train_min: float | None, train_max: float | None, margin: float | None
+    train_min: float | None,
+    train_max: float | None,
+    margin: float | None,
+    declared_min: float | None = None,
 ) -> tuple[float | None, float | None]:
-    """The [minimum, maximum] a numeric feature may take (None: unbounded); see the module doc."""
+    """The [minimum, maximum] a numeric feature may take (None: unbounded); see the module doc.
+    A feature never negative in training keeps 0 as its floor, unless the dataset declares a
+    negative `min` (a temperature in °F trained on a mild year: -2 is a reading, not a typo)."""
     if margin is None or train_min is None or train_max is None:
         return None, None
     scale = max(train_max - train_min, abs(train_min), abs(train_max), 1.0)
     slack = margin * scale
-    low = 0.0 if train_min >= 0 else train_min - slack
+    counts = train_min >= 0 and (declared_min is None or declared_min >= 0)
+    low = 0.0 if counts else train_min - slack
     return low, train_max + slack
 
 
@@ -268,10 +275,10 @@ def _numeric_features(
         )
         if lo is not None and hi is not None and lo > hi:
             raise ValueError(f"model card: {where} has min {lo} > max {hi}")
-        minimum, maximum = accepted_range(lo, hi, range_margin)
-        # what validate would quarantine is never accepted, whatever the margin
         declared_lo = _number(entry.get("declared_min"), f"{where}.declared_min")
         declared_hi = _number(entry.get("declared_max"), f"{where}.declared_max")
+        minimum, maximum = accepted_range(lo, hi, range_margin, declared_lo)
+        # what validate would quarantine is never accepted, whatever the margin
         if declared_lo is not None:
             minimum = declared_lo if minimum is None else max(minimum, declared_lo)
         if declared_hi is not None:

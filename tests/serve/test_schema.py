@@ -77,6 +77,9 @@ def test_accepted_range_widens_by_the_scale_and_keeps_non_negative_features_non_
     assert accepted_range(0.0, 0.0, 0.5) == (0.0, 0.5)  # never-varying: scale 1
     assert accepted_range(0.0, 10.0, None) == (None, None)
     assert accepted_range(None, None, 1.0) == (None, None)  # never observed in training
+    # a temperature in °F trained on a mild year, declared `min: -40`: below 0 is a reading
+    assert accepted_range(3.0, 96.0, 0.5, declared_min=-40.0) == (-45.0, 144.0)
+    assert accepted_range(3.0, 96.0, 0.5, declared_min=0.0) == (0.0, 144.0)
 
 
 def test_schema_reads_features_allowed_values_and_ranges_from_the_card() -> None:
