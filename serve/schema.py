@@ -620,9 +620,45 @@ class ApiModels:
         return to_wire(rows, *self.shape)
 
 
+INT64 = (-(2**63), 2**63 - 1)
+_DIGITS = re.compile(r"-?[0-9]{1,19}")
+
+
+def _int64_key(value: Any) -> int | str:
+    """An int64 key column's key: a JSON integer, or its digits as text (ids often travel as
+    strings), within int64; echoed as sent. "abc" could never join the data by key."""
+    number = value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        number = int(value)
+    if number is None or not INT64[0] <= number <= INT64[1]:
+        raise PydanticCustomError(
+            "entity_key_type",
+            "Input should be an integer within int64, or its digits as a string (the entity "
+            "key is an int64 column)",
+        )
+    return value
+
+
+Int64Key = Annotated[
+    int | str,
+    PlainValidator(_int64_key),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": INT64[0], "maximum": INT64[1]},
+                {"type": "string", "pattern": "^-?[0-9]{1,19}$"},
+            ]
+        }
+    ),
+]
+
+
 def _declared_key(schema: ServingSchema) -> Any:
-    """The entity key's type: any integer or string, or the string its column declares (a
-    pattern full-matched, as validate checks the column)."""
+    """The entity key's type: an int64 column's integer (or its digits), the string its column
+    declares (a pattern full-matched, as validate checks the column), or any integer or
+    string."""
+    if schema.key_type == "int64":
+        return Int64Key
     if schema.key_type != "string":
         return EntityKey
     pattern = None if schema.key_pattern is None else re.compile(schema.key_pattern)

@@ -66,13 +66,14 @@ def csv_files(inputs: Iterable[str]) -> list[Path]:
     return files
 
 
-def day_of(text: str, zone: ZoneInfo) -> dt.date | None:
-    """The calendar day of an ISO 8601 time: its own for a naive time, `zone`'s for an aware one."""
+def day_of(text: str, zone: ZoneInfo, ignore_offsets: bool = False) -> dt.date | None:
+    """The calendar day of an ISO 8601 time: its own for a naive time, `zone`'s for an aware one
+    (its own again where the table's `offsets: ignore` says its offset is not to be trusted)."""
     try:
         moment = dt.datetime.fromisoformat(text.strip())
     except ValueError:
         return None
-    if moment.tzinfo is not None:
+    if moment.tzinfo is not None and not ignore_offsets:
         moment = moment.astimezone(zone)
     return moment.date()
 
@@ -148,7 +149,7 @@ def split_by_day(
                 )
             for i in numbers:  # 2,5 -> 2.5: validate reads numbers with a '.' decimal mark
                 row[i] = row[i].replace(dialect.decimal, ".")
-            day = day_of(row[at], zone)
+            day = day_of(row[at], zone, table.offsets == "ignore")
             if day is None:
                 raise LandError(
                     f"{path}: line {start}: {stamp} {row[at][:40]!r} is "

@@ -103,7 +103,11 @@ _TABLE_KEYS = (
     "columns",
     "derived",
     "dst",
+    "offsets",
 )
+# how a timestamp's offset is read: `keep` converts a tz-aware time to UTC, `ignore` reads its
+# wall clock in the table's zone (an export that writes local times with a literal `Z`)
+OFFSETS = ("keep", "ignore")
 _DST_KEYS = ("nonexistent", "ambiguous")
 _COLUMN_KEYS = (
     "type", "nullable", "allowed", "min", "max", "pattern", "unique", "missing", "source"
@@ -160,6 +164,7 @@ class TableSpec:
     # naive local times in a DST gap / overlap of `timezone` (DST_NONEXISTENT, DST_AMBIGUOUS)
     dst_nonexistent: str = "shift_forward"
     dst_ambiguous: str = "earliest"
+    offsets: str = "keep"  # OFFSETS
     # entity churn: the entity key column, whose null rows validate quarantines as
     # NULL_KEY_CHECK when the column is declared nullable (nulls expected, counted apart)
     entity_key: str | None = None
@@ -634,6 +639,21 @@ def _dst(raw: Any, where: str, w: _Where) -> Mapping[str, str]:
     return dst
 
 
+def _clock(spec: Mapping[str, Any], where: str, w: _Where) -> tuple[str, Mapping, str]:
+    """How a table's times are read: its zone, DST policy and offsets."""
+    timezone = spec.get("timezone", "UTC")
+    try:
+        zoneinfo.ZoneInfo(str(timezone))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise w.fail(
+            f"{where}.timezone", "an IANA time zone (UTC, Europe/Paris)", timezone
+        ) from exc
+    offsets = spec.get("offsets", OFFSETS[0])
+    if offsets not in OFFSETS:
+        raise w.fail(f"{where}.offsets", f"one of {', '.join(OFFSETS)}", offsets)
+    return str(timezone), _dst(spec.get("dst"), where, w), offsets
+
+
 def _table(name: str, raw: Any, entity_key: str | None, w: _Where) -> TableSpec:
     """One table; `entity_key` None for a rows task's table (its key is the task's)."""
     where = f"tables.{name}"
@@ -645,14 +665,7 @@ def _table(name: str, raw: Any, entity_key: str | None, w: _Where) -> TableSpec:
     fmt = spec.get("format", "parquet")
     if fmt not in FILE_FORMATS:
         raise w.fail(f"{where}.format", f"one of {FILE_FORMATS}", fmt)
-    timezone = spec.get("timezone", "UTC")
-    try:
-        zoneinfo.ZoneInfo(str(timezone))
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise w.fail(
-            f"{where}.timezone", "an IANA time zone (UTC, Europe/Paris)", timezone
-        ) from exc
-    dst = _dst(spec.get("dst"), where, w)
+    timezone, dst, offsets = _clock(spec, where, w)
     columns_raw = w.mapping(spec.get("columns"), f"{where}.columns")
     if not columns_raw:
         raise w.fail(f"{where}.columns", "at least one column")
@@ -687,6 +700,7 @@ def _table(name: str, raw: Any, entity_key: str | None, w: _Where) -> TableSpec:
         timezone=str(timezone),
         dst_nonexistent=dst.get("nonexistent", DST_NONEXISTENT[0]),
         dst_ambiguous=dst.get("ambiguous", DST_AMBIGUOUS[0]),
+        offsets=offsets,
         entity_key=entity_key if role == "events" else None,
     )
     if surrogate:

@@ -174,6 +174,10 @@ class ValidationFailed(Exception):
 
 # a time of day followed by a UTC offset: the string names its own time zone
 _OFFSET = re.compile(r"\d{2}:\d{2}(:\d{2}(\.\d*)?)?\s*(Z|[+-]\d{2}(:?\d{2})?)$", re.IGNORECASE)
+# the same, keeping the time before its offset (`offsets: ignore` drops the offset)
+_TIME_AND_OFFSET = re.compile(
+    r"^(.*\d{2}:\d{2}(?::\d{2}(?:\.\d*)?)?)\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$", re.IGNORECASE
+)
 
 
 def _is_aware(value: object) -> bool:
@@ -190,6 +194,9 @@ class DstPolicy:
     nonexistent: str = "shift_forward"
     ambiguous: str = "earliest"
     counts: Counter = field(default_factory=Counter, compare=False)
+    # TableSpec.offsets "ignore": every time is a wall clock in the table's zone, whatever
+    # offset or `Z` its text carries (an export that writes local times with a `Z`)
+    ignore_offsets: bool = False
 
 
 DST_SHIFTED = "rows_dst_shifted"
@@ -228,9 +235,14 @@ def _to_utc(series: pd.Series, timezone: str, policy: DstPolicy | None = None) -
     shifted or resolved by `policy`, or becomes NaT (quarantined) where it says so."""
     policy = policy or DstPolicy()
     if isinstance(series.dtype, pd.DatetimeTZDtype):
-        return series.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
+        if not policy.ignore_offsets:
+            return series.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
+        series = series.dt.tz_localize(None)  # the wall clock it was written with
     if pd.api.types.is_datetime64_dtype(series.dtype):
         naive = series
+    elif policy.ignore_offsets:
+        texts = series.astype("string").str.strip().str.replace(_TIME_AND_OFFSET, r"\1", regex=True)
+        naive = pd.to_datetime(texts.astype(object), errors="coerce", format="ISO8601")
     else:
         values = series.astype(object)
         aware = values.map(_is_aware).astype(bool)
@@ -301,7 +313,9 @@ def _pandera_schema(table: TableSpec) -> pa.DataFrameSchema:
 def _typed(frame: pd.DataFrame, table: TableSpec, records: list, dst: Counter | None) -> None:
     """Cast `frame`'s raw columns to their types in place; a value that does not cast is a
     record (index, column, check, value) in `records`."""
-    policy = DstPolicy(table.dst_nonexistent, table.dst_ambiguous)
+    policy = DstPolicy(
+        table.dst_nonexistent, table.dst_ambiguous, ignore_offsets=table.offsets == "ignore"
+    )
     zone = "" if table.timezone == "UTC" else f" in {table.timezone}"
     for spec in table.raw_columns:
         raw = frame[spec.name]

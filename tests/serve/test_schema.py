@@ -283,8 +283,18 @@ def test_a_string_key_is_a_string_matching_its_declared_pattern() -> None:
     assert "match the entity key's pattern S[0-9]{6}" in off[0]["msg"]
     schema = TypeAdapter(models.record).json_schema()["properties"]["customer_id"]
     assert schema["pattern"] == "S[0-9]{6}"
-    # an integer key (or a card from before the check) takes either, as before
-    either = api_models(schema_from_card(card(entity_key_type="int64"), range_margin=1.0), 3)
+    # an int64 key takes an integer or its digits, echoed as sent; "abc", "12 " or a number
+    # past int64 could never join the data by key
+    ints = api_models(schema_from_card(card(entity_key_type="int64"), range_margin=1.0), 3)
+    assert parse(ints, record(customer_id=9000001)).keys == [9000001]
+    assert parse(ints, record(customer_id="-9000001")).keys == ["-9000001"]
+    for bad in ("abc", "9000001 ", 12345678901234567890, "12345678901234567890", 1.5, True):
+        refused = errors(ints, record(customer_id=bad))
+        assert refused[0]["loc"] == ["body", "customer_id"] and "int64" in refused[0]["msg"]
+    # a card from before the check takes either, as before
+    old = card()
+    old["features"].pop("entity_key_type", None)
+    either = api_models(schema_from_card(old, range_margin=1.0), 3)
     assert parse(either, record(customer_id="c-2")).keys == ["c-2"]
     with pytest.raises(ValueError, match="entity_key_pattern"):
         schema_from_card(card(entity_key_type="string", entity_key_pattern="("), range_margin=1.0)

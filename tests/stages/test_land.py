@@ -250,3 +250,19 @@ def test_an_exports_columns_named_otherwise_are_found_by_their_source(tmp_path, 
     (plain / "x.csv").write_text(HEADER + row(2, "2026-03-01 10:00:00"))
     refused = land(params, lake, str(plain), "--table", "activity")
     assert "no column 'Played At' (the table's timestamp)" in refused.stderr
+
+
+def test_with_offsets_ignored_a_local_time_written_with_a_z_lands_on_its_own_day(tmp_path, params):
+    composed = yaml.safe_load(params.read_text())
+    composed["dataset"]["tables"]["activity"]["offsets"] = "ignore"
+    params.write_text(yaml.safe_dump(composed))
+    export = tmp_path / "exports"
+    export.mkdir()
+    # 23:30 Paris time written with a Z: read as UTC it is 00:30 on 2 March in Paris, and
+    # would land a day late; its wall clock keeps it on 1 March
+    (export / "x.csv").write_text(HEADER + row(1, "2026-03-01T23:30:00Z"))
+    lake = tmp_path / "lake"
+    done = land(params, lake, str(export), "--table", "activity")
+    assert done.returncode == 0, done.stderr
+    assert (lake / "landing/activity/day=2026-03-01/x.csv").is_file()
+    assert not (lake / "landing/activity/day=2026-03-02").exists()

@@ -160,6 +160,41 @@ def test_timestamps_with_offsets_and_naive_local_times_become_utc(tmp_path):
     assert result.summary()["rows_dst_shifted"] == 1
 
 
+def test_an_export_that_writes_local_times_with_a_z_is_read_by_its_wall_clock(tmp_path):
+    """`offsets: ignore`: a clinic's export writes São Paulo times as "2016-04-29T18:38:08Z";
+    read as UTC they move every appointment to the evening before. Its wall clock in the
+    table's zone is what it means; a bare date stays its day."""
+    raw = yaml.safe_load(PLAYS.read_text())
+    raw["tables"]["activity"]["timezone"] = "America/Sao_Paulo"
+    raw["tables"]["activity"]["offsets"] = "ignore"
+    table = dataset_from_params(raw).table("activity")
+    text = HEADER + "".join(
+        [
+            _row(pid="p000001", at="2016-04-29T00:00:00Z"),
+            _row(pid="p000002", at="2016-04-29T18:38:08+02:00"),
+            _row(pid="p000003", at="2016-04-29 10:00"),
+            _row(pid="p000004", at="2016-04-29"),
+        ]
+    )
+    result = validate_partition([_csv(tmp_path, text)], table, "2016-04-29")
+    times = result.valid.set_index("play_id")["played_at"].astype(str).to_dict()
+    assert times == {  # UTC-3
+        "p000001": "2016-04-29 03:00:00",
+        "p000002": "2016-04-29 21:38:08",
+        "p000003": "2016-04-29 13:00:00",
+        "p000004": "2016-04-29 03:00:00",
+    }
+    kept = validate_partition([_csv(tmp_path, text)], _plays(), "2016-04-29")  # offsets: keep
+    assert kept.valid.set_index("play_id")["played_at"].astype(str)["p000001"] == (
+        "2016-04-29 00:00:00"
+    )
+    raw["tables"]["activity"]["offsets"] = "drop"
+    with pytest.raises(
+        ValueError, match=r"tables\.activity\.offsets: expected one of keep, ignore"
+    ):
+        dataset_from_params(raw)
+
+
 def _half_hourly_london(policy: dict | None) -> tuple:
     """A half-hourly naive London series across 2026's spring-forward (29 March, 01:00-02:00
     does not exist) and fall-back (25 October, 01:00-02:00 happens twice) transitions."""
