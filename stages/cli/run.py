@@ -116,18 +116,24 @@ def training(ref: str | None, *, promote_blessed: bool) -> int:
     return verdict
 
 
-def last_attempt(dataset: str | None, path: Path = ATTEMPT) -> dt.date | None:
-    """The date of the last training run a TRAIN decision started for `dataset` (None: none
-    recorded, or one of another dataset, which `evergreen new` left behind)."""
+def _attempt(dataset: str | None, path: Path = ATTEMPT) -> tuple[dt.date | None, bool]:
+    """The last TRAIN decision for `dataset` (None: none recorded, or one of another dataset,
+    which `evergreen new` left behind), and whether its training run ran here (`--train`) or
+    was only requested (the daily workflow dispatches it)."""
     if not path.is_file():
-        return None
+        return None, False
     try:
         record = json.loads(path.read_text())
         if record.get("dataset") != dataset:
-            return None
-        return dt.date.fromisoformat(record["date"])
+            return None, False
+        return dt.date.fromisoformat(record["date"]), bool(record.get("ran_here", True))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path}: expected {{dataset, date: YYYY-MM-DD, ...}} ({exc})") from None
+
+
+def last_attempt(dataset: str | None, path: Path = ATTEMPT) -> dt.date | None:
+    """The date of the last training run a TRAIN decision started for `dataset`."""
+    return _attempt(dataset, path)[0]
 
 
 @dataclass(frozen=True)
@@ -139,9 +145,10 @@ class DailyDecision:
     today: dt.date
 
 
-def decide(params_path: Path = Path("params.yaml")) -> DailyDecision:
+def decide(params_path: Path = Path("params.yaml"), *, train_here: bool = False) -> DailyDecision:
     """The production policy's decision, from metrics/monitor.json, the champion's record and
-    the last attempt (`reports/retrain.json`)."""
+    the last attempt (`reports/retrain.json`). With `train_here`, a training run only requested
+    today (`run daily` without `--train`: nothing ran) is no attempt: it runs now."""
     from stages.lib.params import load_params
     from stages.lib.policy import last_training, production_policy
 
@@ -155,19 +162,23 @@ def decide(params_path: Path = Path("params.yaml")) -> DailyDecision:
     through = record and record.get("trained_through")
     trained = dt.date.fromisoformat(through) if through else None
     # no champion: train, whatever ran before (the record is not even read)
-    attempt = last_attempt(dataset) if trained else None
+    attempt, ran_here = _attempt(dataset) if trained else (None, False)
+    if train_here and attempt == today and not ran_here:
+        attempt = None
     clock = last_training(trained, attempt)
     decision = policy.decide(today, clock, bool(monitor.get("retrain_recommended")))
     reason = decision.reason
     if clock != trained:
-        reason += f" (the last training run, {attempt}, did not replace the champion)"
+        what = "the last training run" if ran_here else "the training run requested"
+        reason += f" ({what}, {attempt}, did not replace the champion)"
     return DailyDecision(decision.train, reason, policy.name, dataset, today)
 
 
-def record_attempt(decision: DailyDecision, path: Path = ATTEMPT) -> None:
-    """Record that a training run starts today (read back by `last_attempt`)."""
+def record_attempt(decision: DailyDecision, path: Path = ATTEMPT, *, ran_here: bool) -> None:
+    """Record that a training run starts today, here or requested (read back by `_attempt`)."""
     record = {"dataset": decision.dataset, "date": decision.today.isoformat(),
-              "policy": decision.policy, "reason": decision.reason}  # fmt: skip
+              "policy": decision.policy, "reason": decision.reason,
+              "ran_here": ran_here}  # fmt: skip
     write_json(record, path)
 
 
@@ -179,7 +190,7 @@ def daily(lake: str | None, ref: str | None, *, train_here: bool) -> int:
         if code != 0:
             return code
     try:
-        decision = decide()
+        decision = decide(train_here=train_here)
     except (ValueError, KeyError) as exc:  # a PolicyError names retrain.<key>
         print(f"evergreen run daily: {exc}", file=sys.stderr)
         return 2
@@ -187,7 +198,7 @@ def daily(lake: str | None, ref: str | None, *, train_here: bool) -> int:
     verdict = "TRAIN" if train else "no training"
     print(f"daily: policy '{decision.policy}': {verdict} ({decision.reason})")
     if train:
-        record_attempt(decision)
+        record_attempt(decision, ran_here=train_here)
     github_output({"train": str(train).lower()})
     if train and train_here:
         blessed = training(ref, promote_blessed=True)

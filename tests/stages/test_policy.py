@@ -137,7 +137,7 @@ def test_a_refused_training_run_restarts_the_production_clock(tmp_path, monkeypa
     day("2026-03-20")
     first = decide()
     assert first.train and first.dataset == "shop" and first.today == dt.date(2026, 3, 20)
-    record_attempt(first)  # the training run starts; its challenger is refused
+    record_attempt(first, ran_here=True)  # the training run starts; its challenger is refused
     assert last_attempt("shop") == dt.date(2026, 3, 20) and last_attempt("bank") is None
     day("2026-03-21")
     nxt = decide()
@@ -153,6 +153,16 @@ def test_a_refused_training_run_restarts_the_production_clock(tmp_path, monkeypa
     ATTEMPT.write_text(json.dumps({"dataset": "bank", "date": "2026-04-02"}))
     day("2026-04-20")
     assert decide().train
+    # `run daily` without --train only requests the run (the workflow dispatches it): a
+    # `--train` the same day runs it, where the request alone would hold it for 14 days
+    requested = decide()
+    record_attempt(requested, ran_here=False)
+    assert decide(train_here=True).train
+    later = decide()
+    assert not later.train
+    assert "the training run requested, 2026-04-20, did not replace the champion" in later.reason
+    record_attempt(decide(train_here=True), ran_here=True)
+    assert not decide(train_here=True).train  # ran here today: not again
     ATTEMPT.write_text("{not json")
     with pytest.raises(ValueError, match=r"reports/retrain\.json: expected"):
         decide()
