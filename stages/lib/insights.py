@@ -416,14 +416,16 @@ def drivers(
 
 def trend_table(published: pd.DataFrame, current: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """Per snapshot date: entities, mean score, share at or above the threshold, the model
-    version (a regression: rows and mean prediction); published runs from the lake, plus this
-    run when it is not published yet."""
-    frames = [published] if not published.empty else []
-    dates = set(pd.to_datetime(published[SNAPSHOT_COL]).dt.date) if frames else set()
+    version (a regression: rows and mean prediction); published runs from the lake, and this
+    run in place of what was published for its dates (a day scored again by a champion just
+    promoted is published again: the earlier run's rows are replaced, not the day's story)."""
     current_dates = set(pd.to_datetime(current[SNAPSHOT_COL]).dt.date)
-    if not current_dates <= dates:
-        frames.append(current.assign(_this_run=True))
-    frame = pd.concat(frames, ignore_index=True)
+    frames = []
+    if not published.empty:
+        earlier = ~pd.to_datetime(published[SNAPSHOT_COL]).dt.date.isin(current_dates)
+        frames.append(published[earlier])
+    frames.append(current.assign(_this_run=True))
+    frame = pd.concat([f for f in frames if not f.empty] or frames[-1:], ignore_index=True)
     frame[SNAPSHOT_COL] = pd.to_datetime(frame[SNAPSHOT_COL]).dt.date
     if "_this_run" not in frame:
         frame["_this_run"] = False

@@ -431,6 +431,23 @@ def test_the_trend_without_history_has_no_empty_panel() -> None:
     assert alone.width == 700 and beside.width == 900
 
 
+def test_a_day_scored_again_by_a_new_champion_is_this_runs_in_the_trend() -> None:
+    """`run daily --train`: the day is published by the old champion, then scored again by
+    the one just promoted (and published again): the trend shows this run's model for it."""
+    before = (DAY - pd.Timedelta(days=1)).date()
+    published = pd.DataFrame(
+        {SNAPSHOT_COL: [before, before, DAY.date(), DAY.date()], "score": [0.1, 0.2, 0.3, 0.4],
+         "model_version": ["old", "old", "old", "old"]}
+    )  # fmt: skip
+    current = pd.DataFrame(
+        {SNAPSHOT_COL: [DAY.date()] * 3, "score": [0.5, 0.6, 0.9], "model_version": "new"}
+    )
+    trend = trend_table(published, current, 0.5).set_index(SNAPSHOT_COL)
+    assert trend["model_version"].to_dict() == {before: "old", DAY.date(): "new"}
+    assert trend["this_run"].to_dict() == {before: False, DAY.date(): True}
+    assert trend.loc[DAY.date(), "entities"] == 3
+
+
 def test_extra_sections_follow_the_tasks_own() -> None:
     frame = pd.DataFrame(
         {SNAPSHOT_COL: [DAY.date()] * 2, "score": [0.2, 0.7], "decision": [False, True]}
