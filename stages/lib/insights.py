@@ -929,8 +929,9 @@ def residuals_section(inputs: PageInputs) -> Page:
             "monitoring): residual = target - prediction; `mae_increase` is the MAE over the "
             "test split's minus 1, `residual_psi` the residuals' drift against the test split's."
             if perf
-            else "No published prediction has its target yet (`evergreen publish` after a run; "
-            "the next data brings the targets).",
+            else "No prediction this model published after its test split has its target yet "
+            "(`evergreen publish` after a run; the next data brings the targets; a model just "
+            "promoted starts with none, the monitoring history keeps the earlier model's).",
         ],
         tables=(("", table),) if perf else (),
     )
