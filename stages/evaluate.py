@@ -16,6 +16,7 @@ from stages.lib.evaluation import (
     evaluate_model,
     feature_importance,
     slice_metrics,
+    threshold_warning,
     write_importance,
     write_plots,
     write_residuals,
@@ -77,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"evaluate: {metrics['n']} rows, roc_auc={metrics['roc_auc']} "
         f"pr_auc={metrics['pr_auc']} f1@{cfg.threshold}={metrics['f1']}"
     )
+    warning = threshold_warning(scores, y, cfg.threshold)
+    if warning:
+        print(f"evaluate: warning: {warning}")
     return 0
 
 

@@ -137,6 +137,21 @@ class PlotTables:
     confusion: pd.DataFrame  # actual, predicted: one row per example
 
 
+def threshold_warning(scores: np.ndarray, y: np.ndarray, threshold: float) -> str | None:
+    """A decision threshold no test score reaches (or every one does): each decision is the
+    same, and F1, precision and the server's yes/no say nothing (a 20 % no-show rate with
+    scores under 0.5)."""
+    above = int((scores >= threshold).sum())
+    if 0 < above < len(scores) or not len(scores):
+        return None
+    side = "no" if above == 0 else "every"
+    return (
+        f"{side} test row scores at or above evaluate.threshold {threshold} (scores "
+        f"{float(scores.min()):.3f}..{float(scores.max()):.3f}, label rate "
+        f"{float(np.mean(y)):.3f}): every decision is the same; set evaluate.threshold"
+    )
+
+
 def evaluate_model(
     y_true: Sequence[int] | np.ndarray,
     y_score: Sequence[float] | np.ndarray,

@@ -384,3 +384,15 @@ def test_main_slice_on_an_absent_column_names_it(
     stage_inputs["params"].write_text(yaml.safe_dump(params))
     with pytest.raises(ValueError, match=r"test\.parquet: slice 'country' needs column 'country'"):
         run_main(stage_inputs, tmp_path / "out")
+
+
+def test_a_threshold_no_score_reaches_is_a_warning() -> None:
+    from stages.lib.evaluation import threshold_warning
+
+    y = np.array([0, 1, 0, 0, 1])
+    low = np.array([0.1, 0.4, 0.2, 0.15, 0.3])
+    warning = threshold_warning(low, y, 0.5)
+    assert warning is not None and warning.startswith("no test row scores at or above")
+    assert "0.100..0.400, label rate 0.400" in warning
+    assert threshold_warning(low, y, 0.25) is None
+    assert threshold_warning(low, y, 0.05).startswith("every test row")
