@@ -50,7 +50,9 @@ FILE_SUFFIXES = {"parquet": ".parquet", "csv": ".csv"}
 # wall clock: shift it past or before the gap) or overlap (it happened twice: the first, DST,
 # instant or the second); `quarantine` keeps the old behaviour. Each row so read is counted.
 DST_NONEXISTENT = ("shift_forward", "shift_backward", "quarantine")
-DST_AMBIGUOUS = ("earliest", "latest", "quarantine")
+# infer: an hourly export written in time order repeats the fall-back hour as summer time
+# then winter time, and its order tells them apart (pandas' `ambiguous="infer"`)
+DST_AMBIGUOUS = ("earliest", "latest", "infer", "quarantine")
 
 _DATASET_KEYS = (
     "name",

@@ -219,14 +219,31 @@ def _localize(naive: pd.Series, timezone: str, policy: DstPolicy) -> pd.Series:
         gap, overlap = odd & as_dst.isna(), odd & as_dst.notna()
         ambiguous: str | np.ndarray = "NaT"
         if policy.ambiguous != "quarantine":
-            ambiguous = np.full(len(naive), policy.ambiguous == "earliest")
+            # infer: where the rows' order cannot tell (no repeated hour, rows out of order),
+            # the earliest reading, as the default
+            ambiguous = np.full(len(naive), policy.ambiguous != "latest")
             policy.counts[DST_RESOLVED] += int(overlap.sum())
         nonexistent = "NaT"
         if policy.nonexistent != "quarantine":
             nonexistent = policy.nonexistent
             policy.counts[DST_SHIFTED] += int(gap.sum())
         strict = naive.dt.tz_localize(timezone, ambiguous=ambiguous, nonexistent=nonexistent)
+        if policy.ambiguous == "infer" and overlap.any():
+            strict = _inferred(naive, timezone, nonexistent, strict)
     return strict.dt.tz_convert("UTC").dt.tz_localize(None)
+
+
+def _inferred(naive: pd.Series, timezone: str, nonexistent: str, fallback: pd.Series) -> pd.Series:
+    """The overlap's readings told apart by the rows' order (first pass summer time, second
+    winter time), where a monotonic run of times allows it; else `fallback`."""
+    present = naive.dropna()
+    if not present.is_monotonic_increasing:
+        return fallback
+    try:
+        told = present.dt.tz_localize(timezone, ambiguous="infer", nonexistent=nonexistent)
+    except ValueError:  # "no repeated times": nothing to tell apart by order
+        return fallback
+    return fallback.where(naive.isna(), told.reindex(naive.index))
 
 
 def _to_utc(series: pd.Series, timezone: str, policy: DstPolicy | None = None) -> pd.Series:

@@ -254,6 +254,31 @@ def test_naive_local_times_in_a_dst_gap_or_overlap_follow_the_policy(
     assert result.rows_quarantined == 4 - shifted - resolved
 
 
+def test_an_ordered_hourly_export_tells_the_repeated_hour_apart_with_infer(tmp_path):
+    """PJM's hourly load is written in naive New York time, in order: the fall-back's 01:00
+    twice, first summer time then winter time. `ambiguous: infer` reads them so (05:00 and
+    06:00 UTC), where `earliest` makes them one instant; rows out of order cannot tell, and
+    fall back to the earliest reading."""
+    raw = yaml.safe_load(PLAYS.read_text())
+    raw["tables"]["activity"]["timezone"] = "America/New_York"
+    stamps = ["2024-11-03T00:00", "2024-11-03T01:00", "2024-11-03T01:00", "2024-11-03T02:00"]
+    text = HEADER + "".join(_row(pid=f"p{i:06d}", at=t) for i, t in enumerate(stamps))
+
+    def utc(policy: str, body: str = text) -> list[str]:
+        raw["tables"]["activity"]["dst"] = {"ambiguous": policy}
+        table = dataset_from_params(raw).table("activity")
+        result = validate_partition([_csv(tmp_path, body)], table, "2024-11-03")
+        assert result.summary()["rows_dst_resolved"] == 2
+        return [str(t)[11:16] for t in result.valid["played_at"]]
+
+    assert utc("infer") == ["04:00", "05:00", "06:00", "07:00"]
+    assert utc("earliest") == ["04:00", "05:00", "05:00", "07:00"]
+    shuffled = HEADER + "".join(
+        _row(pid=f"p{i:06d}", at=t) for i, t in enumerate([stamps[1], stamps[0], *stamps[2:]])
+    )
+    assert utc("infer", shuffled) == ["05:00", "04:00", "05:00", "07:00"]
+
+
 def test_a_dst_policy_that_is_no_choice_is_one_line_naming_the_key():
     raw = yaml.safe_load(PLAYS.read_text())
     raw["tables"]["activity"]["dst"] = {"nonexistent": "skip"}
