@@ -753,7 +753,8 @@ def realised(
     scored: pd.DataFrame, truth: pd.DataFrame, key: str, regression: bool
 ) -> dict[str, Any]:
     """The production model's realised metrics on one step's prediction set: ROC AUC and PR AUC
-    (None with a single class), or a regression's MAE and R²; n: the rows with a label."""
+    (None with a single class) and the Brier score, or a regression's MAE and R²; n: the rows
+    with a label."""
     left = scored.assign(**{SNAPSHOT_COL: pd.to_datetime(scored[SNAPSHOT_COL])})
     right = truth.assign(**{SNAPSHOT_COL: pd.to_datetime(truth[SNAPSHOT_COL])})
     joined = left.merge(right, on=[key, SNAPSHOT_COL], how="inner")
@@ -770,6 +771,9 @@ def realised(
         "positives": int(y.sum()),
         "roc_auc": float(roc_auc_score(y, p)) if both else None,
         "pr_auc": float(average_precision_score(y, p)) if both else None,
+        # the scores as probabilities: what a label rate that doubled breaks while the ranking
+        # (ROC AUC) holds, for a team that sums scores into expected counts
+        "brier": float(np.mean((p - y) ** 2)),
     }
 
 
@@ -777,7 +781,7 @@ def headline_metric(settings: Settings) -> tuple[str, tuple[str, ...], bool]:
     """(the metric compared, every metric reported, whether higher is better)."""
     if settings.regression:
         return "mae", ("mae", "r2"), False
-    return "roc_auc", ("roc_auc", "pr_auc"), True
+    return "roc_auc", ("roc_auc", "pr_auc", "brier"), True
 
 
 def _mean(values: Iterable[Any]) -> float | None:

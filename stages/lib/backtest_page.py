@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from stages.lib.insights import Page, Section, frame_table, png, render_html
 
 TITLE = "Backtest: which retrain policy pays"
-NAMES = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "mae": "MAE", "r2": "R²"}
+NAMES = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "brier": "Brier score", "mae": "MAE", "r2": "R²"}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 HINDSIGHT = "best with hindsight, same trainings"
 

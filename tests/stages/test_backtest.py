@@ -101,6 +101,9 @@ def test_the_json_holds_the_contract(tiny: dict) -> None:
         assert "roc_auc" not in p["series"][0]
         assert all(r["n"] > 0 and r["roc_auc"] is not None for r in p["series"][1:])
         assert p["steps_scored"] == len(STEPS) - 1
+        # the scores as probabilities too: a step's Brier score is its rows' squared error
+        assert 0 < p["mean_brier"] < 0.25 and all(0 <= r["brier"] <= 1 for r in p["series"][1:])
+    assert found["metrics"] == ["roc_auc", "pr_auc", "brier"]
 
 
 def test_the_policies_are_compared_with_a_paired_interval(tiny: dict) -> None:
