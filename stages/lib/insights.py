@@ -918,6 +918,22 @@ def _performance(inputs: PageInputs) -> tuple[dict[str, Any], Table]:
     )
 
 
+def _judged_line(performance: Mapping[str, Any]) -> str:
+    """Which matured snapshot the monitor judged, or that none could be yet."""
+    snapshots = performance.get("snapshots") or {}
+    if not snapshots:
+        return "Realised performance: no published prediction has matured yet."
+    judged, least = performance.get("judged"), performance.get("min_labelled")
+    if judged is None:
+        return (
+            f"Realised performance: no snapshot holds {least} labelled rows yet "
+            "(`monitor.min_labelled`): measured below, never a reason."
+        )
+    pooled = snapshots.get(judged, {}).get("pooled_from")
+    span = f"{pooled}..{judged}" if pooled else judged
+    return f"Realised performance judged on {span} ({snapshots[judged]['n']} rows)."
+
+
 def residuals_section(inputs: PageInputs) -> Page:
     """A regression's realised errors once the targets of published predictions arrived."""
     perf, table = _performance(inputs)
@@ -996,6 +1012,7 @@ def monitoring_section(inputs: PageInputs) -> Page:
         [
             f"Verdict for {monitor.get('date', '–')}: {verdict}"
             + (f" ({len(reasons)} reason(s))." if reasons else "."),
+            _judged_line(monitor.get("performance") or {}),
             f"Served predictions: {served.get('status', '–')}"
             + (f" ({served.get('detail')})" if served.get("detail") else "")
             + (f", {served.get('rows')} rows" if served.get("rows") else "")

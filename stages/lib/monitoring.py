@@ -804,7 +804,14 @@ def monitor(
             "inputs": {k: v for k, v in inputs.items() if k != "reasons"},
             "prediction_drift": {"batch": batch, "served": served},
             "estimated_performance": estimated,
-            "performance": {"test": test, "snapshots": dict(performance)},
+            "performance": {
+                "test": test,
+                "snapshots": dict(performance),
+                # the snapshot the reasons judged (None: none holds min_labelled rows yet,
+                # so no realised measure is a reason, however far it moved)
+                "judged": _judged(performance, cfg),
+                "min_labelled": cfg.min_labelled,
+            },
         }
     )
 

@@ -468,3 +468,16 @@ def test_extra_sections_follow_the_tasks_own() -> None:
     page = build_page(inputs, [lambda i: Page([Section("shadow", "Shadow", ["x"])], {})])
     assert [s.key for s in page.sections][-2:] == ["monitoring", "shadow"]
     assert set(page.figures) == {"distribution.png", "trend.png"}
+
+
+def test_the_page_says_which_snapshot_the_monitor_judged_or_that_none_could_be() -> None:
+    from stages.lib.insights import _judged_line
+
+    few = {"snapshots": {"2026-03-02": {"n": 24}}, "judged": None, "min_labelled": 200}
+    assert "no snapshot holds 200 labelled rows yet" in _judged_line(few)
+    pooled = {"snapshots": {"2026-03-09": {"n": 240, "pooled_from": "2026-03-01"}},
+              "judged": "2026-03-09", "min_labelled": 200}  # fmt: skip
+    assert _judged_line(pooled) == (
+        "Realised performance judged on 2026-03-01..2026-03-09 (240 rows)."
+    )
+    assert "no published prediction has matured" in _judged_line({})
