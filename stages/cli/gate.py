@@ -1,6 +1,7 @@
 """`evergreen gate`: bless the workspace model (the challenger) only if it holds up against the
-champion, the model recorded on a git ref (`gate.champion_ref`, `main` by default), or, with no
-champion, against a naive baseline.
+champion, the model in production on a git ref (`gate.champion_ref`, `main` by default: the
+model the ref's last promotion recorded, `promoted_commit`), or, with no champion, against a
+naive baseline.
 
     evergreen gate [--ref main] [--out metrics/gate.json] [--report-out reports/gate.json]
         [--params params.yaml]
@@ -63,6 +64,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from stages.cli.champion import CHAMPION
 from stages.contract.card import file_md5
 from stages.contract.feature_schema import FeatureSchema, load_schema
 from stages.lib.bootstrap import METRICS, POWER, Interval, paired_bootstrap
@@ -74,7 +76,7 @@ from stages.lib.evaluation import (
     slice_labels,
     slice_metrics,
 )
-from stages.lib.gitref import commit_of, file_at
+from stages.lib.gitref import commit_of, file_at, last_change
 from stages.lib.io import read_frame, round_floats, write_metrics
 from stages.lib.model_io import load_model
 from stages.lib.params import PARAMS_FILE, load_params, section
@@ -682,18 +684,36 @@ def resolve_commit(ref: str, repo: Path) -> str:
     return commit
 
 
+# git tracks it; promotion rewrites it (stages/cli/champion.py)
+CHAMPION_DVC = f"{CHAMPION.as_posix()}.dvc"
+
+
+def promoted_commit(commit: str, repo: Path) -> str:
+    """The commit up to `commit` that promoted the model in production: the latest one that
+    changed models/champion.dvc, whose dvc.lock records the model the champion was copied from.
+    A later commit may record a challenger the gate refused (`run daily --train` then a commit),
+    which is not the model in production. No promotion recorded: `commit` itself."""
+    return last_change(commit, CHAMPION_DVC, repo) or commit
+
+
 def fetch_champion(
-    ref: str, repo: Path, model_path: str, schema_path: str, lock_path: str
+    ref: str,
+    repo: Path,
+    model_path: str,
+    schema_path: str,
+    lock_path: str,
+    commit: str | None = None,
 ) -> Champion:
-    """The model, feature schema and model md5 recorded on `ref`, read with DVC's API (local
-    cache first, then the DVC remote). Raises NoChampion when any of them is not there, and
-    ValueError when they are there but cannot be loaded."""
+    """The model, feature schema and model md5 recorded on `ref` (at `commit`, default the one
+    `ref` names), read with DVC's API (local cache first, then the DVC remote). Raises
+    NoChampion when any of them is not there, and ValueError when they are there but cannot be
+    loaded."""
     import dvc.api
     from dvc.exceptions import DvcException
     from dvc_data.index.index import DataIndexError
     from scmrepo.exceptions import SCMError
 
-    commit = resolve_commit(ref, repo)
+    commit = commit or resolve_commit(ref, repo)
     where = f"'{ref}' ({commit[:12]})"
     try:
         raw_model = _read(dvc.api, model_path, repo, commit, mode="rb")
@@ -863,7 +883,7 @@ def run_gate(args: argparse.Namespace) -> tuple[dict[str, Any], Verdict]:
     try:
         # the champion's dataset first: another dataset's model is not even fetched (a clone
         # of another project need not reach its DVC remote)
-        commit = resolve_commit(ref, args.repo)
+        commit = promoted_commit(resolve_commit(ref, args.repo), args.repo)
         champion_dataset = dataset_at(commit, _relative(args.params, args.repo), args.repo)
         check_same_dataset(ref, commit, champion_dataset, dataset_name)
         champion = fetch_champion(
@@ -872,6 +892,7 @@ def run_gate(args: argparse.Namespace) -> tuple[dict[str, Any], Verdict]:
             _relative(args.model, args.repo),
             _relative(args.schema, args.repo),
             _relative(args.lock, args.repo),
+            commit,
         )
     except NoChampion as exc:
         missing = str(exc)

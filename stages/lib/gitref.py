@@ -31,3 +31,16 @@ def file_at(commit: str, path: str, repo: Path) -> str | None:
         check=False,
     )
     return done.stdout if done.returncode == 0 else None
+
+
+def last_change(commit: str, path: str, repo: Path) -> str | None:
+    """The full sha of the latest commit up to `commit` that changed `path`, or None when none
+    did (or `commit` is not one)."""
+    done = subprocess.run(
+        ["git", "log", "-1", "--format=%H", commit, "--", path],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() or None if done.returncode == 0 else None

@@ -740,6 +740,49 @@ def test_a_champion_reading_features_the_test_set_lacks_is_no_comparable_champio
     assert "FAIL" not in out and "pass baseline_roc_auc" in out
 
 
+def test_the_champion_is_the_model_promotion_recorded_not_a_refused_one_committed_after(
+    fitted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`evergreen run daily --train` refused a challenger, then the workspace was committed
+    (README: commit after each run): main's dvc.lock now records the refused model. The
+    champion is the model of the commit that last changed models/champion.dvc."""
+    import hashlib
+    import shutil
+
+    from stages.cli.ingest import dvc_executable
+
+    _champion_repo(tmp_path, fitted, "shop")
+    (tmp_path / "models/champion").mkdir()
+    (tmp_path / "models/champion/champion.json").write_text('{"model_md5": "a"}')
+    _sh(tmp_path, dvc_executable(), "add", "-q", "models/champion")
+    _sh(tmp_path, "git", "add", "-A")
+    _sh(tmp_path, "git", "commit", "-q", "-m", "promote the champion")
+    promoted = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+    # a refused challenger, trained on fewer rows, committed as the workspace's model
+    cfg = ModelConfig("m", "logistic_regression", {"max_iter": 200, "C": 0.001})
+    refused = save_model(
+        train_model(make_frame(60, seed=5), SCHEMA, cfg, seed=7), tmp_path / "refused.skops"
+    )
+    workspace = tmp_path / "models/model.skops"
+    workspace.unlink()
+    shutil.copy(refused, workspace)
+    _sh(tmp_path, dvc_executable(), "add", "-q", "models/model.skops")
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
+    lock["stages"]["train"]["outs"][0]["md5"] = hashlib.md5(refused.read_bytes()).hexdigest()
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    _sh(tmp_path, "git", "add", "-A")
+    _sh(tmp_path, "git", "commit", "-q", "-m", "a refused training run")
+
+    code, report = _gate(tmp_path, fitted, SCHEMA, make_frame(300, seed=2))
+    capsys.readouterr()
+    assert report["champion"]["commit"] == promoted
+    full = json.loads((tmp_path / "gate-report.json").read_text())
+    assert full["champion"]["model_md5"] == hashlib.md5(fitted.read_bytes()).hexdigest()
+    # the same model as the champion: the interval is zero, blessed
+    assert code == 0 and report["blessed"] is True
+
+
 def _inputs(tmp_path: Path, fitted: Path, gate: dict, dataset: dict | None = None) -> list[str]:
     test = make_frame(300, seed=2)
     test.to_parquet(tmp_path / "test.parquet")
