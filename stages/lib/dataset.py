@@ -412,12 +412,18 @@ def _instants(values: pd.Series) -> pd.Series:
     return pd.to_datetime(values)
 
 
-def _operand(values: pd.Series) -> np.ndarray:
-    """A column as float64: a timestamp or date as seconds since 1970-01-01 UTC."""
+def _operand(values: pd.Series, date_zone: str | None = None) -> np.ndarray:
+    """A column as float64: a timestamp as seconds since 1970-01-01 UTC; a date (`date_zone`:
+    its table's zone) as its local midnight's, so that a filing time minus its accident date
+    is the time since that day began where both happened."""
     import pandas as pd
 
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
-        values = (_instants(values) - pd.Timestamp(0)).dt.total_seconds()
+        instants = _instants(values)
+        if date_zone is not None and date_zone != "UTC":
+            local = instants.dt.tz_localize(date_zone, ambiguous=True, nonexistent="shift_forward")
+            instants = local.dt.tz_convert("UTC").dt.tz_localize(None)
+        values = (instants - pd.Timestamp(0)).dt.total_seconds()
     return pd.to_numeric(values).to_numpy(dtype="float64", na_value=np.nan)
 
 
@@ -429,25 +435,28 @@ def _calendar_part(values: pd.Series, part: str, zone: str) -> np.ndarray:
 
 
 def evaluate_expression(
-    text: str, frame: pd.DataFrame, zones: Mapping[str, str] | None = None
+    text: str,
+    frame: pd.DataFrame,
+    zones: Mapping[str, str] | None = None,
+    dates: Mapping[str, str] | None = None,
 ) -> pd.Series:
     """Evaluate a derived-column expression over `frame`'s columns, as nullable Float64.
 
-    A timestamp or date column (naive UTC, as validate types it) reads as seconds since
-    1970-01-01, so a difference of two is a duration in seconds; `hour(ts)` and the other
-    calendar parts read its wall clock in `zones[column]` (the table's time zone; a date, or a
-    column not in `zones`, as it is). A null operand, or a non-finite result (division by
-    zero), gives a null value.
+    A timestamp column (naive UTC, as validate types it) reads as seconds since 1970-01-01, so
+    a difference of two is a duration in seconds; `hour(ts)` and the other calendar parts read
+    its wall clock in `zones[column]` (the table's time zone). A date column reads as its
+    midnight in `dates[column]` (the table's zone; absent: UTC), its calendar parts as the date
+    itself. A null operand, or a non-finite result (division by zero), gives a null value.
     """
     import pandas as pd
 
-    zones = zones or {}
+    zones, dates = zones or {}, dates or {}
 
     def walk(node: ast.expr) -> np.ndarray | float:
         if isinstance(node, ast.Constant):
             return float(node.value)
         if isinstance(node, ast.Name):
-            return _operand(frame[node.id])
+            return _operand(frame[node.id], dates.get(node.id))
         if isinstance(node, ast.Call):
             column = node.args[0].id  # type: ignore[attr-defined]
             part = node.func.id  # type: ignore[attr-defined]

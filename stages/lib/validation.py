@@ -376,14 +376,16 @@ def _failures(
         for idx in frame.index[frame[key].isna()]:
             if (int(idx), key) not in uncastable:
                 records.append((int(idx), key, NULL_KEY_CHECK, None))
-    # a timestamp's calendar parts are its wall clock where the table lives; a date's its own
+    # a timestamp's calendar parts are its wall clock where the table lives; a date's its own,
+    # and in arithmetic a date is its local midnight
     zones = {c.name: table.timezone for c in table.raw_columns if c.type == "timestamp"}
+    dates = {c.name: table.timezone for c in table.raw_columns if c.type == "date"}
     for spec in table.derived_columns:
         if spec.surrogate:
             raw = tuple(c.name for c in table.raw_columns)
             frame[spec.name] = surrogate_keys(frame, raw, partition)
             continue
-        frame[spec.name] = evaluate_expression(spec.expr, frame, zones)
+        frame[spec.name] = evaluate_expression(spec.expr, frame, zones, dates)
     try:
         _pandera_schema(table).validate(frame, lazy=True)
     except pa.errors.SchemaErrors as exc:

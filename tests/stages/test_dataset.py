@@ -144,3 +144,23 @@ def test_stages_report_a_bad_dataset_in_one_line_and_exit_2(tmp_path, shop_param
         f"{stage}: {SHOP}: tables.events.columns.amount.type: expected one of "
         "('int64', 'float64', 'string', 'bool', 'date', 'timestamp'), got 'money'"
     )
+
+
+def test_a_date_in_arithmetic_is_its_local_midnight_and_its_parts_its_own() -> None:
+    """A claim filed at 08:00:52 in Madrid (07:00:52 UTC, as validate stores it) on its accident
+    day is 8 hours after that day began, not 7 (a date read as UTC midnight): in summer a
+    claim filed at 02:30 would otherwise be negative."""
+    frame = pd.DataFrame(
+        {
+            "filed_at": pd.to_datetime(["2023-03-01 07:00:52", "2023-07-01 00:30:00", None]),
+            "accident_date": pd.to_datetime(["2023-03-01", "2023-07-01", "2023-07-01"]),
+        }
+    )
+    zones, dates = {"filed_at": "Europe/Madrid"}, {"accident_date": "Europe/Madrid"}
+    hours = evaluate_expression("(filed_at - accident_date) / 3600", frame, zones, dates)
+    assert hours.round(4).tolist()[:2] == [8.0144, 2.5] and hours.isna().tolist()[2]
+    assert evaluate_expression("weekday(accident_date)", frame, zones, dates).tolist() == [
+        2.0, 5.0, 5.0
+    ]  # fmt: skip
+    # without its zone a date is UTC midnight, as before
+    assert evaluate_expression("(filed_at - accident_date) / 3600", frame).round(2)[1] == 0.5
