@@ -264,7 +264,9 @@ def _other_files(
                     f"{other}: holds {len(shared)} of the keys landed into "
                     f"{rel.rsplit('/', 1)[-1]} beside it (e.g. {table.key} {min(shared)!r}): "
                     "the rows would be there twice; pass --replace to make the new file its "
-                    "day's only one, or land the export under the old file's name"
+                    "day's only one, or land the export under the old file's name (rows "
+                    "re-sent with their outcomes land with --arrived YYYY-MM-DD, the day they "
+                    "arrived)"
                 )
             clashing.append(other)
     return clashing
@@ -341,6 +343,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{counts['unchanged']} unchanged"
         + (f", {counts['replaced']} replaced file(s) removed" if counts["replaced"] else "")
     )
+    if not counts["rows"] and arrived is None:
+        # a header-only export names no day by its rows: the day stays missing unless told
+        print(
+            "lake land: no row to place, nothing landed; an export of a day with no rows is "
+            "landed with --arrived YYYY-MM-DD (its empty partition: a day the source said was "
+            "empty, not a missing one)"
+        )
     return 0
 
 

@@ -266,3 +266,15 @@ def test_with_offsets_ignored_a_local_time_written_with_a_z_lands_on_its_own_day
     assert done.returncode == 0, done.stderr
     assert (lake / "landing/activity/day=2026-03-01/x.csv").is_file()
     assert not (lake / "landing/activity/day=2026-03-02").exists()
+
+
+def test_a_header_only_export_lands_nothing_and_says_how_to_land_an_empty_day(tmp_path, params):
+    export = tmp_path / "saturday.csv"
+    export.write_text(HEADER)
+    lake = tmp_path / "lake"
+    done = land(params, lake, str(export), "--table", "activity")
+    assert done.returncode == 0 and "landed 0 rows" in done.stdout
+    assert "landed with --arrived YYYY-MM-DD" in done.stdout
+    empty = land(params, lake, str(export), "--table", "activity", "--arrived", "2026-03-07")
+    assert empty.returncode == 0 and "--arrived YYYY-MM-DD" not in empty.stdout
+    assert (lake / "landing/activity/day=2026-03-07/saturday.csv").read_text() == HEADER
