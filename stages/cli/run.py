@@ -170,7 +170,7 @@ def decide(params_path: Path = Path("params.yaml"), *, train_here: bool = False)
     reason = decision.reason
     if clock != trained:
         what = "the last training run" if ran_here else "the training run requested"
-        reason += f" ({what}, {attempt}, did not replace the champion)"
+        reason += f"; {what}, {attempt}, did not replace the champion"
     return DailyDecision(decision.train, reason, policy.name, dataset, today)
 
 
