@@ -162,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"backtest: the bound with hindsight cost {hindsight['seconds']:.1f} s")
     else:
         print(f"backtest: no bound with hindsight: {hindsight['why']}")
+    for warning in payload.get("warnings") or ():
+        print(f"backtest: warning: {warning}")
     print(f"backtest: {args.out / JSON_FILE} and {args.out / HTML_FILE}")
     return 0
 

@@ -983,7 +983,40 @@ def _payload(
     payload["comparisons"] = [
         found for a, b in COMPARED if (found := comparison(payload, a, b)) is not None
     ]
+    payload["warnings"] = warnings(payload, days, settings)
     return payload
+
+
+# a step judged on fewer positives than this says little (the gate's min_test_class_rows)
+THIN_STEP_POSITIVES = 10
+
+
+def warnings(
+    payload: Mapping[str, Any], days: tuple[dt.date, dt.date], settings: Settings
+) -> list[str]:
+    """What makes the means less telling than they look: a warm-up that leaves few days to
+    judge, steps whose ROC AUC rests on a handful of positives."""
+    out = []
+    first, last = days
+    start = dt.date.fromisoformat(payload["settings"]["start"])
+    span, warm = (last - first).days, (start - first).days
+    if span and warm / span > 0.5:
+        out.append(
+            f"the warm-up (the first model's full training window) takes {warm} of the lake's "
+            f"{span} days: the steps judge {start}..{payload['settings']['end']} only (--start "
+            "or --warmup-days judge more of it, with a first model trained on less)"
+        )
+    if not settings.regression and payload["policies"]:
+        series = next(iter(payload["policies"].values()))["series"]
+        scored = [r for r in series if r.get("n")]
+        thin = [r for r in scored if r.get("positives", 0) < THIN_STEP_POSITIVES]
+        if thin:
+            out.append(
+                f"{len(thin)} of {len(scored)} steps were scored on fewer than "
+                f"{THIN_STEP_POSITIVES} positives (their ROC AUC is mostly noise, and counts "
+                "as much in the means): a longer --step-days puts more rows in each"
+            )
+    return out
 
 
 # the policies compared in the JSON, the page and the command's summary: (a, b), a judged against b

@@ -386,3 +386,24 @@ def test_usage_errors_are_one_line(tiny: dict, capsys: pytest.CaptureFixture[str
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "leave no step" in err and "--warmup-days" in err
     assert not (out / "backtest.json").exists()
+
+
+def test_a_long_warm_up_and_thin_steps_are_warned_of() -> None:
+    """A claims lake of 10 a day: the warm-up took 336 of its 417 days, and its steps' ROC AUC
+    rested on 2 to 8 positives; the means read as if neither were so."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from stages.lib.backtest import warnings
+
+    series = [{"n": 0}, {"n": 40, "positives": 3}, {"n": 60, "positives": 12}]
+    payload = {
+        "settings": {"start": "2023-12-03", "end": "2023-12-24"},
+        "policies": {"never": {"series": series}},
+    }
+    days = (dt.date(2023, 1, 1), dt.date(2024, 2, 23))
+    found = warnings(payload, days, SimpleNamespace(regression=False))
+    assert len(found) == 2 and "takes 336 of the lake's 418 days" in found[0]
+    assert found[1].startswith("1 of 2 steps were scored on fewer than 10 positives")
+    early = {**payload, "settings": {"start": "2023-03-01", "end": "2023-12-24"}}
+    assert warnings(early, days, SimpleNamespace(regression=True)) == []
