@@ -922,7 +922,7 @@ def _judged_line(performance: Mapping[str, Any]) -> str:
     """Which matured snapshot the monitor judged, or that none could be yet."""
     snapshots = performance.get("snapshots") or {}
     if not snapshots:
-        return "Realised performance: no published prediction has matured yet."
+        return "No published prediction has matured yet: nothing is judged on its outcomes."
     judged, least = performance.get("judged"), performance.get("min_labelled")
     if judged is None:
         return (
