@@ -83,6 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"validate {name}: {m['partitions']} partitions, {m['rows_in']} rows in, "
             f"{m['rows_valid']} valid, {m['rows_quarantined']} quarantined"
         )
+        for part, short in report[name]["short_partitions"].items():
+            print(
+                f"validate {name}: partition {part} holds {short['rows_in']} rows where its "
+                f"weekday usually holds {short['typical']} (a partial export?)",
+                file=sys.stderr,
+            )
         for folder, expected in report[name]["folders_not_read"].items():
             print(
                 f"validate {name}: folder '{folder}' not read (expected {expected})",

@@ -17,6 +17,7 @@ import datetime
 import json
 import math
 import re
+import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -961,6 +962,38 @@ def results_of(entries: Mapping[str, Mapping[str, Mapping]]) -> list[PartitionRe
     ]
 
 
+# a partition holding under this share of its weekday's usual rows is listed as short (a
+# partial export: rows lost upstream, which no check on the rows that did land can see)
+SHORT_SHARE = 0.25
+# judged only against a weekday seen this often, with at least this many rows usually: a
+# Saturday of 2 rows where Saturdays hold 0 to 6 is the data, not a loss
+SHORT_MIN_DAYS = 4
+SHORT_MIN_TYPICAL = 8
+
+
+def short_partitions(summaries: Mapping[str, Mapping]) -> dict[str, dict[str, int]]:
+    """Partitions (dates) with under SHORT_SHARE of the median rows of their weekday's other
+    partitions: {partition: {rows_in, typical}}. Faulty partitions are left out (their reason is
+    already listed)."""
+    by_weekday: dict[int, list[tuple[str, int]]] = {}
+    for part, summary in summaries.items():
+        if summary.get("fault") is None and is_date(part):
+            day = datetime.date.fromisoformat(part)
+            by_weekday.setdefault(day.weekday(), []).append((part, int(summary["rows_in"])))
+    out = {}
+    for days in by_weekday.values():
+        if len(days) < SHORT_MIN_DAYS:
+            continue
+        counts = [n for _, n in days]
+        for part, n in days:
+            others = list(counts)
+            others.remove(n)
+            typical = int(statistics.median(others))
+            if typical >= SHORT_MIN_TYPICAL and n < SHORT_SHARE * typical:
+                out[part] = {"rows_in": n, "typical": typical}
+    return dict(sorted(out.items()))
+
+
 def summarize(
     entries: Mapping[str, Mapping[str, Mapping]],
     calendar: Calendar | None = None,
@@ -971,7 +1004,8 @@ def summarize(
     metrics: the overall totals a person compares across runs (a DVC metrics file: one value
     per column of `dvc metrics show`, so nothing per table or per partition); report: per table
     its totals, every partition's summary (counts, fault, top failing checks, extra columns),
-    the missing days and the folders not read (`unread`: table -> folder -> the name expected).
+    the missing days, the short partitions (`short_partitions`) and the folders not read
+    (`unread`: table -> folder -> the name expected).
     """
     metrics: dict = {"partitions": 0, "partitions_faulty": 0, "missing_days": 0}
     metrics |= {k: 0 for k in (*TOTALS, "rows_null_key")}
@@ -994,9 +1028,14 @@ def summarize(
         }
         for k, v in totals.items():
             metrics[k] = metrics.get(k, 0) + v  # the DST counts only where there are some
+        short = short_partitions(summaries)
+        if short:
+            totals["partitions_short"] = len(short)
+            metrics["partitions_short"] = metrics.get("partitions_short", 0) + len(short)
         report[table] = {
             "totals": totals,
             "missing_days": missing,
+            "short_partitions": short,
             "folders_not_read": dict((unread or {}).get(table, {})),
             "partitions": summaries,
         }

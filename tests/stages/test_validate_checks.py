@@ -564,3 +564,27 @@ def test_a_kept_extra_column_whose_files_disagree_on_its_type_is_kept_as_text(
     alone = validate_task({"events": spec}, ("events", "2026-01-01", files[:1]), keep_extra=True)
     typed = pq.read_table(pa.BufferReader(alone.files["events/date=2026-01-01.parquet"]))
     assert typed.schema.field("coupon").type == pa.int64()
+
+
+def test_a_partial_export_is_listed_as_a_short_partition_and_a_sparse_weekday_is_not() -> None:
+    """An hourly export that failed partway lands 3 of its 24 rows: every row that landed is
+    valid, and nothing else would say rows were lost upstream. A clinic's Saturdays of 0 to 6
+    rows are the data: too few usually to judge."""
+    from stages.lib.validation import short_partitions, summarize
+
+    def day(n: int) -> dict:
+        return {"rows_in": n, "rows_valid": n, "rows_quarantined": 0, "fault": None}
+
+    summaries = {f"2024-10-{d:02d}": day(24) for d in range(1, 29)}  # four of each weekday
+    summaries["2024-10-30"] = day(3)  # a Wednesday
+    summaries |= {f"2024-10-{d:02d}": day(d % 3) for d in (5, 12, 19, 26)}  # sparse Saturdays
+    summaries["2024-10-31"] = {**day(0), "fault": "unreadable csv"}  # its reason is listed
+    assert short_partitions(summaries) == {"2024-10-30": {"rows_in": 3, "typical": 24}}
+    entries = {"load": {p: {"summary": s} for p, s in summaries.items()}}
+    metrics, report = summarize(entries)
+    assert metrics["partitions_short"] == 1 and report["load"]["totals"]["partitions_short"] == 1
+    assert list(report["load"]["short_partitions"]) == ["2024-10-30"]
+    whole = {p: s for p, s in summaries.items() if p != "2024-10-30"}
+    assert short_partitions(whole) == {}
+    assert "partitions_short" not in summarize({"load": {p: {"summary": s}
+                                                for p, s in whole.items()}})[0]  # fmt: skip
