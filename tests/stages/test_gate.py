@@ -774,6 +774,10 @@ def test_the_champion_is_the_model_promotion_recorded_not_a_refused_one_committe
     _sh(tmp_path, "git", "add", "-A")
     _sh(tmp_path, "git", "commit", "-q", "-m", "a refused training run")
 
+    from stages.cli import gate
+    from stages.cli.champion import CHAMPION
+
+    assert f"{CHAMPION.as_posix()}.dvc" == gate.CHAMPION_DVC
     code, report = _gate(tmp_path, fitted, SCHEMA, make_frame(300, seed=2))
     capsys.readouterr()
     assert report["champion"]["commit"] == promoted
