@@ -84,7 +84,7 @@ from serve.settings import (
     api_key,
     load_settings,
 )
-from serve.sink import WARN_EVERY_S, Counters, LogEntry, PredictionSink, SinkConfig
+from serve.sink import WARN_EVERY_S, Counters, LogEntry, PredictionSink, Refusals, SinkConfig
 
 API_PATH = "/predict"
 HEALTH_PATH = "/health"
@@ -391,6 +391,8 @@ class InfoResponse(BaseModel):
     features: dict[str, Any]
     shadow: dict[str, Any] | None
     predictions_log: dict[str, Any]
+    # requests answered 422 since the server started, and the fields they named
+    refused: dict[str, Any]
     server: dict[str, Any]
 
 
@@ -529,6 +531,17 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     )
 
 
+def counting(refusals: Refusals) -> Callable[..., Any]:
+    """`validation_error`, counting each refusal and the fields it names (GET /info's
+    `refused`)."""
+
+    async def handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+        refusals.add(exc.errors())
+        return await validation_error(request, exc)
+
+    return handler
+
+
 def guard_fastapi_routes(app: FastAPI, authorize: Callable[..., None]) -> None:
     """FastAPI serves /openapi.json, /docs, /docs/oauth2-redirect and /redoc as plain routes,
     outside any dependency: re-add each with `authorize`, as every LitServe route has it."""
@@ -596,13 +609,17 @@ def build_server(
     app = server.app
     app.title = "Evergreen prediction server"
     app.version = f"{champion.name}@{champion.version}"
-    app.add_exception_handler(RequestValidationError, validation_error)
+    # created before any server process starts, as `counters`: every API server counts into it
+    refusals = Refusals([champion.schema.entity_key, *champion.schema.features])
+    app.add_exception_handler(RequestValidationError, counting(refusals))
     document_routes(app, models, auth=key is not None)
     static = describe(settings, champion, shadow, auth=key is not None)
 
     async def info() -> InfoResponse:
         log_info = {**static["predictions_log"], **counters.snapshot(), **counters.last_error()}
-        return InfoResponse(**{**static, "predictions_log": log_info})
+        return InfoResponse(
+            **{**static, "predictions_log": log_info, "refused": refusals.snapshot()}
+        )
 
     app.add_api_route(
         INFO_PATH,

@@ -31,7 +31,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,6 +52,33 @@ COUNTERS = ("logged", "written", "dropped", "failed", "files", "shadow_errors")
 WARN_EVERY_S = 60.0
 # bytes kept of the last failure's message
 ERROR_BYTES = 512
+
+
+class Refusals:
+    """Requests the server refused (422) and the fields named, in shared memory as `Counters`:
+    a category the model never saw (a new product line, a new vehicle code) is refused before
+    any log sees it, so its count here is the only trace of it."""
+
+    def __init__(self, fields: Sequence[str]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.fields = tuple(fields)
+        self._values = ctx.Array("q", len(self.fields) + 1)  # [requests, *by field]
+
+    def add(self, errors: Sequence[Mapping[str, Any]]) -> None:
+        """One refused request; each error naming a field counts for it (a batch of 5 rows
+        with an unknown category counts 5)."""
+        with self._values.get_lock():
+            self._values[0] += 1
+            for err in errors:
+                named = [p for p in err.get("loc", ()) if isinstance(p, str) and p in self.fields]
+                if named:
+                    self._values[1 + self.fields.index(named[-1])] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._values.get_lock():
+            values = self._values[:]
+        by_field = {f: n for f, n in zip(self.fields, values[1:], strict=True) if n}
+        return {"requests": values[0], "by_field": by_field}
 
 
 class Counters:

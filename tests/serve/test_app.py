@@ -251,6 +251,25 @@ def test_malformed_bodies_get_422_not_500(
     assert response.status_code == 422, response.text
 
 
+def test_refusals_are_counted_by_field_in_info(image_server: Server) -> None:
+    """A category the model never saw is refused before any log sees it: /info's `refused`
+    is its only trace (a new vehicle code was ~10 % of an insurer's claims, unseen)."""
+
+    def refused() -> dict:
+        return requests.get(f"{image_server.url}/info", timeout=10).json()["refused"]
+
+    before = refused()
+    assert post(image_server, record(plan="enterprise")).status_code == 422
+    batch = {"records": [record(), record(plan="x"), record(plan="y", orders_28d=-1)]}
+    assert post(image_server, batch).status_code == 422
+    assert post(image_server, record()).status_code == 200
+    after = refused()
+    assert after["requests"] - before["requests"] == 2
+    by, was = after["by_field"], before["by_field"]
+    assert by["plan"] - was.get("plan", 0) == 3
+    assert by["orders_28d"] - was.get("orders_28d", 0) == 1
+
+
 def test_info_tells_what_is_served(image_server: Server) -> None:
     info = requests.get(f"{image_server.url}/info", timeout=10).json()
     card = image_server.champion.card_json

@@ -413,3 +413,14 @@ def test_buffered_records_add_no_objects_for_the_garbage_collector(tmp_path: Pat
     assert [r["row"] for r in rows[:4]] == [0, 1, 0, 1]
     assert rows[6]["shadow_score"] is None and rows[6]["customer_id"] == "3"
     assert rows[8]["shadow_score"] == pytest.approx(0.05)
+
+
+def test_refusals_count_requests_and_the_fields_their_errors_name() -> None:
+    from serve.sink import Refusals
+
+    refusals = Refusals(["customer_id", "plan", "orders_28d"])
+    assert refusals.snapshot() == {"requests": 0, "by_field": {}}
+    refusals.add([{"loc": ("body", "record", "plan")}, {"loc": ("body",)}])
+    refusals.add([{"loc": ("body", "batch", "records", 3, "plan")},
+                  {"loc": ("body", "batch", "records", 4, "orders_28d")}])  # fmt: skip
+    assert refusals.snapshot() == {"requests": 2, "by_field": {"plan": 2, "orders_28d": 1}}
