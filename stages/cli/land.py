@@ -243,13 +243,14 @@ def _other_files(
         # a key that repeats by design (an entities table's versions, re-sent outcomes): two
         # files of one day sharing keys are updates, not copies, and validate takes both
         return clashing
+    key = table.column(table.key).file_name  # as the export names it
     for rel, data in planned:
         folder = rel.rsplit("/", 1)[0]
-        mine = _keys(data, table.column(table.key).file_name)
+        mine = _keys(data, key)
         for other in lake.files(folder):
             if other in ours or other in clashing or not other.endswith(".csv"):
                 continue
-            theirs = _keys(lake.read(other), table.column(table.key).file_name)
+            theirs = _keys(lake.read(other), key)
             shared = mine & theirs
             if not shared:
                 continue

@@ -242,9 +242,9 @@ def _input_windows(
     both moved back by the delay). Rows newer than that moved nothing a retraining could learn
     yet: judged on them, a new value (a device type) asked for a retraining, then for another
     two weeks later, each model as blind to it as the last."""
-    delay = dataset.task.label_delay_days if dataset.task.rows else 0
-    if delay and table == dataset.task.table:
-        return *_label_windows(dates, cutoff, dataset, cfg), delay
+    if dataset.task.rows and table == dataset.task.table:
+        # without a delay, `_label_windows` is `windows`
+        return *_label_windows(dates, cutoff, dataset, cfg), dataset.task.label_delay_days or 0
     return *windows(dates, cutoff, cfg), 0
 
 
@@ -331,14 +331,10 @@ def input_drift(
             cur = [by_date[d]["columns"][column] for d in current]
             name = f"{table}.{column}"
             if role == TARGET and not dataset.task.regression:
-                ref_days, cur_days = _label_windows(list(by_date), cutoff, dataset, cfg)
+                # the target is the task table's: its windows are already `_label_windows`
                 (pr, nr), (pc, nc) = (
-                    _positives(
-                        [by_date[d]["columns"][column] for d in ref_days], dataset.task.labels
-                    ),
-                    _positives(
-                        [by_date[d]["columns"][column] for d in cur_days], dataset.task.labels
-                    ),
+                    _positives(ref, dataset.task.labels),
+                    _positives(cur, dataset.task.labels),
                 )
                 change, p = rate_comparison(pr, nr, pc, nc)
                 label_rate = {

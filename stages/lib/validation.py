@@ -1013,6 +1013,7 @@ def summarize(
     for table, parts in entries.items():
         summaries = {p: e["summary"] for p, e in parts.items()}
         missing = missing_days(list(summaries), calendar)
+        short = short_partitions(summaries)
         totals = {
             "partitions": len(summaries),
             "partitions_faulty": sum(s["fault"] is not None for s in summaries.values()),
@@ -1025,13 +1026,11 @@ def summarize(
                 for k in (DST_SHIFTED, DST_RESOLVED, MISSING_CODED)
                 if any(s.get(k) for s in summaries.values())
             },
+            **({"partitions_short": len(short)} if short else {}),
         }
         for k, v in totals.items():
-            metrics[k] = metrics.get(k, 0) + v  # the DST counts only where there are some
-        short = short_partitions(summaries)
-        if short:
-            totals["partitions_short"] = len(short)
-            metrics["partitions_short"] = metrics.get("partitions_short", 0) + len(short)
+            # the DST counts and partitions_short only where there are some
+            metrics[k] = metrics.get(k, 0) + v
         report[table] = {
             "totals": totals,
             "missing_days": missing,
