@@ -95,6 +95,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
         parts = report[name]["partitions"].items()
+        guessed = {p: e["rows_dst_not_inferred"] for p, e in parts if e.get("rows_dst_not_inferred")}
+        if guessed:
+            # `ambiguous: infer` fell back: these repeated hours are the earliest reading, a guess
+            print(
+                f"validate {name}: {sum(guessed.values())} row(s) in a repeated DST hour could "
+                f"not be told apart by their order in {len(guessed)} partition(s) (first "
+                f"{min(guessed)}: times out of order?); read as the earliest (dst.ambiguous)",
+                file=sys.stderr,
+            )
         extra = {p: e["extra_columns"] for p, e in parts if e.get("extra_columns")}
         if extra:
             columns = list(dict.fromkeys(c for cols in extra.values() for c in cols))

@@ -202,6 +202,8 @@ class DstPolicy:
 
 DST_SHIFTED = "rows_dst_shifted"
 DST_RESOLVED = "rows_dst_resolved"
+# of those, rows `ambiguous: infer` could not tell apart by order (read as the earliest)
+DST_NOT_INFERRED = "rows_dst_not_inferred"
 # values read as null because the column's `missing` codes say so (-200: no reading)
 MISSING_CODED = "values_missing_coded"
 
@@ -230,21 +232,26 @@ def _localize(naive: pd.Series, timezone: str, policy: DstPolicy) -> pd.Series:
             policy.counts[DST_SHIFTED] += int(gap.sum())
         strict = naive.dt.tz_localize(timezone, ambiguous=ambiguous, nonexistent=nonexistent)
         if policy.ambiguous == "infer" and overlap.any():
-            strict = _inferred(naive, timezone, nonexistent, strict)
+            strict, told = _inferred(naive, timezone, nonexistent, strict)
+            if not told:
+                policy.counts[DST_NOT_INFERRED] += int(overlap.sum())
     return strict.dt.tz_convert("UTC").dt.tz_localize(None)
 
 
-def _inferred(naive: pd.Series, timezone: str, nonexistent: str, fallback: pd.Series) -> pd.Series:
+def _inferred(
+    naive: pd.Series, timezone: str, nonexistent: str, fallback: pd.Series
+) -> tuple[pd.Series, bool]:
     """The overlap's readings told apart by the rows' order (first pass summer time, second
-    winter time), where a monotonic run of times allows it; else `fallback`."""
+    winter time), where a monotonic run of times allows it; else `fallback`. With whether the
+    order told them apart (a fallback is counted: it is a guess, not a reading)."""
     present = naive.dropna()
     if not present.is_monotonic_increasing:
-        return fallback
+        return fallback, False
     try:
         told = present.dt.tz_localize(timezone, ambiguous="infer", nonexistent=nonexistent)
     except ValueError:  # "no repeated times": nothing to tell apart by order
-        return fallback
-    return fallback.where(naive.isna(), told.reindex(naive.index))
+        return fallback, False
+    return fallback.where(naive.isna(), told.reindex(naive.index)), True
 
 
 def _to_utc(series: pd.Series, timezone: str, policy: DstPolicy | None = None) -> pd.Series:
@@ -1023,7 +1030,7 @@ def summarize(
             # naive local times read by the table's DST policy (tables.<t>.dst), never silently
             **{
                 k: sum(int(s.get(k, 0)) for s in summaries.values())
-                for k in (DST_SHIFTED, DST_RESOLVED, MISSING_CODED)
+                for k in (DST_SHIFTED, DST_RESOLVED, DST_NOT_INFERRED, MISSING_CODED)
                 if any(s.get(k) for s in summaries.values())
             },
             **({"partitions_short": len(short)} if short else {}),
