@@ -83,36 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"validate {name}: {m['partitions']} partitions, {m['rows_in']} rows in, "
             f"{m['rows_valid']} valid, {m['rows_quarantined']} quarantined"
         )
-        for part, short in report[name]["short_partitions"].items():
-            print(
-                f"validate {name}: partition {part} holds {short['rows_in']} rows where its "
-                f"weekday usually holds {short['typical']} (a partial export?)",
-                file=sys.stderr,
-            )
-        for folder, expected in report[name]["folders_not_read"].items():
-            print(
-                f"validate {name}: folder '{folder}' not read (expected {expected})",
-                file=sys.stderr,
-            )
-        parts = report[name]["partitions"].items()
-        guessed = {p: e["rows_dst_not_inferred"] for p, e in parts if e.get("rows_dst_not_inferred")}
-        if guessed:
-            # `ambiguous: infer` fell back: these repeated hours are the earliest reading, a guess
-            print(
-                f"validate {name}: {sum(guessed.values())} row(s) in a repeated DST hour could "
-                f"not be told apart by their order in {len(guessed)} partition(s) (first "
-                f"{min(guessed)}: times out of order?); read as the earliest (dst.ambiguous)",
-                file=sys.stderr,
-            )
-        extra = {p: e["extra_columns"] for p, e in parts if e.get("extra_columns")}
-        if extra:
-            columns = list(dict.fromkeys(c for cols in extra.values() for c in cols))
-            print(
-                f"validate {name}: column(s) {columns} not in the dataset, in {len(extra)} "
-                f"partition(s) (first {min(extra)}): "
-                f"{'kept' if cfg.extra_columns == 'keep' else 'dropped'} (validate.extra_columns)",
-                file=sys.stderr,
-            )
+        _print_notes(name, report[name], cfg.extra_columns)
     problems = conservation_problems(run.entries) + check_thresholds(
         results_of(run.entries), cfg, dataset.calendar
     )
@@ -120,6 +91,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(ValidationFailed(problems), file=sys.stderr)
         return 1
     return 0
+
+
+def _print_notes(name: str, table_report: dict, extra_columns: str) -> None:
+    """What a user should look at in a table's partitions, on stderr; never a failure."""
+    for part, short in table_report["short_partitions"].items():
+        print(
+            f"validate {name}: partition {part} holds {short['rows_in']} rows where its "
+            f"weekday usually holds {short['typical']} (a partial export?)",
+            file=sys.stderr,
+        )
+    for folder, expected in table_report["folders_not_read"].items():
+        print(
+            f"validate {name}: folder '{folder}' not read (expected {expected})",
+            file=sys.stderr,
+        )
+    parts = table_report["partitions"].items()
+    key = "rows_dst_not_inferred"
+    guessed = {p: e[key] for p, e in parts if e.get(key)}
+    if guessed:
+        # `ambiguous: infer` fell back: these repeated hours are the earliest reading, a guess
+        print(
+            f"validate {name}: {sum(guessed.values())} row(s) in a repeated DST hour could "
+            f"not be told apart by their order in {len(guessed)} partition(s) (first "
+            f"{min(guessed)}: times out of order?); read as the earliest (dst.ambiguous)",
+            file=sys.stderr,
+        )
+    extra = {p: e["extra_columns"] for p, e in parts if e.get("extra_columns")}
+    if extra:
+        columns = list(dict.fromkeys(c for cols in extra.values() for c in cols))
+        print(
+            f"validate {name}: column(s) {columns} not in the dataset, in {len(extra)} "
+            f"partition(s) (first {min(extra)}): "
+            f"{'kept' if extra_columns == 'keep' else 'dropped'} (validate.extra_columns)",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

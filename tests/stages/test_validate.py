@@ -351,3 +351,29 @@ def test_dst_shifted_rows_are_counted_in_the_metrics(tmp_path, shop_params):
     assert metrics["rows_dst_shifted"] == 1 and metrics["rows_quarantined"] == 0
     report = json.loads((tmp_path / "validated/report.json").read_text())
     assert report["events"]["partitions"]["2026-01-02"]["rows_dst_shifted"] == 1
+
+
+def test_the_notes_name_short_partitions_and_guessed_dst_hours(capsys):
+    from stages.validate import _print_notes
+
+    partitions = {
+        "2024-11-03": {"rows_dst_not_inferred": 2},
+        "2024-11-04": {},
+        "2025-11-02": {"rows_dst_not_inferred": 1},
+    }
+    table_report = {
+        "short_partitions": {"2024-10-30": {"rows_in": 3, "typical": 24}},
+        "folders_not_read": {},
+        "partitions": partitions,
+    }
+    _print_notes("load", table_report, "drop")
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "validate load: partition 2024-10-30 holds 3 rows where its weekday usually holds 24 "
+        "(a partial export?)",
+        "validate load: 3 row(s) in a repeated DST hour could not be told apart by their order "
+        "in 2 partition(s) (first 2024-11-03: times out of order?); read as the earliest "
+        "(dst.ambiguous)",
+    ]
+    _print_notes("load", {**table_report, "short_partitions": {}, "partitions": {}}, "drop")
+    assert capsys.readouterr().err == ""
