@@ -74,6 +74,7 @@ from stages.lib.monitoring import (
     arrived_targets,
     input_drift,
     judged_predictions,
+    label_days,
     matured_labels,
     monitor,
     performance_by_kind,
@@ -450,6 +451,8 @@ class Labels:
         self.settings = settings
         self.by_date: dict[dt.date, pd.DataFrame] = {}
         self.targets = pd.DataFrame()
+        # a rows classification's label counts per row day, as the history holds them now
+        self.by_row_day: dict[str, tuple[int, int]] | None = None
 
     def update(self, history: Path, matured: Sequence[dt.date], keys: pd.Series) -> None:
         s = self.settings
@@ -457,6 +460,7 @@ class Labels:
             self.targets = (
                 arrived_targets(history, s.dataset, keys) if len(keys) else pd.DataFrame()
             )
+            self.by_row_day = label_days(history, s.dataset)
             return
         new = sorted(d for d in matured if d not in self.by_date)
         if not new:
@@ -500,7 +504,9 @@ def monitor_verdict(
     assert champion is not None
     dataset, cfg = settings.dataset, settings.monitor
     cutoff = champion.evaluated + settings.horizon
-    inputs = input_drift(profiles, dataset, champion.schema.features, cutoff, cfg)
+    inputs = input_drift(
+        profiles, dataset, champion.schema.features, cutoff, cfg, labels.by_row_day
+    )
     main = dataset.task.table if dataset.task.rows else dataset.events.name
     last_day = dt.date.fromisoformat(max(profiles[main]))
     published, matured = judged_predictions(

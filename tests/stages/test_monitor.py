@@ -776,3 +776,36 @@ def test_a_rows_tasks_sparse_daily_snapshots_are_pooled_until_they_can_be_judged
     dense = MonitorConfig(min_labelled=50, last_days=14)
     alone = performance_by_kind(dataset, published, labels, reference, dense)
     assert alone["2026-03-10"]["n"] == 62 and "pooled_from" not in alone["2026-03-10"]
+
+
+def test_re_sent_outcomes_count_on_their_rows_day_not_the_day_they_arrived(tmp_path: Path) -> None:
+    """Outcomes re-sent after their rows (`lake land --arrived`): the latest partitions hold
+    rows whose outcome is not in yet, and the outcomes that land hold older rows'. Read from
+    the partitions, the label rate of the window's own rows is never seen; read from the
+    history by each row's day, its tenfold rise is a label shift."""
+    from stages.lib.monitoring import label_days
+
+    dataset = dataset_from_params(CALLS)
+    rng = np.random.default_rng(11)
+    days, history = {}, []
+    for i in range(42):
+        date = CUTOFF - dt.timedelta(days=27 - i)
+        day = _day(rng, date, 40, rate=0.5 if i >= 28 else 0.05)
+        history.append(day)
+        landed = day.copy()
+        landed["y"] = None  # the day's rows land without their outcome
+        days[date] = landed
+    pd.concat(history, ignore_index=True).to_parquet(tmp_path / "calls.parquet")
+    cfg = MonitorConfig(seasonal=("month",))
+    profiles = _profiles(days)
+    assert input_drift(profiles, dataset, INPUTS, CUTOFF, cfg)["reasons"] == []
+
+    by_day = label_days(tmp_path, dataset)
+    assert by_day is not None and len(by_day) == 42
+    assert sum(n for _, n in by_day.values()) == 42 * 40
+    report = input_drift(profiles, dataset, INPUTS, CUTOFF, cfg, by_day)
+    [reason] = report["reasons"]
+    assert reason["kind"] == "label_shift" and reason["current_rate"] > 0.3
+    assert report["label_rate"]["read"] == "history, by row day"
+    # a regression, or no history: nothing to read (the profiles are)
+    assert label_days(tmp_path / "nope", dataset) is None
