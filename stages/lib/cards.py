@@ -35,6 +35,7 @@ from typing import Any
 import pandas as pd
 
 from stages.contract.feature_schema import FeatureSchema
+from stages.lib.dataset import calendar_range
 from stages.lib.io import round_floats
 from stages.lib.params import section
 
@@ -131,11 +132,24 @@ def feature_card(
 
 
 def _declared_columns(params: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """(name, spec) of every column every table of the dataset's config declares."""
+    """(name, spec) of every column every table of the dataset's config declares, derived ones
+    included. A derived calendar part (`hour(t)`) is a whole number in its range unless its
+    spec bounds it otherwise: the server refused nothing of `hour: 30` or `hour: 7.5`, as the
+    training data's hours, widened, reached 46."""
     for table in (section(params, "dataset").get("tables") or {}).values():
         for name, column in ((table or {}).get("columns") or {}).items():
             if isinstance(column, Mapping):
                 yield str(name), column
+        for name, raw in ((table or {}).get("derived") or {}).items():
+            spec = {"expr": raw} if isinstance(raw, str) else raw
+            if not isinstance(spec, Mapping):
+                continue
+            bounds = calendar_range(str(spec.get("expr", "")))
+            if bounds is None:
+                yield str(name), {**spec, "type": "float64"}
+            else:
+                low, high = bounds
+                yield str(name), {"min": low, "max": high, **spec, "type": "int64"}
 
 
 def key_check(params: Mapping[str, Any], schema: FeatureSchema) -> dict[str, str]:

@@ -351,6 +351,11 @@ _PANDAS_PARTS = {
     "day_of_year": "day_of_year",
 }  # fmt: skip
 CALENDAR_PARTS = tuple(_PANDAS_PARTS)
+# each part's whole-number range: a derived `hour(t)` is 0..23 whatever the training data held
+CALENDAR_RANGES = {
+    "hour": (0, 23), "weekday": (0, 6), "month": (1, 12), "day": (1, 31),
+    "day_of_year": (1, 366),
+}  # fmt: skip
 EXPRESSION_HELP = (
     "numbers, column names, + - * / and parentheses, and "
     f"{', '.join(f'{p}(timestamp)' for p in CALENDAR_PARTS)}"
@@ -392,6 +397,18 @@ def expression_columns(text: str) -> set[str]:
     tree = parse_expression(text)
     functions = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in functions}
+
+
+def calendar_range(text: str) -> tuple[int, int] | None:
+    """The whole-number range of an expression that is one calendar part (`hour(t)`), else
+    None (an arithmetic over it has no range this can know)."""
+    try:
+        tree = parse_expression(text)
+    except ValueError:
+        return None
+    if isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name):
+        return CALENDAR_RANGES.get(tree.func.id)
+    return None
 
 
 def calendar_columns(text: str) -> set[str]:

@@ -304,3 +304,36 @@ def test_stamp_outside_a_git_commit_exits_2(
     assert stamp_main([*argv, "--out", str(tmp_path / "o.json"), "--repo", str(tmp_path)]) == 2
     assert "no git commit at HEAD" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
+
+
+def test_a_derived_calendar_part_is_a_whole_number_in_its_range() -> None:
+    """`hour(t)` is 0..23 and whole: the server refused neither `hour: 30` nor `hour: 7.5`, as
+    the card bounded it by the training data's hours, widened (to 46). An arithmetic over a
+    timestamp has no range known in advance: only what its spec declares."""
+    schema = FeatureSchema(
+        entity_key="customer_id",
+        time="snapshot_date",
+        label="churn",
+        numeric=("hour", "lead_days", "weekday"),
+        categorical=(),
+    )
+    params = json.loads(json.dumps(PARAMS))
+    params["dataset"]["tables"]["t"]["derived"] = {
+        "hour": "hour(booked_at)",
+        "lead_days": {"expr": "(starts_at - booked_at) / 86400", "min": 0},
+        "weekday": {"expr": "weekday(booked_at)", "max": 4},  # a weekday-only calendar
+    }
+    train = train_frame().assign(
+        hour=[0.0, 7.0, 13.0, 20.0], lead_days=[0.5, 3.0, 9.0, 1.0], weekday=[0.0, 1.0, 2.0, 4.0]
+    )
+    card = build_card(
+        schema=schema, train=train, params=params, metrics={}, slices={},
+        model_file="m", model_md5="m" * 32, landing_md5="abc.dir", data_source="x",
+        libraries={},
+    )  # fmt: skip
+    numeric = {f["name"]: f for f in card["features"]["numeric"]}
+    hour = numeric["hour"]
+    assert (hour["declared_min"], hour["declared_max"], hour["integer"]) == (0, 23, True)
+    lead = numeric["lead_days"]
+    assert lead["declared_min"] == 0 and "declared_max" not in lead and "integer" not in lead
+    assert (numeric["weekday"]["declared_min"], numeric["weekday"]["declared_max"]) == (0, 4)
