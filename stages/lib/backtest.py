@@ -194,7 +194,9 @@ class Settings:
         """The history the first model needs to be trained like every later one: a full window
         of `features.max_snapshots` labelled snapshots (entity churn: min_history_days + the
         label horizon + the snapshot intervals between them; a rows task: as many periods), and
-        never less than split needs (a train snapshot besides the valid and test ones).
+        never less than split needs (a train snapshot besides the valid and test ones). A rows
+        task's outcomes known `label_delay_days` after their rows wait as long: without it, a
+        card lake's first model (30-day chargebacks) learnt 4 of its 8 periods.
 
         Not the least history a training can run on: a first model on one train snapshot is a
         model nobody would ship, and every policy keeps it until it retrains, so a short
@@ -204,7 +206,8 @@ class Settings:
         held_out = self.split.valid_snapshots + self.split.test_snapshots
         snapshots = max(self.features.max_snapshots, held_out + 1)
         if self.rows:
-            return snapshots * self.dataset.task.period_days
+            task = self.dataset.task
+            return snapshots * task.period_days + (task.label_delay_days or 0)
         f = self.features
         return (
             f.min_history_days

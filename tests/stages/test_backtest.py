@@ -372,6 +372,9 @@ def test_the_first_model_is_trained_on_a_full_window(shop_params: dict, tmp_path
     assert Settings.from_params(bikes).warmup_days() == 8 * 7
     bikes["features"]["max_snapshots"] = 2
     assert Settings.from_params(bikes).warmup_days() == 3 * 7  # train, valid, test: a period each
+    # outcomes known 30 days after their rows: the first model waits for its periods' outcomes
+    bikes["dataset"]["task"]["label_delay_days"] = 30
+    assert Settings.from_params(bikes).warmup_days() == 3 * 7 + 30
 
 
 def test_usage_errors_are_one_line(tiny: dict, capsys: pytest.CaptureFixture[str]) -> None:
