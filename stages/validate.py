@@ -83,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"validate {name}: {m['partitions']} partitions, {m['rows_in']} rows in, "
             f"{m['rows_valid']} valid, {m['rows_quarantined']} quarantined"
         )
-        _print_notes(name, report[name], cfg.extra_columns)
+        new = {part for table, part in run.plan.todo if table == name}
+        _print_notes(name, report[name], cfg.extra_columns, new)
     problems = conservation_problems(run.entries) + check_thresholds(
         results_of(run.entries), cfg, dataset.calendar
     )
@@ -93,9 +94,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _print_notes(name: str, table_report: dict, extra_columns: str) -> None:
-    """What a user should look at in a table's partitions, on stderr; never a failure."""
+def _print_notes(name: str, table_report: dict, extra_columns: str, new: set[str]) -> None:
+    """What a user should look at in a table's partitions, on stderr; never a failure. Days
+    missing between the first and last partition, each run while they are missing (a day
+    that never landed was seen only in the metrics, for weeks); a short partition once, when
+    it is validated (`new`: a half-day stays in report.json, not on every run's stderr)."""
+    missing = table_report["missing_days"]
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        print(
+            f"validate {name}: {len(missing)} day(s) with no partition between the first and "
+            f"the last ({shown}; dataset.calendar says which days are expected)",
+            file=sys.stderr,
+        )
     for part, short in table_report["short_partitions"].items():
+        if part not in new:
+            continue
         print(
             f"validate {name}: partition {part} holds {short['rows_in']} rows where its "
             f"weekday usually holds {short['typical']} (a partial export?)",

@@ -353,7 +353,7 @@ def test_dst_shifted_rows_are_counted_in_the_metrics(tmp_path, shop_params):
     assert report["events"]["partitions"]["2026-01-02"]["rows_dst_shifted"] == 1
 
 
-def test_the_notes_name_short_partitions_and_guessed_dst_hours(capsys):
+def test_the_notes_name_missing_days_new_short_partitions_and_guessed_dst_hours(capsys):
     from stages.validate import _print_notes
 
     partitions = {
@@ -362,18 +362,23 @@ def test_the_notes_name_short_partitions_and_guessed_dst_hours(capsys):
         "2025-11-02": {"rows_dst_not_inferred": 1},
     }
     table_report = {
+        "missing_days": ["2024-06-07"],
         "short_partitions": {"2024-10-30": {"rows_in": 3, "typical": 24}},
         "folders_not_read": {},
         "partitions": partitions,
     }
-    _print_notes("load", table_report, "drop")
+    _print_notes("load", table_report, "drop", {"2024-10-30"})
     err = capsys.readouterr().err.splitlines()
     assert err == [
+        "validate load: 1 day(s) with no partition between the first and the last (2024-06-07; "
+        "dataset.calendar says which days are expected)",
         "validate load: partition 2024-10-30 holds 3 rows where its weekday usually holds 24 "
         "(a partial export?)",
         "validate load: 3 row(s) in a repeated DST hour could not be told apart by their order "
         "in 2 partition(s) (first 2024-11-03: times out of order?); read as the earliest "
         "(dst.ambiguous)",
     ]
-    _print_notes("load", {**table_report, "short_partitions": {}, "partitions": {}}, "drop")
+    # a short partition validated on an earlier run is not named again (report.json keeps it)
+    quiet = {**table_report, "missing_days": [], "partitions": {}}
+    _print_notes("load", quiet, "drop", {"2024-11-04"})
     assert capsys.readouterr().err == ""
