@@ -37,7 +37,7 @@ SIGNIFICANT = 10  # digits kept: profiles are compared, not re-added, and stay r
 @dataclass(frozen=True)
 class ProfileConfig:
     # most frequent values kept per string column; the rest is counted as `other`
-    top_k: int = 20
+    top_k: int = 100
 
     @classmethod
     def from_params(cls, raw: Mapping[str, Any]) -> ProfileConfig:
@@ -87,7 +87,7 @@ def _temporal(values: pd.Series) -> dict[str, Any]:
     return {"min": x.min().isoformat(), "max": x.max().isoformat()}
 
 
-def profile_partition(frame: pd.DataFrame, table: TableSpec, *, top_k: int = 20) -> dict:
+def profile_partition(frame: pd.DataFrame, table: TableSpec, *, top_k: int = 100) -> dict:
     """Statistics of one validated partition of `table` (its declared columns). Pure."""
     columns = {}
     for spec in table.columns:
