@@ -31,6 +31,7 @@ what crosses LitServe's queue to a worker: workers never need the generated clas
 """
 
 # No `from __future__ import annotations`: pydantic and FastAPI read these annotations as types.
+import datetime as dt
 import math
 import re
 import time
@@ -251,7 +252,7 @@ def _codes(entry: Mapping[str, Any], where: str, types: tuple[type, ...]) -> tup
 def _key_check(features: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """The card's entity key type and pattern (a card from before them: None, None)."""
     key_type, pattern = features.get("entity_key_type"), features.get("entity_key_pattern")
-    if key_type not in (None, "string", "int64"):
+    if key_type not in (None, "string", "int64", "timestamp"):
         raise ValueError(f"model card: features.entity_key_type is {key_type!r}")
     if pattern is None:
         return key_type, None
@@ -653,12 +654,37 @@ Int64Key = Annotated[
 ]
 
 
+def _timestamp_key(value: Any) -> str:
+    """A timestamp key column's key: an ISO 8601 time as text (the export's wall clock, or
+    with its offset), echoed as sent. "not a time" could never join the data by key."""
+    if isinstance(value, str) and 1 <= len(value) <= MAX_KEY_LENGTH:
+        try:
+            dt.datetime.fromisoformat(value)
+            return value
+        except ValueError:
+            pass
+    raise PydanticCustomError(
+        "entity_key_type",
+        "Input should be an ISO 8601 time as a string, such as 2024-11-03T07:00:00 (the entity "
+        "key is a timestamp column)",
+    )
+
+
+TimestampKey = Annotated[
+    str,
+    PlainValidator(_timestamp_key),
+    WithJsonSchema({"type": "string", "format": "date-time", "maxLength": MAX_KEY_LENGTH}),
+]
+
+
 def _declared_key(schema: ServingSchema) -> Any:
-    """The entity key's type: an int64 column's integer (or its digits), the string its column
-    declares (a pattern full-matched, as validate checks the column), or any integer or
-    string."""
+    """The entity key's type: an int64 column's integer (or its digits), a timestamp column's
+    ISO time, the string its column declares (a pattern full-matched, as validate checks the
+    column), or any integer or string."""
     if schema.key_type == "int64":
         return Int64Key
+    if schema.key_type == "timestamp":
+        return TimestampKey
     if schema.key_type != "string":
         return EntityKey
     pattern = None if schema.key_pattern is None else re.compile(schema.key_pattern)

@@ -160,7 +160,7 @@ def key_check(params: Mapping[str, Any], schema: FeatureSchema) -> dict[str, str
     if schema.surrogate_key:
         return {}
     for name, column in _declared_columns(params):
-        if name == schema.entity_key and column.get("type") in ("string", "int64"):
+        if name == schema.entity_key and column.get("type") in ("string", "int64", "timestamp"):
             out = {"entity_key_type": str(column["type"])}
             if column.get("pattern") is not None:
                 out["entity_key_pattern"] = str(column["pattern"])

@@ -914,9 +914,45 @@ def arrived_targets(history_dir: Path, dataset: DatasetConfig, keys: pd.Series) 
         day = table_days(con, table, dataset).day_number(table[task.time])
         matured = matured_target(target, day, day.max().as_scalar(), task)
     known = table.filter(matured).select(task.key, _target=target).to_pandas()
-    known = known[known[task.key].isin(keys)]
-    # a published key may have been read back with another time zone or precision
-    return known.rename(columns={"_target": "target"}).drop_duplicates(task.key, keep="last")
+    zone = dataset.table(task.table).timezone
+    kind = known[task.key].dtype
+    known["_match"] = comparable_keys(known[task.key], kind, zone)
+    known = known.drop_duplicates("_match", keep="last")
+    wanted = pd.DataFrame({"_key": keys.to_numpy()}).drop_duplicates("_key")
+    wanted["_match"] = comparable_keys(wanted["_key"], kind, zone)
+    found = wanted.merge(known[["_match", "_target"]], on="_match", how="inner")
+    # keyed as the caller gave them: a served key stays the text the client sent
+    return pd.DataFrame({task.key: found["_key"].to_numpy(), "target": found["_target"].to_numpy()})
+
+
+def comparable_keys(values: pd.Series, kind: Any, zone: str) -> pd.Series:
+    """Keys as the history's key column `kind` compares them: numbers as float64 (an int64
+    key the history stores as a float, a served id sent as text), times as naive UTC, the
+    rest as text. A time sent as text without an offset is a wall clock in the table's `zone`
+    (as validate reads the column); with one, exact. A served `"2024-11-03T07:00:00"` never
+    matched the history's UTC timestamp, nor `"123"` its integer: served requests of a rows
+    task keyed so were never labelled."""
+    if pd.api.types.is_datetime64_any_dtype(kind):
+        return values.map(lambda v: _utc_instant(v, zone)).astype("datetime64[us]")
+    if pd.api.types.is_numeric_dtype(kind):
+        return pd.to_numeric(values, errors="coerce").astype("float64")
+    return values.astype(str)
+
+
+def _utc_instant(value: Any, zone: str) -> pd.Timestamp:
+    """A key time as naive UTC: text read as a wall clock in `zone` unless it has an offset;
+    a timestamp as it is (the history's and the published keys are naive UTC already)."""
+    try:
+        moment = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        return pd.NaT
+    if moment is pd.NaT:
+        return pd.NaT
+    if moment.tzinfo is None:
+        if not isinstance(value, str):
+            return moment
+        moment = moment.tz_localize(zone, ambiguous=True, nonexistent="shift_forward")
+    return moment.tz_convert("UTC").tz_localize(None)
 
 
 def performance_by_kind(

@@ -291,6 +291,14 @@ def test_a_string_key_is_a_string_matching_its_declared_pattern() -> None:
     for bad in ("abc", "9000001 ", 12345678901234567890, "12345678901234567890", 1.5, True):
         refused = errors(ints, record(customer_id=bad))
         assert refused[0]["loc"] == ["body", "customer_id"] and "int64" in refused[0]["msg"]
+    # a timestamp key (an hourly series keyed by its hour) takes an ISO time as text, echoed
+    # as sent: "not a time", 12345 or "27/07/2024 08.00.00" could never join the data by key
+    times = api_models(schema_from_card(card(entity_key_type="timestamp"), range_margin=1.0), 3)
+    for good in ("2024-11-03T07:00:00", "2024-11-03T08:00:00+01:00", "2024-11-03 07:00"):
+        assert parse(times, record(customer_id=good)).keys == [good]
+    for bad in ("not a time", 12345, "27/07/2024 08.00.00", "", True):
+        refused = errors(times, record(customer_id=bad))
+        assert refused[0]["loc"] == ["body", "customer_id"] and "ISO 8601" in refused[0]["msg"]
     # a card from before the check takes either, as before
     old = card()
     old["features"].pop("entity_key_type", None)

@@ -337,3 +337,15 @@ def test_a_derived_calendar_part_is_a_whole_number_in_its_range() -> None:
     lead = numeric["lead_days"]
     assert lead["declared_min"] == 0 and "declared_max" not in lead and "integer" not in lead
     assert (numeric["weekday"]["declared_min"], numeric["weekday"]["declared_max"]) == (0, 4)
+
+
+def test_a_timestamp_key_reaches_the_card_as_its_type() -> None:
+    """An hourly series keyed by its hour: the server checks the key is a time."""
+    from stages.lib.cards import key_check
+
+    schema = FeatureSchema(
+        entity_key="hour_start", time="hour_start", label="cnt", numeric=("t",), categorical=()
+    )
+    columns = {"hour_start": {"type": "timestamp"}}
+    params = {"dataset": {"tables": {"rentals": {"columns": columns}}}}
+    assert key_check(params, schema) == {"entity_key_type": "timestamp"}

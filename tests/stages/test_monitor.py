@@ -336,6 +336,53 @@ def test_a_rows_tasks_outcomes_wait_for_the_label_delay(tmp_path: Path) -> None:
     assert sorted(targets.itertuples(index=False, name=None)) == [("a", 1), ("b", 0), ("c", 1)]
 
 
+def test_served_keys_sent_as_text_find_their_rows_targets(tmp_path: Path) -> None:
+    """A served request's key is the text the client sent: an hour as the export writes it
+    (a local wall clock, or with an offset), an int64 id as digits. Compared with the history's
+    UTC timestamps or integers as they were, none matched and no served request was labelled."""
+    from stages.lib.monitoring import arrived_targets
+
+    raw = yaml.safe_load((ROOT / "conf/dataset/bikes.yaml").read_text())
+    raw.pop("defaults")
+    raw["tables"]["rentals"]["timezone"] = "Europe/Madrid"
+    dataset = dataset_from_params(raw)
+    table, key = dataset.task.table, dataset.task.key
+    history = pd.DataFrame(
+        {
+            key: pd.to_datetime(["2024-11-03 06:00", "2024-11-03 07:00", "2024-11-03 08:00"]),
+            dataset.task.target: [10.0, 20.0, None],
+        }
+    )
+    history.to_parquet(tmp_path / f"{table}.parquet")
+    sent = pd.Series(["2024-11-03T07:00:00", "2024-11-03T08:00:00+01:00", "2024-11-03T09:00:00"])
+    found = arrived_targets(tmp_path, dataset, sent)
+    # 07:00 in Madrid is 06:00 UTC; 08:00+01:00 is 07:00 UTC; 09:00 (08:00 UTC) has no target
+    assert found.to_dict("list") == {
+        key: ["2024-11-03T07:00:00", "2024-11-03T08:00:00+01:00"],
+        "target": [10.0, 20.0],
+    }
+    # the published keys are the history's own timestamps: matched as they are
+    published = arrived_targets(tmp_path, dataset, history[key])
+    assert list(published["target"]) == [10.0, 20.0]
+
+    raw = yaml.safe_load((ROOT / "conf/dataset/bikes.yaml").read_text())
+    raw.pop("defaults")
+    raw["tables"]["rentals"]["key"] = "ride_id"
+    raw["tables"]["rentals"]["columns"]["ride_id"] = {"type": "int64", "unique": True}
+    dataset = dataset_from_params(raw)
+    assert dataset.task.key == "ride_id"
+    ids = pd.DataFrame(
+        {
+            dataset.task.key: [101.0, 102.0],  # an int64 id the history holds as a float
+            dataset.task.time: pd.to_datetime(["2026-03-01", "2026-03-02"]),
+            dataset.task.target: [5.0, 8.0],
+        }
+    )
+    ids.to_parquet(tmp_path / f"{dataset.task.table}.parquet")
+    found = arrived_targets(tmp_path, dataset, pd.Series(["102", "7"]))
+    assert found.to_dict("list") == {dataset.task.key: ["102"], "target": [8.0]}
+
+
 def test_the_windows_are_calendar_days_not_partitions() -> None:
     dates = ["2026-01-05", "2026-01-20", "2026-02-10", "2026-02-27", "2026-03-02", "2026-03-14"]
     cfg = MonitorConfig(last_days=14, reference_days=28)
