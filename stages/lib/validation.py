@@ -377,6 +377,9 @@ def _failures(
     ones (a surrogate key hashes the row with its `partition`). `dst` receives the counts of
     naive local times shifted out of a DST gap or resolved in an overlap."""
     records = []
+    # the columns as read: a quarantined value is reported as the file has it, not as typed
+    # (a duplicated local hour was reported as its UTC instant, the text of another row)
+    as_read = {c.name: frame[c.name] for c in table.raw_columns}
     _typed(frame, table, records, dst)
     uncastable = {(int(idx), column) for idx, column, _, _ in records}
     key = table.entity_key
@@ -405,6 +408,8 @@ def _failures(
                 raise ValueError(f"column '{column}' fails '{check}' as a whole") from exc
             if (int(idx), column) in uncastable:
                 continue  # a value that is not of the type is null now: one reason is enough
+            if column in as_read:
+                value = as_read[column].at[int(idx)]
             records.append((int(idx), column, str(check), value))
     out = pd.DataFrame(records, columns=["index", "column", "check", "value"])
     return out.sort_values(["index", "column", "check"], kind="stable").reset_index(drop=True)

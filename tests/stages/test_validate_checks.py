@@ -590,3 +590,22 @@ def test_a_partial_export_is_listed_as_a_short_partition_and_a_sparse_weekday_is
     assert short_partitions(whole) == {}
     assert "partitions_short" not in summarize({"load": {p: {"summary": s}
                                                 for p, s in whole.items()}})[0]  # fmt: skip
+
+
+def test_a_quarantined_value_is_reported_as_the_file_has_it(tmp_path):
+    """A naive local time written twice (`unique`), and a number over its bound: the report
+    names the text in the file, not the typed value (the duplicated hour was reported as its
+    UTC instant, which is the text of another row of the file)."""
+    raw = yaml.safe_load(PLAYS.read_text())
+    raw["tables"]["activity"]["columns"]["played_at"]["unique"] = True
+    table = dataset_from_params(raw).table("activity")
+    text = HEADER + "".join(
+        [
+            _row(pid="p000001", at="2026-01-05T09:00:00"),
+            _row(pid="p000002", at="2026-01-05T10:00:00"),
+            _row(pid="p000003", at="2026-01-05T10:00:00", sec="4000"),
+        ]
+    )
+    result = validate_partition([_csv(tmp_path, text)], table, "2026-01-05")
+    found = sorted(zip(result.quarantine["check"], result.quarantine["value"], strict=True))
+    assert found == [("less_than_or_equal_to(3600)", "4000"), ("unique", "2026-01-05T10:00:00")]
