@@ -274,7 +274,11 @@ class LakeReplay:
         for table in dataset.tables:
             self.profiles[table.name] = {
                 day: profile_partition(
-                    pq.read_table(path).to_pandas(), table, top_k=settings.profile.top_k
+                    pq.read_table(path).to_pandas(),
+                    table,
+                    top_k=settings.profile.top_k,
+                    day=day,
+                    late_after_days=settings.profile.late_after_days,
                 )
                 for day, path in self.partitions[table.name].items()
             }

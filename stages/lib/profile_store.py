@@ -106,7 +106,13 @@ def run_profiles(
                 entries[table.name][date] = entry
                 rows += int(entry["rows"])
                 continue
-            profile = profile_partition(pq.read_table(path).to_pandas(), table, top_k=cfg.top_k)
+            profile = profile_partition(
+                pq.read_table(path).to_pandas(),
+                table,
+                top_k=cfg.top_k,
+                day=date,
+                late_after_days=cfg.late_after_days,
+            )
             write_json(profile, out)
             entries[table.name][date] = {
                 "source": None if source is None else source.md5,

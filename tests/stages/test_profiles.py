@@ -144,6 +144,32 @@ def test_a_new_code_in_a_sixty_code_column_is_seen_with_the_default_top_k():
     assert p_value(20) > 1e-3  # why the default is not 20
 
 
+def test_rows_re_sent_weeks_later_are_counted_late_not_profiled(dataset):
+    """A partition of 2026-03-10 holds its day's 100 events and 50 re-sent from 40 days
+    before (their outcomes arrived): the profile describes the day's own rows, and counts the
+    others as late. The entities table's rows are versions, never late."""
+    from stages.lib.profiling import ProfileConfig
+
+    events = dataset.table("events")
+    own = _events(100, seed=1, amount_scale=400.0).assign(
+        event_time=pd.Timestamp("2026-03-10 10:00")
+    )
+    old = _events(50, seed=2).assign(event_time=pd.Timestamp("2026-01-29 23:30"))
+    frame = pd.concat([own, old], ignore_index=True)
+    late = ProfileConfig().late_after_days
+    p = profile_partition(frame, events, day="2026-03-10", late_after_days=late)
+    assert (p["rows"], p["late_rows"]) == (100, 50)
+    assert p == profile_partition(own, events) | {"late_rows": 50}
+    # a row a few days late is the day's data still; without a day, every row is profiled
+    recent = own.assign(event_time=pd.Timestamp("2026-03-04 08:00"))
+    assert "late_rows" not in profile_partition(recent, events, day="2026-03-10", late_after_days=7)
+    assert profile_partition(frame, events)["rows"] == 150
+    customers = dataset.table("customers")
+    assert customers.role == "entities"
+    with pytest.raises(ValueError, match="late_after_days"):
+        ProfileConfig.from_params({"late_after_days": -1})
+
+
 def test_split_periods_keeps_current_out_of_the_reference():
     dates = [f"2026-01-{d:02d}" for d in range(1, 11)]
     ref, cur = split_periods(dates, dt.date(2026, 1, 9), 3)
