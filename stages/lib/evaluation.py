@@ -145,10 +145,19 @@ def threshold_warning(scores: np.ndarray, y: np.ndarray, threshold: float) -> st
     if 0 < above < len(scores) or not len(scores):
         return None
     side = "no" if above == 0 else "every"
+    rate = float(np.mean(y))
+    # a starting point a user can reason about: flag as many rows as there are positives (at a
+    # 1.5 % chargeback rate, the top 1.5 % of scores); the cost of each error decides the rest
+    matching = float(np.quantile(scores, 1 - rate, method="higher")) if 0 < rate < 1 else None
+    hint = (
+        f" (flagging as many test rows as are positive takes {matching:.3g})"
+        if matching is not None
+        else ""
+    )
     return (
         f"{side} test row scores at or above evaluate.threshold {threshold} (scores "
         f"{float(scores.min()):.3f}..{float(scores.max()):.3f}, label rate "
-        f"{float(np.mean(y)):.3f}): every decision is the same; set evaluate.threshold"
+        f"{rate:.3f}): every decision is the same; set evaluate.threshold{hint}"
     )
 
 

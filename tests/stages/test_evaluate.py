@@ -394,5 +394,7 @@ def test_a_threshold_no_score_reaches_is_a_warning() -> None:
     warning = threshold_warning(low, y, 0.5)
     assert warning is not None and warning.startswith("no test row scores at or above")
     assert "0.100..0.400, label rate 0.400" in warning
+    # the two highest scores flag as many rows as there are positives
+    assert warning.endswith("(flagging as many test rows as are positive takes 0.3)")
     assert threshold_warning(low, y, 0.25) is None
     assert threshold_warning(low, y, 0.05).startswith("every test row")
