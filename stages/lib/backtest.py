@@ -192,7 +192,7 @@ class Settings:
 
     def warmup_days(self) -> int:
         """The history the first model needs to be trained like every later one: a full window
-        of `features.max_snapshots` labelled snapshots (entity churn: min_history_days + the
+        of `features.max_snapshots` labelled snapshots (entity churn: history_days + the
         label horizon + the snapshot intervals between them; a rows task: as many periods), and
         never less than split needs (a train snapshot besides the valid and test ones). A rows
         task's outcomes known `label_delay_days` after their rows wait as long: without it, a
@@ -210,7 +210,7 @@ class Settings:
             return snapshots * task.period_days + (task.label_delay_days or 0)
         f = self.features
         return (
-            f.min_history_days
+            f.history_days
             + self.dataset.label.horizon_days
             + (snapshots - 1) * f.snapshot_every_days
         )
