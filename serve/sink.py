@@ -59,18 +59,24 @@ class Refusals:
     a category the model never saw (a new product line, a new vehicle code) is refused before
     any log sees it, so its count here is the only trace of it."""
 
+    # a field the model does not take (a client sending a new column, or the target): any name
+    # can come, so they share one count
+    EXTRA = "(not a model input)"
+
     def __init__(self, fields: Sequence[str]) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self.fields = tuple(fields)
+        self.fields = (*fields, self.EXTRA)
         self._values = ctx.Array("q", len(self.fields) + 1)  # [requests, *by field]
 
     def add(self, errors: Sequence[Mapping[str, Any]]) -> None:
         """One refused request; each error naming a field counts for it (a batch of 5 rows
-        with an unknown category counts 5)."""
+        with an unknown category counts 5), a field no model input is counted as EXTRA."""
         with self._values.get_lock():
             self._values[0] += 1
             for err in errors:
                 named = [p for p in err.get("loc", ()) if isinstance(p, str) and p in self.fields]
+                if err.get("type") == "extra_forbidden":
+                    named = [self.EXTRA]
                 if named:
                     self._values[1 + self.fields.index(named[-1])] += 1
 

@@ -263,11 +263,14 @@ def test_refusals_are_counted_by_field_in_info(image_server: Server) -> None:
     batch = {"records": [record(), record(plan="x"), record(plan="y", orders_28d=-1)]}
     assert post(image_server, batch).status_code == 422
     assert post(image_server, record()).status_code == 200
+    # a column the model does not take (a client's new field, the label): counted apart
+    assert post(image_server, {**record(), "notes": "x", "churn": 1}).status_code == 422
     after = refused()
-    assert after["requests"] - before["requests"] == 2
+    assert after["requests"] - before["requests"] == 3
     by, was = after["by_field"], before["by_field"]
     assert by["plan"] - was.get("plan", 0) == 3
     assert by["orders_28d"] - was.get("orders_28d", 0) == 1
+    assert by["(not a model input)"] - was.get("(not a model input)", 0) == 2
 
 
 def test_info_tells_what_is_served(image_server: Server) -> None:
