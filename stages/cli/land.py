@@ -26,6 +26,7 @@ import argparse
 import csv
 import datetime as dt
 import io
+import re
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -148,7 +149,7 @@ def split_by_day(
                     f"{len(header)} as in the header"
                 )
             for i in numbers:  # 2,5 -> 2.5: validate reads numbers with a '.' decimal mark
-                row[i] = row[i].replace(dialect.decimal, ".")
+                row[i] = _number_text(row[i], dialect.decimal, f"{path}: line {start}", header[i])
             day = day_of(row[at], zone, table.offsets == "ignore")
             if day is None:
                 raise LandError(
@@ -157,6 +158,26 @@ def split_by_day(
                 )
             days[day].append(row)
     return header, days
+
+
+# a number with '.' thousands separators, as an export with ',' decimals writes it: 1.234,5
+_GROUPED = re.compile(r"[+-]?\d{1,3}(\.\d{3})+(,\d*)?")
+
+
+def _number_text(text: str, decimal: str, where: str, column: str) -> str:
+    """A numeric field with a '.' decimal mark. Where the export's mark is another, a '.' can
+    only group thousands (1.234,5 is 1234.5; left in, 1.234,5 became 1.234.5 and 1.004 was
+    read as 1.004); a '.' that does not group digits by three is refused, one line naming it."""
+    if decimal == ".":
+        return text
+    if "." in text:
+        if not _GROUPED.fullmatch(text.strip()):
+            raise LandError(
+                f"{where}: {column} {text[:40]!r} has a '.' in a number written with "
+                f"{decimal!r} decimals that is not a thousands separator (1.234{decimal}5)"
+            )
+        text = text.replace(".", "")
+    return text.replace(decimal, ".")
 
 
 def _csv_problem(exc: csv.Error) -> str:

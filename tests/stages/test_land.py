@@ -177,6 +177,18 @@ def test_a_semicolon_export_with_decimal_commas_lands_as_validate_reads_csv(tmp_
     assert landed == HEADER + "p000001,u0001,2026-03-01 10:00:00,play,2,2.5,12.75,north,web\n"
     same = land(params, lake, str(export), "--table", "activity", "--sep", ",", "--decimal", ",")
     assert same.returncode == 2 and "other than the decimal mark" in same.stderr
+    # with ',' decimals a '.' groups thousands: 1.234,5 is 1234.5 (left in, it became 1.234.5)
+    export.write_text(semi + "p000002;u0001;2026-03-02 10:00:00;play;2;1.234,5;1.004;north;web\n")
+    done = land(params, lake, str(export), "--table", "activity", "--sep", ";", "--decimal", ",")
+    assert done.returncode == 0, done.stderr
+    landed = (lake / "landing/activity/day=2026-03-02/readings.csv").read_text()
+    assert landed.splitlines()[1] == "p000002,u0001,2026-03-02 10:00:00,play,2,1234.5,1004,north,web"
+    # a '.' that groups no thousands is no number in that export: one line, nothing written
+    export.write_text(semi + "p000003;u0001;2026-03-03 10:00:00;play;2;1.5;3;north;web\n")
+    odd = land(params, lake, str(export), "--table", "activity", "--sep", ";", "--decimal", ",")
+    assert odd.returncode == 2 and len(odd.stderr.strip().splitlines()) == 1
+    assert "line 2: unit_price '1.5' has a '.'" in odd.stderr
+    assert not (lake / "landing/activity/day=2026-03-03").exists()
 
 
 def test_a_reexport_under_another_name_is_refused_until_replace(tmp_path, params):
