@@ -182,7 +182,8 @@ def test_a_semicolon_export_with_decimal_commas_lands_as_validate_reads_csv(tmp_
     done = land(params, lake, str(export), "--table", "activity", "--sep", ";", "--decimal", ",")
     assert done.returncode == 0, done.stderr
     landed = (lake / "landing/activity/day=2026-03-02/readings.csv").read_text()
-    assert landed.splitlines()[1] == "p000002,u0001,2026-03-02 10:00:00,play,2,1234.5,1004,north,web"
+    row = "p000002,u0001,2026-03-02 10:00:00,play,2,1234.5,1004,north,web"
+    assert landed.splitlines()[1] == row
     # a '.' that groups no thousands is no number in that export: one line, nothing written
     export.write_text(semi + "p000003;u0001;2026-03-03 10:00:00;play;2;1.5;3;north;web\n")
     odd = land(params, lake, str(export), "--table", "activity", "--sep", ";", "--decimal", ",")
