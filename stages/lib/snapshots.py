@@ -13,6 +13,7 @@ memory limit, or Spark) and streamed to the files, so memory does not grow with 
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -468,6 +469,34 @@ def write_predict_set(
     _, last, span = event_dates(con, events, dataset)
     predict = build_features(events, entities, [last], dataset, cfg, labelled=False, span=span)
     n_predict = write_parquet(con, predict, out_dir / "predict.parquet", frame_schema(predict))
-    write_json({"date": str(last), "rows": n_predict}, out_dir / "summary.json")
+    blank = entities_without_attributes(out_dir / "predict.parquet", dataset)
+    summary = {"date": str(last), "rows": n_predict}
+    write_json(summary | ({"without_attributes": blank} if blank else {}), out_dir / "summary.json")
     print(f"predict_set: {n_predict} entities active at {last} to score")
+    source = dataset.attribute_table
+    if blank and source is not None:
+        print(
+            f"predict_set: {blank} of {n_predict} entities have no row in table "
+            f"'{source.name}' up to {last} (every attribute null: scored on their events "
+            "alone; has its export stopped?)",
+            file=sys.stderr,
+        )
     return 0
+
+
+def entities_without_attributes(predict_path: Path, dataset: DatasetConfig) -> int:
+    """Rows of a prediction set whose every attribute is null: entities the attributes table
+    has no row for. A customers export that stopped while the events went on left 46 new
+    customers scored on their events alone, without a word."""
+    source = dataset.attribute_table
+    if source is None or source.role != "entities":  # an events table's: the entity's events
+        return 0
+    import pyarrow.parquet as pq
+
+    present = set(pq.read_schema(predict_path).names)
+    names = [c for c in (*dataset.entity_features.categorical, *dataset.entity_features.numeric)]
+    names = [c for c in names if c in present]
+    if not names:
+        return 0
+    frame = pq.read_table(predict_path, columns=names).to_pandas()
+    return int(frame.isna().all(axis=1).sum()) if len(frame) else 0

@@ -237,3 +237,19 @@ def test_label_keys_left_the_features_section():
         FeaturesConfig.from_params({"horizon_days": 21, "windows": [7]})
     with pytest.raises(ValueError, match=r"dataset\.label\.lookback_days"):
         FeaturesConfig.from_params({"active_days": 28})
+
+
+def test_entities_without_an_attributes_row_are_counted(tmp_path, shop_params):
+    """A customers export that stopped while the events went on: the new customers have no
+    attributes, every one null. Counted (and said), not scored silently."""
+    from stages.lib.snapshots import entities_without_attributes
+
+    dataset = _dataset(shop_params)
+    attributes = [*dataset.entity_features.categorical, *dataset.entity_features.numeric]
+    assert attributes and dataset.attribute_table.role == "entities"
+    frame = pd.DataFrame({"customer_id": [1, 2, 3], "orders_7d": [1.0, 0.0, 2.0]})
+    for name in attributes:
+        frame[name] = pd.Series(["x", None, None], dtype="object")
+    frame.loc[2, attributes[0]] = "y"  # one attribute known: the row exists
+    frame.to_parquet(tmp_path / "predict.parquet")
+    assert entities_without_attributes(tmp_path / "predict.parquet", dataset) == 1
