@@ -214,13 +214,20 @@ def windows(
     dates: Sequence[str], cutoff: dt.date, cfg: MonitorConfig
 ) -> tuple[list[str], list[str]]:
     """(reference, current) partition dates, by calendar days: current, the `last_days` days
-    up to the latest date; reference, the `reference_days` days up to `cutoff` (the end of the
-    data the model was judged on), less any current day."""
+    up to the latest date that are after `cutoff` (the end of the data the model was judged
+    on); reference, the `reference_days` days up to `cutoff`, less any current day.
+
+    Days up to the cutoff are the model's own: it learnt or was judged on them, so their
+    drift from the days before says nothing about it being stale. Compared anyway, a sensor
+    that follows the temperature "drifted" between two halves of the data a model had just
+    been trained on, and the monitor asked for a retraining at every step after each one."""
     if not dates:
         return [], []
     last = dt.date.fromisoformat(max(dates))
     current = [
-        d for d in sorted(dates) if dt.date.fromisoformat(d) > last - dt.timedelta(cfg.last_days)
+        d
+        for d in sorted(dates)
+        if dt.date.fromisoformat(d) > max(last - dt.timedelta(cfg.last_days), cutoff)
     ]
     start = None if cfg.reference_days is None else cutoff - dt.timedelta(cfg.reference_days)
     reference = [

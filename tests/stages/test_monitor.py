@@ -242,6 +242,28 @@ def test_a_24_row_day_flags_a_real_shift_within_a_week_and_noise_rarely() -> Non
     assert false_alarms <= 1
 
 
+def test_the_models_own_days_are_never_the_current_window() -> None:
+    """Ages move in the last 14 days up to the cutoff, the days the model was just judged on
+    (its test split): right after that training nothing is the current window, so nothing is
+    a reason (compared with the 14 days before, a sensor that follows the temperature asked
+    for a retraining right after every training). Days after the cutoff are judged."""
+    rng = np.random.default_rng(21)
+    days = {}
+    for i in range(42):
+        date = CUTOFF - dt.timedelta(days=41 - i)
+        days[date] = _day(rng, date, 60, age_shift=1.0 if i >= 28 else 0.0)
+    report = _input_drift(_profiles(days))
+    assert report["reasons"] == [] and report["periods"]["calls"]["current"]["days"] == 0
+    for i in range(1, 8):
+        date = CUTOFF + dt.timedelta(days=i)
+        days[date] = _day(rng, date, 60, age_shift=2.0)
+    report = _input_drift(_profiles(days))
+    assert report["periods"]["calls"]["current"] == {
+        "days": 7, "first": "2026-03-01", "last": "2026-03-07", "rows": 420,
+    }  # fmt: skip
+    assert [r["column"] for r in report["reasons"]] == ["calls.age"]
+
+
 def test_a_tiny_effect_on_a_large_window_is_significant_but_not_a_reason() -> None:
     report = _input_drift(_history(1, 3000, days_after=7, age_shift=0.1))
     age = report["columns"]["calls.age"]
