@@ -408,6 +408,9 @@ def describe(
             "version": champion.data_version,
             "train_rows": data.get("train_rows"),
             "train_snapshot_dates": data.get("train_snapshot_dates"),
+            # the rows the model served learnt, where it was refitted on train + valid
+            # (train.refit): train_rows alone said less than it learnt
+            **({"refit_rows": data["refit_rows"]} if "refit_rows" in data else {}),
         },
         "git_commit": champion.git_commit,
         "gate": card.gate,

@@ -107,6 +107,8 @@ def write_model(
         data_source="dvc.lock: stage 'validate', dependency 'data/landing'",
         onnx={"file": "models/model.onnx", "md5": version},
         libraries={"onnxruntime": "x"},
+        # refitted on train + valid (train.refit): /info says so
+        train_metrics={"refit_rows": len(frame) + 10},
     )
     if stamped:
         gate = {**GATE, "challenger": {"model_md5": card["model"]["md5"]}}

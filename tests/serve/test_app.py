@@ -279,6 +279,7 @@ def test_info_tells_what_is_served(image_server: Server) -> None:
     assert info["model"]["name"] == "logreg"
     assert info["model"]["version"] == image_server.champion.version
     assert info["data"]["version"] == "d4t4.dir" == info["model"]["data_version"]
+    assert info["data"]["refit_rows"] == info["data"]["train_rows"] + 10
     assert info["git_commit"] == card["git_commit"]
     assert info["gate"]["blessed"] is True and info["model"]["blessed"] is True
     assert info["metrics"] == {"test": card["metrics"]["test"]}
