@@ -918,6 +918,22 @@ def _performance(inputs: PageInputs) -> tuple[dict[str, Any], Table]:
     )
 
 
+def _inputs_line(inputs: Mapping[str, Any]) -> str | None:
+    """Which days the input drift compared, or that no day after the model's data came yet."""
+    periods = inputs.get("periods") or {}
+    if not periods:
+        return None
+    current = [p["current"] for p in periods.values() if (p.get("current") or {}).get("days")]
+    if not current:
+        return (
+            f"Input drift: no day after {inputs.get('cutoff', '–')} (the end of the data the "
+            "model was judged on) yet: nothing compared, the model's own days never are."
+        )
+    first = min(c["first"] for c in current)
+    last = max(c["last"] for c in current)
+    return f"Input drift: {first}..{last} compared with the days up to {inputs.get('cutoff')}."
+
+
 def _judged_line(performance: Mapping[str, Any]) -> str:
     """Which matured snapshot the monitor judged, or that none could be yet."""
     snapshots = performance.get("snapshots") or {}
@@ -1012,6 +1028,7 @@ def monitoring_section(inputs: PageInputs) -> Page:
         [
             f"Verdict for {monitor.get('date', '–')}: {verdict}"
             + (f" ({len(reasons)} reason(s))." if reasons else "."),
+            *filter(None, [_inputs_line(monitor.get("inputs") or {})]),
             _judged_line(monitor.get("performance") or {}),
             f"Served predictions: {served.get('status', '–')}"
             + (f" ({served.get('detail')})" if served.get("detail") else "")

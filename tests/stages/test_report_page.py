@@ -481,3 +481,20 @@ def test_the_page_says_which_snapshot_the_monitor_judged_or_that_none_could_be()
         "Realised performance judged on 2026-03-01..2026-03-09 (240 rows)."
     )
     assert _judged_line({}).startswith("No published prediction has matured yet")
+
+
+def test_the_page_says_which_days_the_input_drift_compared_or_that_none_came_yet() -> None:
+    from stages.lib.insights import _inputs_line
+
+    empty = {"days": 0, "first": None, "last": None, "rows": 0}
+    fresh = {"cutoff": "2026-04-30", "periods": {"events": {"current": empty}}}
+    assert _inputs_line(fresh) == (
+        "Input drift: no day after 2026-04-30 (the end of the data the model was judged on) "
+        "yet: nothing compared, the model's own days never are."
+    )
+    week = {"days": 7, "first": "2026-05-01", "last": "2026-05-07", "rows": 700}
+    later = {"cutoff": "2026-04-30", "periods": {"events": {"current": week}}}
+    assert _inputs_line(later) == (
+        "Input drift: 2026-05-01..2026-05-07 compared with the days up to 2026-04-30."
+    )
+    assert _inputs_line({}) is None
