@@ -92,6 +92,7 @@ from stages.lib.snapshots import (
     event_dates,
     frame_schema,
     read_history,
+    truncated_windows_note,
     write_snapshots,
 )
 from stages.lib.splitting import SplitConfig, split_snapshots
@@ -192,7 +193,7 @@ class Settings:
 
     def warmup_days(self) -> int:
         """The history the first model needs to be trained like every later one: a full window
-        of `features.max_snapshots` labelled snapshots (entity churn: history_days + the
+        of `features.max_snapshots` labelled snapshots (entity churn: min_history_days + the
         label horizon + the snapshot intervals between them; a rows task: as many periods), and
         never less than split needs (a train snapshot besides the valid and test ones). A rows
         task's outcomes known `label_delay_days` after their rows wait as long: without it, a
@@ -210,7 +211,7 @@ class Settings:
             return snapshots * task.period_days + (task.label_delay_days or 0)
         f = self.features
         return (
-            f.history_days
+            f.min_history_days
             + self.dataset.label.horizon_days
             + (snapshots - 1) * f.snapshot_every_days
         )
@@ -1019,6 +1020,12 @@ def warnings(
             f"{span} days: the steps judge {start}..{payload['settings']['end']} only (--start "
             "or --warmup-days judge more of it, with a first model trained on less)"
         )
+    if not settings.rows:
+        # the first model's earliest snapshot is min_history_days into the lake
+        earliest = first + dt.timedelta(days=settings.features.min_history_days)
+        note = truncated_windows_note(first, earliest, settings.features)
+        if note:
+            out.append(f"the first model: {note}")
     if not settings.regression and payload["policies"]:
         series = next(iter(payload["policies"].values()))["series"]
         scored = [r for r in series if r.get("n")]

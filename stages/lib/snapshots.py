@@ -51,15 +51,6 @@ class FeaturesConfig:
         if not self.windows or any(not isinstance(w, int) or w < 1 for w in self.windows):
             raise ValueError(f"features.windows: {list(self.windows)} must be whole days >= 1")
 
-    @property
-    def history_days(self) -> int:
-        """The history before the first labelled snapshot: `min_history_days`, and never less
-        than the longest window, so that every window of every snapshot is complete. With
-        windows [7, 35, 70] and the default 21, a telco's first snapshots counted 70-day bills
-        over 21 to 63 days (0.99 a customer against 2.2 later), and the first model learnt
-        that."""
-        return max(self.min_history_days, max(self.windows))
-
     @classmethod
     def from_params(cls, raw: dict) -> FeaturesConfig:
         moved = sorted(set(raw) & set(MOVED_TO_LABEL))
@@ -85,10 +76,10 @@ def snapshot_dates(
     first: dt.date, last: dt.date, cfg: FeaturesConfig, *, horizon_days: int
 ) -> list[dt.date]:
     """Labelled snapshot dates, oldest first: every `snapshot_every_days` back from the last
-    date whose label window (`horizon_days`) is complete, keeping at least `history_days` of
-    history (every feature window complete)."""
+    date whose label window (`horizon_days`) is complete, keeping at least `min_history_days`
+    of history."""
     newest = last - dt.timedelta(days=horizon_days)
-    earliest = first + dt.timedelta(days=cfg.history_days)
+    earliest = first + dt.timedelta(days=cfg.min_history_days)
     dates = []
     for k in range(cfg.max_snapshots):
         s = newest - dt.timedelta(days=k * cfg.snapshot_every_days)
@@ -96,6 +87,23 @@ def snapshot_dates(
             break
         dates.append(s)
     return sorted(dates)
+
+
+def truncated_windows_note(first: dt.date, earliest: dt.date, cfg: FeaturesConfig) -> str | None:
+    """A line saying the earliest labelled snapshot's longest windows reach back before the
+    history starts (None when they do not): its counts cover fewer days than later snapshots',
+    and a model learns that. A telco's windows [7, 35, 70] with the default min_history_days
+    21 counted 70-day bills over 21 days (0.99 a customer against 2.2 later)."""
+    longest = max(cfg.windows)
+    held = (earliest - first).days
+    if held >= longest:
+        return None
+    return (
+        f"the first labelled snapshot {earliest} is {held} days into the history (from "
+        f"{first}), less than the longest window ({longest} days): its {longest}-day features "
+        f"count fewer days than later snapshots'; features.min_history_days: {longest} waits "
+        "for the window (on a lake long enough for the snapshots)"
+    )
 
 
 def feature_names(dataset: DatasetConfig, cfg: FeaturesConfig) -> tuple[list[str], list[str]]:
@@ -390,10 +398,11 @@ def write_snapshots(
     if not dates:
         raise SystemExit(
             f"features: history {first}..{last} is too short for a labelled snapshot "
-            f"(needs {cfg.history_days} days of history: min_history_days="
-            f"{cfg.min_history_days} and the longest window {max(cfg.windows)}; + label "
-            f"horizon_days={horizon})"
+            f"(needs min_history_days={cfg.min_history_days} + label horizon_days={horizon})"
         )
+    note = truncated_windows_note(first, dates[0], cfg)
+    if note:
+        print(f"features: {note}", file=sys.stderr)
     snapshots = build_features(events, entities, dates, dataset, cfg, labelled=True, span=span)
     predict = build_features(events, entities, [last], dataset, cfg, labelled=False, span=span)
     n_snapshots = write_parquet(

@@ -91,11 +91,18 @@ def verdicts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
 
 def test_a_model_trained_on_stable_data_gets_no_retrain(verdicts) -> None:
-    name, _, trained, _ = verdicts
+    name, _, trained, later = verdicts
     assert trained["retrain_recommended"] is False, (name, trained["reasons"])
-    # ids, free text and columns the model does not read were compared, and listed apart
-    roles = {c["role"] for c in trained["inputs"]["columns"].values()}
-    assert "input" in roles, name
+    # right after its training the model's own days are never the current window
+    periods = trained["inputs"]["periods"].values()
+    assert all(p["current"]["days"] == 0 for p in periods), name
+    # once new days land, ids, free text and columns the model does not read are compared and
+    # listed apart, and never a reason
+    assert "input" in {c["role"] for c in later[0]["inputs"]["columns"].values()}, name
+    columns = later[-1]["inputs"]["columns"]
+    for reason in later[-1]["reasons"]:
+        if reason["kind"] == "input_drift":
+            assert columns[reason["column"]]["role"] == "input", (name, reason)
 
 
 def test_the_regime_change_is_flagged_within_14_days_for_its_reason(verdicts) -> None:

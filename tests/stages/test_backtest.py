@@ -33,7 +33,7 @@ from stages.lib.backtest import (
     step_dates,
 )
 from stages.lib.params import compose_params
-from stages.lib.snapshots import snapshot_dates
+from stages.lib.snapshots import FeaturesConfig, snapshot_dates
 from tests.conftest import ROOT, write_params
 from tests.stages.test_report_page import rendered
 
@@ -405,8 +405,17 @@ def test_a_long_warm_up_and_thin_steps_are_warned_of() -> None:
         "policies": {"never": {"series": series}},
     }
     days = (dt.date(2023, 1, 1), dt.date(2024, 2, 23))
-    found = warnings(payload, days, SimpleNamespace(regression=False))
+    found = warnings(payload, days, SimpleNamespace(regression=False, rows=True))
     assert len(found) == 2 and "takes 336 of the lake's 418 days" in found[0]
     assert found[1].startswith("1 of 2 steps were scored on fewer than 10 positives")
     early = {**payload, "settings": {"start": "2023-03-01", "end": "2023-12-24"}}
-    assert warnings(early, days, SimpleNamespace(regression=True)) == []
+    assert warnings(early, days, SimpleNamespace(regression=True, rows=True)) == []
+    # an entity task whose first snapshot is 21 days in, its longest window 70 (a telco's
+    # bills): the first model learnt counts over a third of their window
+    telco = SimpleNamespace(
+        regression=True, rows=False, features=FeaturesConfig(windows=(7, 35, 70))
+    )
+    [truncated] = warnings(early, days, telco)
+    assert truncated.startswith("the first model: the first labelled snapshot 2023-01-22 is 21")
+    whole = SimpleNamespace(regression=True, rows=False, features=FeaturesConfig(windows=(7, 21)))
+    assert warnings(early, days, whole) == []

@@ -40,18 +40,6 @@ def test_snapshot_dates_keep_label_window_inside_the_data():
     assert snapshot_dates(D(2026, 1, 1), D(2026, 1, 4), CFG, horizon_days=3) == []
 
 
-def test_the_first_snapshot_has_every_window_complete():
-    """Windows [7, 35, 70] with min_history_days 21: a snapshot 21 days in counted 70-day
-    features over 21 days (a telco's bills: 0.99 a customer against 2.2 once complete), and
-    the first model learnt that. The first snapshot waits for the longest window."""
-    cfg = FeaturesConfig(min_history_days=21, windows=(7, 35, 70), max_snapshots=20)
-    assert cfg.history_days == 70
-    dates = snapshot_dates(D(2025, 2, 1), D(2025, 6, 1), cfg, horizon_days=35)
-    assert dates[0] >= D(2025, 2, 1) + dt.timedelta(days=70)
-    assert dates[0] - dt.timedelta(days=7) < D(2025, 2, 1) + dt.timedelta(days=70)
-    assert FeaturesConfig(min_history_days=90, windows=(7, 28)).history_days == 90
-
-
 @pytest.fixture
 def tiny_history():
     events = events_frame(
@@ -182,8 +170,7 @@ def test_days_are_the_tables_local_days(tiny_history, shop_params):
 
 def test_main_writes_snapshots_predict_set_and_schema(tmp_path, tiny_history, shop_params):
     params = dict(shop_params)
-    # one window as long as min_history_days: the first snapshot is the 4th, as ever
-    params["features"] = {**CFG.__dict__, "windows": [2], "max_snapshots": 2}
+    params["features"] = {**CFG.__dict__, "windows": list(CFG.windows), "max_snapshots": 2}
     params["dataset"] = {**shop_params["dataset"], "label": LABEL}
     params_file = write_params(params, tmp_path / "params.yaml")
     events, customers = tiny_history
