@@ -670,22 +670,6 @@ def _mae_and_se(residuals: np.ndarray) -> tuple[float | None, float]:
     return float(errors.mean()), se
 
 
-def _judged_now(
-    performance: Mapping[str, Mapping[str, Any]], inputs: Mapping[str, Any], cfg: MonitorConfig
-) -> bool:
-    """Whether realised performance was judged on a snapshot inside the inputs' current
-    window (labels that come with their rows, or soon after): then it, not drift, decides."""
-    judged = _judged(performance, cfg)
-    if judged is None:
-        return False
-    firsts = [
-        p["current"]["first"]
-        for p in (inputs.get("periods") or {}).values()
-        if (p.get("current") or {}).get("first")
-    ]
-    return bool(firsts) and judged >= min(firsts)
-
-
 def _judged(performance: Mapping[str, Mapping[str, Any]], cfg: MonitorConfig) -> str | None:
     """The latest snapshot with at least `min_labelled` rows (None: none yet)."""
     judged = [d for d, m in performance.items() if m["n"] >= cfg.min_labelled]
@@ -874,28 +858,17 @@ def monitor(
     test = (
         reference_performance(reference) if output == "score" else regression_reference(reference)
     )
-    realised = performance_reasons(performance, cfg, len(reference), test, label_shift=label_shift)
-    proxies = [
-        *[r for r in inputs["reasons"] if r["kind"] == "input_drift"],
+    reasons = [
+        *inputs["reasons"],
         *batch_reasons,
         *served_reasons,
         *estimated_reasons,
-    ]
-    held: list[dict[str, Any]] = []
-    if not realised and _judged_now(performance, inputs, cfg):
-        # the inputs and scores moved, but the model's realised performance on the same recent
-        # days is judged and holds: drift is a proxy for errors not yet seen, and here they are
-        held, proxies = proxies, []
-    reasons = [
-        *[r for r in inputs["reasons"] if r["kind"] != "input_drift"],
-        *proxies,
-        *realised,
+        *performance_reasons(performance, cfg, len(reference), test, label_shift=label_shift),
     ]
     return round_floats(
         {
             "retrain_recommended": bool(reasons),
             "reasons": reasons,
-            **({"held_by_performance": held} if held else {}),
             "inputs": {k: v for k, v in inputs.items() if k != "reasons"},
             "prediction_drift": {"batch": batch, "served": served},
             "estimated_performance": estimated,

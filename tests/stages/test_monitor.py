@@ -15,7 +15,6 @@ from stages.contract.prediction_log import read_logged
 from stages.lib.dataset import dataset_from_params
 from stages.lib.monitoring import (
     MonitorConfig,
-    _reason,
     expected_roc_auc,
     input_drift,
     monitor,
@@ -879,31 +878,3 @@ def test_re_sent_outcomes_count_on_their_rows_day_not_the_day_they_arrived(tmp_p
     assert report["label_rate"]["read"] == "history, by row day"
     # a regression, or no history: nothing to read (the profiles are)
     assert label_days(tmp_path / "nope", dataset) is None
-
-
-def test_drift_is_held_where_realised_performance_on_the_same_days_holds() -> None:
-    """Hourly sensors whose readings follow the temperature: the inputs drift week to week,
-    while the model's realised errors on those same days are judged and fine. Drift is a proxy
-    for errors not yet seen; here they are seen, so it is listed (`held_by_performance`), not a
-    reason (the air-quality lake's monitor asked for a retraining at 28 of 34 weekly steps,
-    13 of them before its sensors degraded). Judged on an older snapshot (an entity churn's
-    labels mature weeks later), or not judged at all, the drift stays a reason."""
-    rng = np.random.default_rng(4)
-    reference = _reference(rng)
-    drift = _reason("input_drift", "air.PT08_S4", "psi", 0.45, 0.25, 336, 168)
-    periods = {"air": {"current": {"days": 7, "first": "2026-03-09", "last": "2026-03-15"}}}
-    inputs = {**NO_INPUTS, "reasons": [drift], "periods": periods}
-    holds = {"n": 400, "positives": 80, "roc_auc": 0.86, "calibration_gap": 0.0,
-             "observed_rate": 0.2}  # fmt: skip
-    kwargs = {
-        "reference": reference, "batch_scores": reference["score"].to_numpy(),
-        "served_scores": None, "cfg": MonitorConfig(min_labelled=5),
-    }  # fmt: skip
-    same_days = monitor(inputs=inputs, performance={"2026-03-15": holds}, **kwargs)
-    assert same_days["reasons"] == [] and same_days["retrain_recommended"] is False
-    assert [r["column"] for r in same_days["held_by_performance"]] == ["air.PT08_S4"]
-    older = monitor(inputs=inputs, performance={"2026-02-15": holds}, **kwargs)
-    assert [r["column"] for r in older["reasons"]] == ["air.PT08_S4"]
-    assert "held_by_performance" not in older
-    unjudged = monitor(inputs=inputs, performance={}, **kwargs)
-    assert [r["kind"] for r in unjudged["reasons"]] == ["input_drift"]
