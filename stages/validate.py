@@ -23,6 +23,7 @@ from stages.lib.io import (
 )
 from stages.lib.params import section, stage_params
 from stages.lib.validation import (
+    DST_NOT_INFERRED,
     ValidateConfig,
     ValidationFailed,
     check_thresholds,
@@ -121,8 +122,7 @@ def _print_notes(name: str, table_report: dict, extra_columns: str, new: set[str
             file=sys.stderr,
         )
     parts = table_report["partitions"].items()
-    key = "rows_dst_not_inferred"
-    guessed = {p: e[key] for p, e in parts if e.get(key)}
+    guessed = {p: e[DST_NOT_INFERRED] for p, e in parts if e.get(DST_NOT_INFERRED)}
     if guessed:
         # `ambiguous: infer` fell back: these repeated hours are the earliest reading, a guess
         print(

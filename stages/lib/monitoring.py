@@ -940,6 +940,12 @@ def comparable_keys(values: pd.Series, kind: Any, zone: str) -> pd.Series:
     matched the history's UTC timestamp, nor `"123"` its integer: served requests of a rows
     task keyed so were never labelled."""
     if pd.api.types.is_datetime64_any_dtype(kind):
+        if pd.api.types.is_datetime64_any_dtype(values.dtype):
+            # the history's and the published keys: naive UTC already, compared as they are
+            # (one by one, `_utc_instant` reads a monitor's whole history in Python)
+            if isinstance(values.dtype, pd.DatetimeTZDtype):
+                values = values.dt.tz_convert("UTC").dt.tz_localize(None)
+            return values.astype("datetime64[us]")
         return values.map(lambda v: _utc_instant(v, zone)).astype("datetime64[us]")
     if pd.api.types.is_numeric_dtype(kind):
         return pd.to_numeric(values, errors="coerce").astype("float64")

@@ -120,7 +120,7 @@ def profile_partition(
     frame: pd.DataFrame,
     table: TableSpec,
     *,
-    top_k: int = 100,
+    top_k: int = ProfileConfig.top_k,
     day: str | None = None,
     late_after_days: int | None = None,
 ) -> dict:

@@ -21,6 +21,7 @@ from pathlib import Path
 import ibis
 import ibis.expr.types as ir
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from stages.contract.feature_schema import FeatureSchema, save_schema
 from stages.lib.dataset import CANCELLATION, PLAIN_EVENT, DatasetConfig, TableSpec
@@ -500,11 +501,9 @@ def entities_without_attributes(predict_path: Path, dataset: DatasetConfig) -> i
     source = dataset.attribute_table
     if source is None or source.role != "entities":  # an events table's: the entity's events
         return 0
-    import pyarrow.parquet as pq
-
     present = set(pq.read_schema(predict_path).names)
-    names = [c for c in (*dataset.entity_features.categorical, *dataset.entity_features.numeric)]
-    names = [c for c in names if c in present]
+    attributes = (*dataset.entity_features.categorical, *dataset.entity_features.numeric)
+    names = [c for c in attributes if c in present]
     if not names:
         return 0
     frame = pq.read_table(predict_path, columns=names).to_pandas()
