@@ -57,8 +57,11 @@ def snapshot_date(data: bytes, source: str) -> str:
     # one column of a small file: no thread pool. A threaded read of a Python file object can
     # leave an Arrow pool thread alive at interpreter exit, which aborts the process
     # ("terminate called without an active exception", seen in `evergreen publish`;
-    # apache/arrow#34314, #50482)
-    table = pq.read_table(io.BytesIO(data), columns=[SNAPSHOT_COL], use_threads=False)
+    # apache/arrow#34314, #50482). `pre_buffer` too: its reads go to Arrow's I/O thread pool
+    # whatever `use_threads` says, and the abort came back with use_threads=False alone
+    table = pq.read_table(
+        io.BytesIO(data), columns=[SNAPSHOT_COL], use_threads=False, pre_buffer=False
+    )
     dates = sorted({str(d) for d in table.column(SNAPSHOT_COL).to_pylist()})
     if len(dates) != 1:
         raise ValueError(
